@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated home for every test, tiny real GGUF models, and a CLI runner.
+
+Every test gets its own THYME_HOME and HF_HOME so nothing touches the user's real config, runs or
+Hugging Face cache. Tests that need the CLI exactly as a user meets it run it in a subprocess
+(`run_thyme`), because huggingface_hub reads its HF_* variables at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from thyme_cli.devtools.tiny_gguf import TinyPair, write_tiny_pair
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh THYME_HOME and HF_HOME per test; the Hub is never contacted unless a test says so."""
+    home = tmp_path / "thyme-home"
+    home.mkdir()
+    monkeypatch.setenv("THYME_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("THYME_DEBUG", raising=False)
+    # An unroutable endpoint: any accidental Hub request fails fast instead of reaching the internet.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
+    """A real (random-weight) qwen2vl text model + qwen2.5vl_merger projector, built once per session."""
+    return write_tiny_pair(tmp_path_factory.mktemp("tiny-models"))
+
+
+RunThyme = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_thyme() -> RunThyme:
+    """Run the real `thyme` CLI in a subprocess with the test's environment (plus overrides)."""
+
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        input: str | bytes | None = None,
+        timeout: float = 300,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+        full_env.pop("FORCE_COLOR", None)
+        return subprocess.run(
+            [sys.executable, "-m", "thyme_cli.cli", *args],
+            env=full_env,
+            input=input,
+            capture_output=True,
+            text=not isinstance(input, bytes),
+            timeout=timeout,
+            cwd=cwd,
+        )
+
+    return run

@@ -1,0 +1,1 @@
+"""One module per command group: parse flags, call the library, render. No heavy imports at the top."""

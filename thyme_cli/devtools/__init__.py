@@ -1,0 +1,1 @@
+"""Developer tools: tiny test models and other helpers that need the `dev` extra."""

@@ -1,0 +1,1 @@
+"""Running model-written code: the Sandbox protocol, the jailed worker, Thyme's code repairs."""

@@ -1,0 +1,33 @@
+"""What the agent loop needs from a sandbox: run one code step, keep state for the next one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class ExecResult:
+    """The outcome of one code step, as the host safely read it."""
+
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None  # the last lines of the traceback, when the code raised
+    images: list[Path] = field(default_factory=list)  # host-side, re-encoded copies of new images
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+
+class Sandbox(Protocol):
+    """One question's warm jailed worker: variables persist between steps of the same question."""
+
+    backend: str
+
+    def run(self, code: str) -> ExecResult: ...
+
+    def close(self) -> None: ...
