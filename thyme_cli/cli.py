@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from thyme_cli import __version__
-from thyme_cli.commands import ask, batch, doctor, models
+from thyme_cli.commands import ask, batch, doctor, models, replay
 
 app = typer.Typer(
     name="thyme",
@@ -38,6 +38,7 @@ def root(
 app.command("ask")(ask.ask)
 app.command("batch")(batch.batch)
 app.command("doctor")(doctor.doctor)
+app.command("replay")(replay.replay)
 app.add_typer(models.app, name="models")
 
 

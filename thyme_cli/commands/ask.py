@@ -1,19 +1,116 @@
-"""`thyme ask IMAGE QUESTION` (placeholder until the agent loop lands)."""
+"""`thyme ask IMAGE QUESTION`: one question, shown live, saved as a run directory."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from thyme_cli.console import handle_errors
-from thyme_cli.errors import ThymeError
+from thyme_cli.commands import options as o
+from thyme_cli.console import handle_errors, warn
+from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
 
 
 @handle_errors
 def ask(
-    image: Path = typer.Argument(..., help="The image to ask about ('-' reads it from stdin)."),
-    question: str = typer.Argument(..., help="What you want to know."),
+    image: Annotated[str, typer.Argument(help="The image (PNG, JPEG, WebP, TIFF, BMP), or '-' to read it from stdin.")],
+    question: Annotated[str, typer.Argument(help="What you want to know about it.")],
+    model: o.ModelOpt = None,
+    sandbox: o.SandboxOpt = o.SandboxChoice.auto,
+    step_timeout: o.StepTimeoutOpt = 30.0,
+    on_error: o.OnErrorOpt = o.OnError.show,
+    max_turns: o.MaxTurnsOpt = 5,
+    max_tokens: o.MaxTokensOpt = 2048,
+    temperature: o.TemperatureOpt = 0.0,
+    top_p: o.TopPOpt = 0.9,
+    top_k: o.TopKOpt = 50,
+    seed: o.SeedOpt = 0,
+    ctx: o.CtxOpt = None,
+    max_image_tokens: o.MaxImageTokensOpt = None,
+    gpu_layers: o.GpuLayersOpt = None,
+    threads: o.ThreadsOpt = None,
+    flash_attn: o.FlashAttnOpt = True,
+    yes: o.YesOpt = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory to create (default: a new one under the data dir).",
+                     rich_help_panel=o.OUTPUT_PANEL),
+    ] = None,
+    html: Annotated[
+        bool, typer.Option("--html", help="Also write report.html (self-contained) into the run directory.",
+                           rich_help_panel=o.OUTPUT_PANEL)
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with the whole run on stdout.",
+                           rich_help_panel=o.OUTPUT_PANEL)
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the answer.", rich_help_panel=o.OUTPUT_PANEL)
+    ] = False,
+    verbose: o.VerboseOpt = False,
+    script: o.ScriptOpt = None,
 ) -> None:
-    """Ask one question about one image."""
-    raise ThymeError("`thyme ask` is not built yet")
+    """Ask one question about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer."""
+    from thyme_cli import paths
+    from thyme_cli.agent import AgentOptions, QuietEvents
+    from thyme_cli.images import read_stdin_image
+    from thyme_cli.registry import load_registry
+    from thyme_cli.render import LiveRenderer, print_answer, print_summary
+    from thyme_cli.runner import ModelSettings, QuestionSettings, ask_one, load_model, prepare_input
+    from thyme_cli.trace import new_run_dir, prepare_out_dir
+
+    if not question.strip():
+        raise UsageError("the question is empty")
+    source: Path | bytes = read_stdin_image(sys.stdin.buffer) if image == "-" else Path(image).expanduser()
+    registry = load_registry()
+    created = out is None or not out.exists()
+    run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), question)
+    input_image = prepare_input(source, run_dir, label=image, remove_on_error=created)
+    if sandbox == o.SandboxChoice.none:
+        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+    settings = ModelSettings(
+        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
+        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        script=script,
+    )
+    interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
+    try:
+        loaded = load_model(registry, settings, assume_yes=yes, interactive=interactive)
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    live = not (quiet or as_json)
+    events = LiveRenderer(run_dir) if live else QuietEvents()
+    question_settings = QuestionSettings(
+        sandbox=sandbox.value,
+        step_timeout_s=step_timeout,
+        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
+    )
+    try:
+        trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
+    finally:
+        loaded.engine.close()
+    if html:
+        from thyme_cli.report import write_html_report
+
+        write_html_report(trace, run_dir)
+    if as_json:
+        typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir)}, ensure_ascii=False))
+    else:
+        if live:
+            print_summary(trace, run_dir, verbose=verbose)
+        if trace.answer is not None:
+            print_answer(trace, quiet=quiet)
+    if trace.stop_reason == "error":
+        raise typer.Exit(EXIT_RUNTIME)
+    if trace.answer is None:
+        if not as_json:
+            from thyme_cli.console import print_error
+
+            print_error(f"no answer: {trace.stop_detail}")
+        raise typer.Exit(EXIT_NO_ANSWER)

@@ -26,7 +26,8 @@ class ExecResult:
 class Sandbox(Protocol):
     """One question's warm jailed worker: variables persist between steps of the same question."""
 
-    backend: str
+    backend: str  # the backend really used: "nsjail", "bwrap" or "none"
+    image_path: str  # the input image's path as the model's code sees it (stated in the prompt)
 
     def run(self, code: str) -> ExecResult: ...
 

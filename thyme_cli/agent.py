@@ -1,0 +1,184 @@
+"""The Think -> Act -> Observe loop for one question. The engine and sandbox are passed in.
+
+Each turn the model continues its reasoning until it closes a code block or an answer. Code runs
+in the sandbox; what comes back (images, or printed text and errors) is fed to the model and the
+turn continues. When the turn budget is spent, a final turn asks for the answer, so every run ends
+with an answer or a stated reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, cast
+
+from thyme_cli import protocol as proto
+from thyme_cli.engine.base import Conversation, Generation
+from thyme_cli.errors import EngineError
+from thyme_cli.images import InputImage
+from thyme_cli.sandbox.base import ExecResult, Sandbox
+from thyme_cli.trace import Step, Trace, Turn
+
+MAX_IMAGES_PER_STEP = 3
+
+
+@dataclass
+class AgentOptions:
+    max_turns: int = 5  # code steps the model may take before it must answer
+    max_step_tokens: int = 2048  # generation budget of one turn
+    on_error: Literal["show", "retry"] = "show"  # show a failed step to the model, or discard and retry it
+    max_retries: int = 2
+
+
+class AgentEvents(Protocol):
+    """What a live display hears about; every method is optional to act on."""
+
+    def text(self, chunk: str) -> None: ...
+    def step_started(self, index: int, code: str) -> None: ...
+    def step_finished(self, step: Step, result: ExecResult) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class QuietEvents:
+    def text(self, chunk: str) -> None:
+        pass
+
+    def step_started(self, index: int, code: str) -> None:
+        pass
+
+    def step_finished(self, step: Step, result: ExecResult) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+class Rewindable(Protocol):
+    """Conversations that can drop what came after a mark (needed for --on-error retry)."""
+
+    def checkpoint(self) -> int: ...
+    def rollback(self, mark: int) -> None: ...
+
+
+def answer_question(
+    conv: Conversation,
+    sandbox: Sandbox,
+    trace: Trace,
+    image: InputImage,
+    run_dir: Path,
+    options: AgentOptions,
+    events: AgentEvents,
+) -> Trace:
+    """Run one question to its end, filling in ``trace`` as it goes."""
+    started = time.perf_counter()
+    generic = trace.protocol != "thyme"
+    conv.feed_system(proto.system_prompt(trace.protocol))
+    conv.feed_user(proto.user_prompt(trace.question, sandbox.image_path, image.width, image.height), [image.path])
+    retries = 0
+    while len(trace.steps) < options.max_turns:
+        rewind = _rewinder(conv, options)
+        mark = rewind.checkpoint() if rewind else 0
+        gen = _generate(conv, trace, options, events)
+        reply = proto.parse_reply(gen.text, lenient_fences=generic)
+        if reply.answer is not None:
+            if reply.answer_truncated:
+                trace.notes.append("the answer was cut off by the token budget")
+            return _finish(trace, "answered", reply.answer, started, conv)
+        if reply.code is None:
+            trace.notes.append(_why_no_code(gen, reply))
+            break
+        step, result = _run_step(sandbox, reply.code, len(trace.steps) + 1, run_dir, events)
+        if not result.ok and rewind and retries < options.max_retries:
+            retries += 1
+            events.note(f"step failed; discarding it and retrying ({retries}/{options.max_retries})")
+            rewind.rollback(mark)
+            continue
+        trace.steps.append(step)
+        try:
+            _observe(conv, generic, result, [run_dir / p for p in step.images[:MAX_IMAGES_PER_STEP]])
+        except EngineError as e:
+            trace.notes.append(f"could not show step {step.index}'s result to the model: {e.message}")
+            break
+    return _final_answer(conv, trace, options, events, started, generic)
+
+
+def _rewinder(conv: Conversation, options: AgentOptions) -> Rewindable | None:
+    """The conversation as a Rewindable when --on-error retry is asked for and it can rewind."""
+    if options.on_error == "retry" and hasattr(conv, "checkpoint") and hasattr(conv, "rollback"):
+        return cast(Rewindable, conv)
+    return None
+
+
+def _generate(conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents) -> Generation:
+    t0 = time.perf_counter()
+    gen = conv.generate(max_tokens=options.max_step_tokens, on_text=events.text)
+    trace.turns.append(Turn(len(trace.turns) + 1, gen.text, gen.stop_reason, gen.n_tokens, time.perf_counter() - t0))
+    return gen
+
+
+def _run_step(
+    sandbox: Sandbox, code: str, index: int, run_dir: Path, events: AgentEvents
+) -> tuple[Step, ExecResult]:
+    events.step_started(index, code)
+    result = sandbox.run(code)
+    images = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in result.images]
+    step = Step(index, code, result.stdout, result.stderr, result.error, result.timed_out, images, result.duration_s)
+    events.step_finished(step, result)
+    if len(images) > MAX_IMAGES_PER_STEP:
+        events.note(f"step {index} made {len(images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")
+    return step, result
+
+
+def _observe(conv: Conversation, generic: bool, result: ExecResult, images: list[Path]) -> None:
+    text = proto.observation(n_images=len(images), stdout=result.stdout, error=result.error)
+    if generic:
+        conv.feed_user(text, images)
+    else:
+        conv.feed_assistant(text, images)
+
+
+def _why_no_code(gen: Generation, reply: proto.Reply) -> str:
+    if reply.code_truncated:
+        return f"turn {gen.stop_reason}: the code block was cut off by the token budget and was not run"
+    return f"the model stopped ({gen.stop_reason}) without code or an answer"
+
+
+def _final_answer(
+    conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents, started: float, generic: bool
+) -> Trace:
+    """Ask for the answer once more, opening the answer tag for the model."""
+    events.note("asking the model for its final answer")
+    try:
+        if generic:
+            conv.feed_user(proto.FINAL_ANSWER_REQUEST)
+            conv.feed_assistant("<answer>")
+        else:
+            conv.feed_assistant(proto.FINAL_ANSWER_PREFIX)
+        gen = _generate(conv, trace, options, events)
+    except EngineError as e:
+        trace.stop_detail = f"the final answer turn failed: {e.message}"
+        return _finish(trace, "error", None, started, conv)
+    text = gen.text.split("</answer>", 1)[0].strip()
+    if text:
+        return _finish(trace, "answered", text, started, conv)
+    fallback = next((a for t in reversed(trace.turns) if (a := proto.untagged_answer(t.text))), None)
+    if fallback:
+        return _finish(trace, "answered_untagged", fallback, started, conv)
+    trace.stop_detail = trace.stop_detail or "the model gave no answer"
+    return _finish(trace, "no_answer", None, started, conv)
+
+
+def _finish(trace: Trace, reason: str, answer: str | None, started: float, conv: Conversation) -> Trace:
+    trace.answer = answer
+    trace.stop_reason = reason  # type: ignore[assignment]
+    if not trace.stop_detail:
+        trace.stop_detail = {
+            "answered": f"answered after {len(trace.steps)} code step(s)",
+            "answered_untagged": "the model answered without <answer> tags",
+        }.get(reason, "")
+    trace.counters = conv.counters.to_dict()
+    trace.timings["total_s"] = round(time.perf_counter() - started, 3)
+    trace.timings["model_s"] = round(sum(t.seconds for t in trace.turns), 3)
+    trace.timings["sandbox_s"] = round(sum(s.duration_s for s in trace.steps), 3)
+    return trace

@@ -1,0 +1,90 @@
+"""Option types shared by the commands that run the model (ask, batch, replay)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+MODEL_PANEL = "Model"
+SANDBOX_PANEL = "Sandbox"
+OUTPUT_PANEL = "Output"
+DEV_PANEL = "Developer"
+
+
+class SandboxChoice(StrEnum):
+    auto = "auto"
+    nsjail = "nsjail"
+    bwrap = "bwrap"
+    none = "none"
+
+
+class OnError(StrEnum):
+    show = "show"
+    retry = "retry"
+
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model name from `thyme models list` (default: the registry's default).",
+                 rich_help_panel=MODEL_PANEL),
+]
+TemperatureOpt = Annotated[
+    float,
+    typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature for prose; code is always greedy.",
+                 rich_help_panel=MODEL_PANEL),
+]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.", rich_help_panel=MODEL_PANEL)]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=0, help="Top-k sampling (0 = off).", rich_help_panel=MODEL_PANEL)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=MODEL_PANEL)]
+CtxOpt = Annotated[
+    int | None, typer.Option("--ctx", min=512, help="Context size in tokens (default: the model's).", rich_help_panel=MODEL_PANEL)
+]
+MaxImageTokensOpt = Annotated[
+    int | None,
+    typer.Option("--max-image-tokens", min=4, help="Most vision tokens per image (default: the model's).",
+                 rich_help_panel=MODEL_PANEL),
+]
+GpuLayersOpt = Annotated[
+    int | None,
+    typer.Option("--gpu-layers", help="Layers to offload to the GPU (default: all when the build has a GPU; 0 = CPU).",
+                 rich_help_panel=MODEL_PANEL),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).", rich_help_panel=MODEL_PANEL)
+]
+FlashAttnOpt = Annotated[
+    bool, typer.Option("--flash-attn/--no-flash-attn", help="Use flash attention.", rich_help_panel=MODEL_PANEL)
+]
+MaxTurnsOpt = Annotated[
+    int, typer.Option("--max-turns", min=0, max=50, help="Code steps allowed before the model must answer.",
+                      rich_help_panel=MODEL_PANEL)
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-tokens", min=16, help="Token budget of each model turn.", rich_help_panel=MODEL_PANEL)
+]
+SandboxOpt = Annotated[
+    SandboxChoice,
+    typer.Option("--sandbox", help="Where code runs: the first backend that starts (auto), nsjail, bwrap, or "
+                 "none (NO isolation; only when you trust the model).", rich_help_panel=SANDBOX_PANEL),
+]
+StepTimeoutOpt = Annotated[
+    float, typer.Option("--step-timeout", min=0.5, help="Seconds one code step may run.", rich_help_panel=SANDBOX_PANEL)
+]
+OnErrorOpt = Annotated[
+    OnError,
+    typer.Option("--on-error", help="A failed code step: show the error to the model, or discard the step and retry.",
+                 rich_help_panel=SANDBOX_PANEL),
+]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Download the model without asking when it is missing.",
+                       rich_help_panel=MODEL_PANEL)
+]
+ScriptOpt = Annotated[
+    Path | None,
+    typer.Option("--script", help="Replay model replies from a JSON file instead of running a model (demos, tests).",
+                 rich_help_panel=DEV_PANEL, exists=False),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show model counters and details.", rich_help_panel=OUTPUT_PANEL)]

@@ -1,0 +1,70 @@
+"""`thyme replay TRACE.json [--image OTHER]`: re-run a saved trace's code steps, without a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thyme_cli.commands import options as o
+from thyme_cli.console import handle_errors, warn
+from thyme_cli.errors import EXIT_RUNTIME
+
+
+@handle_errors
+def replay(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace.json, or a run directory holding one.")],
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Run the steps on this image instead of the trace's own.")
+    ] = None,
+    sandbox: o.SandboxOpt = o.SandboxChoice.auto,
+    step_timeout: o.StepTimeoutOpt = 30.0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to put the new images (default: a new run directory).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
+) -> None:
+    """Re-execute a saved run's code steps in the sandbox and print each result.
+
+    For debugging a run, and for checking what a trace's code does on another image.
+    Exits 1 when any step fails.
+    """
+    from thyme_cli import paths
+    from thyme_cli.agent import QuietEvents
+    from thyme_cli.render import LiveRenderer
+    from thyme_cli.runner import prepare_input
+    from thyme_cli.sandbox.factory import open_sandbox
+    from thyme_cli.trace import Step, new_run_dir, prepare_out_dir, read_trace
+
+    trace = read_trace(trace_path)
+    run_of_trace = trace_path if trace_path.is_dir() else trace_path.parent
+    source = image.expanduser() if image else run_of_trace / trace.image
+    if sandbox == o.SandboxChoice.none:
+        warn("--sandbox none: the code runs WITHOUT isolation, with your user's rights")
+    created = out is None or not out.exists()
+    run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), "replay-" + trace.question)
+    input_image = prepare_input(source, run_dir, label=str(source), remove_on_error=created)
+    events = QuietEvents() if as_json else LiveRenderer(run_dir)
+    results: list[Step] = []
+    with open_sandbox(sandbox.value, image=input_image.path, images_dir=run_dir / "images",
+                      timeout_s=step_timeout) as box:
+        for old in trace.steps:
+            events.step_started(old.index, old.code)
+            result = box.run(old.code)
+            images = [str(p.relative_to(run_dir)) for p in result.images]
+            step = Step(old.index, old.code, result.stdout, result.stderr, result.error, result.timed_out, images,
+                        result.duration_s)
+            events.step_finished(step, result)
+            results.append(step)
+    failed = [s.index for s in results if s.error or s.timed_out]
+    if as_json:
+        payload = {"trace": str(trace_path), "image": str(source), "run_dir": str(run_dir),
+                   "steps": [vars(s) for s in results], "failed_steps": failed}
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+    else:
+        typer.echo(f"replayed {len(results)} step(s) of {trace_path} on {source}; "
+                   f"{len(failed)} failed; images in {run_dir / 'images'}", err=True)
+    if failed:
+        raise typer.Exit(EXIT_RUNTIME)

@@ -1,0 +1,135 @@
+"""A scripted engine: replays prepared model replies through the real loop, sandbox and CLI.
+
+It stands in for a model where no real weights exist (tests, demos, `thyme replay`-style checks)
+and behaves like a live engine where it matters: generation stops at the first ``</code>`` or
+``</answer>`` exactly as llama.cpp would, text streams in small chunks, every fed image must have
+its marker, and each question gets a fresh conversation. The script is a JSON list of reply
+strings (one per ``generate`` call), or an object ``{"replies": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thyme_cli.engine.base import ANSWER_END, CODE_END, IMAGE_MARKER, Counters, Generation, StopReason
+from thyme_cli.errors import EngineError, UsageError
+
+
+def load_script(path: Path) -> list[str]:
+    """Read a script file; one clear error for every way it can be wrong."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"script {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"script {path}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"script {path} is not valid JSON: {e}") from None
+    replies = data.get("replies") if isinstance(data, dict) else data
+    if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
+        raise UsageError(f"script {path}: expected a JSON list of reply strings (or {{\"replies\": [...]}})")
+    return replies
+
+
+@dataclass
+class FedItem:
+    """One thing fed to the conversation, kept so tests can check the exact protocol."""
+
+    kind: str  # "system" | "user" | "assistant"
+    text: str
+    images: list[Path]
+
+
+@dataclass
+class ScriptedConversation:
+    replies: list[str]
+    chunk_chars: int = 7
+    fed: list[FedItem] = field(default_factory=list)
+    _next: int = 0
+    _counters: Counters = field(default_factory=Counters)
+    _closed: bool = False
+
+    def _feed(self, kind: str, text: str, images: Sequence[Path]) -> None:
+        if self._closed:
+            raise EngineError("conversation is closed")
+        if text.count(IMAGE_MARKER) != len(images):
+            raise EngineError(
+                f"{kind} text has {text.count(IMAGE_MARKER)} image markers for {len(images)} images"
+            )
+        for image in images:
+            if not Path(image).is_file():
+                raise EngineError(f"image {image} does not exist")
+        self.fed.append(FedItem(kind, text, [Path(i) for i in images]))
+        self._counters.images_encoded += len(images)
+        self._counters.tokens_evaluated += len(text)
+
+    def feed_system(self, text: str) -> None:
+        if self.fed:
+            raise EngineError("the system message must come first")
+        self._feed("system", text, ())
+
+    def feed_user(self, text: str, images: Sequence[Path] = ()) -> None:
+        self._feed("user", text, images)
+
+    def feed_assistant(self, text: str, images: Sequence[Path] = ()) -> None:
+        self._feed("assistant", text, images)
+
+    def generate(self, *, max_tokens: int, on_text: Callable[[str], None] | None = None) -> Generation:
+        if self._next >= len(self.replies):
+            return Generation(text="", stop_reason="end_of_turn", n_tokens=0)
+        reply = self.replies[self._next]
+        self._next += 1
+        text, reason = _cut_like_an_engine(reply, max_chars=max_tokens * 4)
+        for start in range(0, len(text), self.chunk_chars):
+            if on_text is not None:
+                on_text(text[start : start + self.chunk_chars])
+        n_tokens = max(1, len(text) // 4) if text else 0
+        self._counters.tokens_generated += n_tokens
+        self.fed.append(FedItem("generated", text, []))
+        return Generation(text=text, stop_reason=reason, n_tokens=n_tokens)
+
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _cut_like_an_engine(reply: str, *, max_chars: int) -> tuple[str, StopReason]:
+    """Stop at the first stop string, as a live engine does; else at the end of the turn."""
+    ends = [(reply.find(s), s) for s in (CODE_END, ANSWER_END) if s in reply]
+    if ends:
+        pos, stop = min(ends)
+        text = reply[: pos + len(stop)]
+        reason: StopReason = "code" if stop == CODE_END else "answer"
+    else:
+        text, reason = reply, "end_of_turn"
+    if len(text) > max_chars:
+        return text[:max_chars], "max_tokens"
+    return text, reason
+
+
+class ScriptedEngine:
+    """Hands out conversations that replay the same script, one question after another."""
+
+    def __init__(self, replies: list[str], name: str = "scripted") -> None:
+        self.replies = replies
+        self.name = name
+        self.conversations: list[ScriptedConversation] = []
+
+    @classmethod
+    def from_file(cls, path: Path) -> ScriptedEngine:
+        return cls(load_script(path), name=f"scripted:{path.name}")
+
+    def open(self) -> ScriptedConversation:
+        conversation = ScriptedConversation(list(self.replies))
+        self.conversations.append(conversation)
+        return conversation
+
+    def close(self) -> None:
+        for conversation in self.conversations:
+            conversation.close()

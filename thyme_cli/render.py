@@ -1,0 +1,218 @@
+"""Showing a run to a person as it happens: streamed thinking, code panels, results, images.
+
+Everything here goes to stderr; stdout is kept for the answer (or JSON) so pipelines stay clean.
+rich drops colour for NO_COLOR and for non-terminals, so logs stay readable. Terminals that can
+show images (kitty, iTerm2, WezTerm) get a small inline preview of each new image.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from thyme_cli.console import err_console, human_size
+from thyme_cli.sandbox.base import ExecResult
+from thyme_cli.trace import Step, Trace
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+CODE_OPEN = "<code>"
+MAX_SHOWN_OUTPUT_LINES = 20
+
+
+class LiveRenderer:
+    """Agent events -> a readable live transcript on stderr."""
+
+    def __init__(self, run_dir: Path, console: Console | None = None, previews: str | None = "auto") -> None:
+        self.console = console or err_console()
+        self.run_dir = run_dir
+        # "kitty" / "iterm" draw inline thumbnails; None shows paths only; "auto" detects the terminal.
+        self.previews = inline_image_protocol() if previews == "auto" else previews
+        self._held = ""  # text that might be the start of "<code>"
+        self._in_code = False
+        self._at_line_start = True
+
+    # -- streamed model text: prose is shown dim; code is held back and shown as a panel instead
+    def text(self, chunk: str) -> None:
+        if self._in_code:
+            return
+        buffer = self._held + chunk
+        self._held = ""
+        pos = buffer.find(CODE_OPEN)
+        if pos >= 0:
+            self._emit(buffer[:pos])
+            self._in_code = True
+            return
+        keep = _partial_suffix(buffer, CODE_OPEN)
+        self._emit(buffer[: len(buffer) - keep])
+        self._held = buffer[len(buffer) - keep :]
+
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        from rich.text import Text
+
+        self.console.print(Text(text, style="dim"), end="")
+        self._at_line_start = text.endswith("\n")
+
+    def _newline(self) -> None:
+        if not self._at_line_start:
+            self.console.print()
+            self._at_line_start = True
+
+    def step_started(self, index: int, code: str) -> None:
+        from rich.panel import Panel
+        from rich.syntax import Syntax
+
+        self._held = ""
+        self._newline()
+        self.console.print(Panel(Syntax(code, "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
+                                 title_align="left", border_style="cyan"))
+
+    def step_finished(self, step: Step, result: ExecResult) -> None:
+        from rich.text import Text
+
+        self._in_code = False
+        status = "timed out" if step.timed_out else ("error" if step.error else "ok")
+        style = "green" if status == "ok" else "red"
+        self.console.print(Text.assemble((f"step {step.index}: {status}", style), f" in {step.duration_s:.2f} s"))
+        output = step.stdout.rstrip()
+        if output:
+            lines = output.splitlines()
+            shown = "\n".join(lines[:MAX_SHOWN_OUTPUT_LINES])
+            if len(lines) > MAX_SHOWN_OUTPUT_LINES:
+                shown += f"\n... ({len(lines) - MAX_SHOWN_OUTPUT_LINES} more lines in the trace)"
+            self.console.print(Text(shown), style="default")
+        if step.error:
+            self.console.print(Text(step.error.rstrip(), style="red"))
+        for rel in step.images:
+            self._show_image(self.run_dir / rel)
+        self._at_line_start = True
+
+    def _show_image(self, path: Path) -> None:
+        from rich.text import Text
+
+        size = image_size(path)
+        dims = f"{size[0]}x{size[1]}, " if size else ""
+        self.console.print(Text.assemble(("image: ", "magenta"), str(path), f" ({dims}{human_size(_file_size(path))})"))
+        if self.previews:
+            sequence = inline_image_sequence(path, self.previews)
+            if sequence:
+                self.console.file.write(sequence + "\n")
+                self.console.file.flush()
+
+    def note(self, message: str) -> None:
+        from rich.text import Text
+
+        self._newline()
+        self.console.print(Text(message, style="yellow italic"))
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """How many trailing characters of text could be the beginning of tag."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError:
+        return None
+
+
+def inline_image_protocol() -> str | None:
+    """'kitty' or 'iterm' when stderr is a terminal known to show inline images, else None."""
+    if not sys.stderr.isatty() or os.environ.get("THYME_NO_PREVIEW"):
+        return None
+    if os.environ.get("TERM") == "xterm-kitty" or os.environ.get("KITTY_WINDOW_ID"):
+        return "kitty"
+    if os.environ.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm"):
+        return "iterm"
+    return None
+
+
+def inline_image_sequence(path: Path, protocol: str, max_side: int = 256) -> str | None:
+    """The escape sequence that draws a small thumbnail of path in kitty or iTerm2."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.thumbnail((max_side, max_side))
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+    except OSError:
+        return None
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    if protocol == "iterm":
+        return f"\x1b]1337;File=inline=1;size={len(buf.getvalue())};preserveAspectRatio=1:{data}\x07"
+    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    parts = []
+    for i, chunk in enumerate(chunks):
+        more = 1 if i < len(chunks) - 1 else 0
+        head = f"a=T,f=100,m={more}" if i == 0 else f"m={more}"
+        parts.append(f"\x1b_G{head};{chunk}\x1b\\")
+    return "".join(parts)
+
+
+def print_summary(trace: Trace, run_dir: Path, console: Console | None = None, verbose: bool = False) -> None:
+    """After the run: timings and where the run directory is (stderr)."""
+    from rich.text import Text
+
+    console = console or err_console()
+    t = trace.timings
+    console.print()
+    for note in trace.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
+    console.print(
+        Text(
+            f"{len(trace.steps)} step(s), {t.get('total_s', 0):.1f} s "
+            f"(model {t.get('model_s', 0):.1f} s, sandbox {t.get('sandbox_s', 0):.1f} s); "
+            f"{trace.stop_detail}; run saved in {run_dir}",
+            style="dim",
+        )
+    )
+    if verbose and trace.counters:
+        c = trace.counters
+        console.print(
+            Text(
+                f"tokens evaluated {c.get('tokens_evaluated')}, generated {c.get('tokens_generated')}, "
+                f"images encoded {c.get('images_encoded')}; image encoding {c.get('image_encode_s', 0):.2f} s, "
+                f"prefill {c.get('prefill_s', 0):.2f} s, decode {c.get('decode_s', 0):.2f} s "
+                f"({c.get('decode_tokens_per_s', 0):.1f} tok/s)",
+                style="dim",
+            )
+        )
+
+
+def print_answer(trace: Trace, quiet: bool) -> None:
+    """The answer on stdout, set apart for people; bare for --quiet and for pipes."""
+    from thyme_cli.console import out_console
+
+    answer = trace.answer or ""
+    console = out_console()
+    if quiet or not console.is_terminal:
+        sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
+        return
+    from rich.panel import Panel
+    from rich.text import Text
+
+    console.print(Panel(Text(answer), title="answer", title_align="left", border_style="green bold"))

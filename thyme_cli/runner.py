@@ -1,0 +1,129 @@
+"""Putting one question together: engine loading, the input image, a sandbox, the loop, the trace.
+
+`thyme ask` calls this once; `thyme batch` loads the engine once and calls `ask_one` per item.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thyme_cli.agent import AgentEvents, AgentOptions, answer_question
+from thyme_cli.engine.base import Engine
+from thyme_cli.errors import ThymeError, UsageError
+from thyme_cli.images import InputImage, load_input_image
+from thyme_cli.registry import ModelSpec, Registry
+from thyme_cli.trace import Trace, write_trace
+
+
+@dataclass
+class ModelSettings:
+    """Everything about which model runs and how it samples (from the command line)."""
+
+    name: str | None = None
+    temperature: float = 0.0
+    top_p: float = 0.9
+    top_k: int = 50
+    seed: int = 0
+    n_ctx: int | None = None
+    max_image_tokens: int | None = None
+    gpu_layers: int | None = None
+    threads: int | None = None
+    flash_attn: bool = True
+    script: Path | None = None
+
+
+@dataclass
+class LoadedModel:
+    engine: Engine
+    spec: ModelSpec
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool, interactive: bool) -> LoadedModel:
+    """Resolve the model name, make sure its files are here (asking to download), load the engine."""
+    if settings.script is not None:
+        from thyme_cli.engine.scripted import ScriptedEngine
+
+        spec = registry.get(settings.name) if settings.name else ModelSpec(name="scripted", protocol="thyme",
+                                                                           model_path=settings.script,
+                                                                           mmproj_path=settings.script)
+        return LoadedModel(ScriptedEngine.from_file(settings.script), spec)
+    spec = registry.get(settings.name or registry.default_model)
+    from thyme_cli.download import ensure_model
+
+    files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
+    from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions
+
+    options = EngineOptions(
+        n_ctx=settings.n_ctx or spec.n_ctx,
+        n_gpu_layers=settings.gpu_layers,
+        n_threads=settings.threads,
+        flash_attn=settings.flash_attn,
+        image_min_tokens=spec.image_min_tokens,
+        image_max_tokens=settings.max_image_tokens or spec.image_max_tokens,
+    )
+    sampling = SamplingOptions(
+        temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed
+    )
+    engine = LlamaEngine.load(files.model, files.mmproj, options=options, sampling=sampling)
+    return LoadedModel(engine, spec)
+
+
+@dataclass
+class QuestionSettings:
+    sandbox: str = "auto"
+    step_timeout_s: float = 30.0
+    agent: AgentOptions = field(default_factory=AgentOptions)
+
+
+def prepare_input(image: Path | bytes, run_dir: Path, *, label: str | None, remove_on_error: bool) -> InputImage:
+    """Check and save the input image before anything expensive; a bad image leaves no run dir."""
+    try:
+        return load_input_image(image, run_dir, label=label)
+    except ThymeError:
+        if remove_on_error:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def ask_one(
+    model: LoadedModel,
+    input_image: InputImage,
+    question: str,
+    run_dir: Path,
+    settings: QuestionSettings,
+    events: AgentEvents,
+) -> Trace:
+    """Answer one question about one image; everything lands in run_dir (trace.json last)."""
+    from thyme_cli.sandbox.factory import open_sandbox
+
+    if not question.strip():
+        raise UsageError("the question is empty")
+    for note in input_image.notes:
+        events.note(f"input image {note}")
+    with open_sandbox(
+        settings.sandbox, image=input_image.path, images_dir=run_dir / "images", timeout_s=settings.step_timeout_s
+    ) as sandbox:
+        trace = Trace(
+            question=question,
+            image=input_image.path.name,
+            image_source=input_image.source,
+            image_size=(input_image.width, input_image.height),
+            model=model.spec.name,
+            protocol=model.spec.protocol,
+            sandbox=sandbox.backend,
+            notes=[f"input image {n}" for n in input_image.notes],
+        )
+        conversation = model.engine.open()
+        try:
+            answer_question(conversation, sandbox, trace, input_image, run_dir, settings.agent, events)
+        except ThymeError as e:
+            # Keep what happened so far: the trace says where and why the run broke.
+            trace.stop_reason, trace.stop_detail = "error", e.message
+            raise
+        finally:
+            conversation.close()
+            write_trace(trace, run_dir)
+    return trace
