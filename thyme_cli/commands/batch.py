@@ -1,17 +1,174 @@
-"""`thyme batch` (placeholder until the batch issue lands)."""
+"""`thyme batch`: many images, one model load, JSONL out, resumable and shardable."""
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
-from thyme_cli.console import handle_errors
-from thyme_cli.errors import ThymeError
+from thyme_cli.commands import options as o
+from thyme_cli.console import err_console, handle_errors, warn
+from thyme_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from thyme_cli.batch import BatchSummary
+
+
+class BatchProgress:
+    """A rich progress bar on a terminal; one plain line per item otherwise (both on stderr)."""
+
+    def __init__(self, total: int, done_before: int) -> None:
+        self.total = total
+        self.done = done_before
+        self.counts: dict[str, int] = {"answered": 0, "no_answer": 0, "failed": 0}
+        self.console = err_console()
+        self.started = time.perf_counter()
+        self._progress: Any = None
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), TextColumn("{task.fields[counts]}"), console=self.console, transient=False,
+            )
+            self._task = self._progress.add_task("batch", total=total, completed=done_before, counts=self._counts())
+            self._progress.start()
+
+    def _counts(self) -> str:
+        c = self.counts
+        return f"answered {c['answered']} · no answer {c['no_answer']} · failed {c['failed']}"
+
+    def item(self, record: dict[str, Any], kind: str) -> None:
+        self.done += 1
+        self.counts[kind] += 1
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, counts=self._counts())
+            return
+        seconds = record.get("timings", {}).get("item_s", 0.0)
+        detail = record.get("error") or (record.get("answer") or "")[:60].replace("\n", " ")
+        self.console.print(f"[{self.done}/{self.total}] {record['id']}: {kind} ({seconds:.1f} s) {detail}",
+                           markup=False, highlight=False)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_summary(summary: BatchSummary, output: str, runs_root: Path) -> None:
+    from rich.table import Table
+
+    console = err_console()
+    table = Table(title="batch summary", title_justify="left")
+    table.add_column("")
+    table.add_column("items", justify="right")
+    for label, key in (("answered", "answered"), ("no answer", "no_answer"), ("failed", "failed")):
+        table.add_row(label, str(summary.counts.get(key, 0)))
+    if summary.skipped:
+        table.add_row("done earlier (skipped)", str(summary.skipped))
+    table.add_row("total", str(summary.total))
+    console.print(table)
+    per_item = summary.seconds / summary.processed if summary.processed else 0.0
+    console.print(f"{summary.processed} item(s) in {summary.seconds:.1f} s ({per_item:.2f} s/item); "
+                  f"results: {output}; runs: {runs_root}", markup=False, highlight=False)
 
 
 @handle_errors
 def batch(
-    inputs: str = typer.Argument(..., help="A directory, glob, manifest (.jsonl/.csv) or '-' for paths on stdin."),
-    question: str = typer.Option(None, "--question", "-q", help="The question to ask of every image."),
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Directories (recursive), globs, manifests (.jsonl/.csv with image, question, id, "
+                            "answer), image files, or '-' for image paths on stdin."),
+    ],
+    question: Annotated[
+        str | None, typer.Option("--question", "-q", help="The question for every image (manifests may carry their own).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="JSONL results file, or '-' for stdout (default: results.jsonl).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted batch: skip items already in -o.")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", help="Process only shard i of N (i/N, 1-based), for N machines.")] = None,
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
+    ] = None,
+    model: o.ModelOpt = None,
+    sandbox: o.SandboxOpt = o.SandboxChoice.auto,
+    step_timeout: o.StepTimeoutOpt = 30.0,
+    on_error: o.OnErrorOpt = o.OnError.show,
+    max_turns: o.MaxTurnsOpt = 5,
+    max_tokens: o.MaxTokensOpt = 2048,
+    temperature: o.TemperatureOpt = 0.0,
+    top_p: o.TopPOpt = 0.9,
+    top_k: o.TopKOpt = 50,
+    seed: o.SeedOpt = 0,
+    ctx: o.CtxOpt = None,
+    max_image_tokens: o.MaxImageTokensOpt = None,
+    gpu_layers: o.GpuLayersOpt = None,
+    threads: o.ThreadsOpt = None,
+    flash_attn: o.FlashAttnOpt = True,
+    yes: o.YesOpt = False,
+    script: o.ScriptOpt = None,
 ) -> None:
-    """Ask questions about many images, resumably, with JSONL output."""
-    raise ThymeError("`thyme batch` is not built yet")
+    """Ask questions about many images with one model load; one JSON line per item.
+
+    Exit codes: 0 all items processed, 1 some items failed, 2 bad usage, 130 interrupted (resumable).
+    """
+    from thyme_cli import paths
+    from thyme_cli.agent import AgentOptions
+    from thyme_cli.batch import outcome, run_batch
+    from thyme_cli.batch_inputs import collect_items, in_shard, parse_shard
+    from thyme_cli.batch_journal import Journal
+    from thyme_cli.registry import load_registry
+    from thyme_cli.runner import ModelSettings, QuestionSettings, load_model
+    from thyme_cli.trace import new_run_dir
+
+    if "-" in inputs and inputs.count("-") > 1:
+        raise UsageError("'-' (stdin) may be given only once")
+    stdin = sys.stdin if "-" in inputs else None
+    items = collect_items(inputs, question, stdin=stdin)
+    if shard:
+        index, total = parse_shard(shard)
+        items = [item for item in items if in_shard(item.id, index, total)]
+    output = output or "results.jsonl"
+    out_path = None if output == "-" else Path(output).expanduser()
+    journal = Journal(out_path, resume=resume)
+    if out_path is not None:
+        runs_root = runs or out_path.with_name(out_path.name.removesuffix(".jsonl") + ".runs")
+    else:
+        runs_root = runs or new_run_dir(paths.runs_dir(), "batch")
+    runs_root.mkdir(parents=True, exist_ok=True)
+    if journal.dropped_tail:
+        warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
+    if sandbox == o.SandboxChoice.none:
+        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+    settings = ModelSettings(
+        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
+        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        script=script,
+    )
+    interactive = sys.stdin.isatty() and sys.stderr.isatty() and stdin is None
+    loaded = load_model(load_registry(), settings, assume_yes=yes, interactive=interactive)
+    question_settings = QuestionSettings(
+        sandbox=sandbox.value, step_timeout_s=step_timeout,
+        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
+    )
+    done_before = sum(1 for item in items if item.id in journal.done_ids)
+    progress = BatchProgress(len(items), done_before)
+    try:
+        summary = run_batch(items, loaded, question_settings, journal, runs_root,
+                            on_item=lambda record: progress.item(record, outcome(record)))
+    finally:
+        progress.close()
+        journal.close()
+        loaded.engine.close()
+    _print_summary(summary, output, runs_root)
+    if summary.interrupted:
+        hint = f"thyme batch ... -o {output} --resume" if out_path else "write to a file with -o to be able to resume"
+        from thyme_cli.console import print_error
+
+        print_error("interrupted; every finished item is saved", hint=f"continue with: {hint}")
+        raise typer.Exit(130)
+    if summary.counts.get("failed"):
+        raise typer.Exit(1)
