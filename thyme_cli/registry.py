@@ -212,3 +212,77 @@ def add_local_model(
     with config_path.open("a", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return config_path
+
+
+def _header_names(line: str) -> list[str] | None:
+    """The dotted key of a `[table]` header line as a list of names, or None if LINE is no header."""
+    stripped = line.strip()
+    if not stripped.startswith("[") or stripped.startswith("[["):
+        return None
+    body = stripped[1:].split("]", 1)[0]
+    try:
+        parsed = tomllib.loads(f"[{body}]\n")
+    except tomllib.TOMLDecodeError:
+        return None
+    names: list[str] = []
+    node: Any = parsed
+    while isinstance(node, dict) and len(node) == 1:
+        key = next(iter(node))
+        names.append(key)
+        node = node[key]
+    return names
+
+
+def remove_user_model(name: str, config_path: Path | None = None) -> Path:
+    """Delete the [models.NAME] table (and its sub-tables) from the user's config file.
+
+    Only the table's header and keys go; every other line stays as it was, and so do the comments
+    between the table's last key and the next table (they introduce the next one). The result is parsed
+    before it is written (atomically, with a .bak copy of the old file), so a file we cannot edit
+    safely is left untouched and the user is told to edit it by hand.
+    """
+    config_path = config_path or paths.config_file()
+    text = config_path.read_text(encoding="utf-8")
+    before = _read_toml(config_path, "config file")
+    kept: list[str] = []
+    span: list[str] = []  # lines of the table being removed, held until we know where it ends
+    skipping = False
+    for line in [*text.splitlines(keepends=True), None]:
+        header = _header_names(line) if line is not None else None
+        if (header is not None or line is None) and span:
+            # Comments and blank lines at the end of the removed table introduce what follows: keep them.
+            tail = len(span)
+            while tail > 0 and (not span[tail - 1].strip() or span[tail - 1].lstrip().startswith("#")):
+                tail -= 1
+            kept.extend(span[tail:])
+            span = []
+        if line is None:
+            break
+        if header is not None:
+            skipping = header[:2] == ["models", name]
+        (span if skipping else kept).append(line)
+    new_text = "".join(kept)
+    models_before = before.get("models", {})
+    if not isinstance(models_before, dict) or name not in models_before:
+        raise ConfigError(f"{config_path} has no [models.{name}] entry")
+    try:
+        after: dict[str, Any] | None = tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError:
+        after = None
+    rest_before = {k: v for k, v in before.items() if k != "models"}
+    safe = (
+        after is not None
+        and after.get("models", {}) == {k: v for k, v in models_before.items() if k != name}
+        and {k: v for k, v in after.items() if k != "models"} == rest_before
+    )
+    if not safe:
+        raise ConfigError(
+            f"cannot remove [models.{name}] from {config_path} automatically",
+            hint="edit the file by hand and delete that table",
+        )
+    backup = config_path.with_name(config_path.name + ".bak")
+    backup.write_text(text, encoding="utf-8")
+    tmp = config_path.with_name(config_path.name + ".tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    tmp.replace(config_path)
+    return config_path

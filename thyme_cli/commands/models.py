@@ -1,23 +1,50 @@
-"""`thyme models ...`: list, inspect, download, register and remove models."""
+"""`thyme models ...`: list, inspect, download, register and remove models.
+
+Thin: flags -> thyme_cli.download / registry -> output. Results go to stdout (tables, JSON, paths),
+messages and progress to stderr. huggingface_hub is only imported by `pull` (inside download.py).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from thyme_cli.console import handle_errors, out_console
+from thyme_cli import hub_cache
+from thyme_cli.console import handle_errors, human_size, info, out_console
+from thyme_cli.download import (
+    ModelState,
+    approx_size,
+    confirm,
+    converted_dir,
+    model_state,
+    pull,
+    remove,
+    shared_with,
+)
+from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.registry import ModelSpec, add_local_model, load_registry
 
 app = typer.Typer(help="List, download, inspect, register and remove models.", no_args_is_help=True)
+
+NAME_ARG = typer.Argument(..., help="Model name (see `thyme models list`).")
 
 
 def _row_source(spec: ModelSpec) -> str:
     if spec.is_local:
         return "local files"
     return f"{spec.repo}" + (f"@{spec.revision}" if spec.revision else "")
+
+
+def _size_text(spec: ModelSpec, state: ModelState) -> str:
+    """On-disk size when installed, else the approximate download size."""
+    if state.installed and state.size_on_disk is not None:
+        return human_size(state.size_on_disk)
+    return approx_size(spec) if spec.size_gb else "?"
 
 
 @app.command("list")
@@ -29,13 +56,18 @@ def list_models(
     registry = load_registry()
     rows: list[dict[str, Any]] = []
     for spec in registry.models.values():
+        state = model_state(spec)
         rows.append(
             {
                 "name": spec.name,
                 "default": spec.name == registry.default_model,
+                "installed": state.installed,
+                "state": state.label,
+                "size_bytes": state.size_on_disk if state.installed else None,
+                "size_gb": spec.size_gb,
+                "size": _size_text(spec, state),
                 "protocol": spec.protocol,
                 "source": _row_source(spec),
-                "size_gb": spec.size_gb,
                 "description": spec.description,
             }
         )
@@ -44,14 +76,136 @@ def list_models(
         return
     from rich.table import Table
 
-    table = Table(title="thyme models", title_justify="left")
-    for col in ("name", "protocol", "size", "source", "description"):
-        table.add_column(col)
+    console = out_console()
+    wide = console.width >= 140  # the repo column only when there is room; `info` always shows it
+    table = Table(title="thyme models", title_justify="left", caption="* default model", caption_justify="left")
+    for col in ("name", "state", "size", "protocol"):
+        table.add_column(col, no_wrap=True)
+    if wide:
+        table.add_column("source", no_wrap=True)
+    table.add_column("description", ratio=1)
     for row in rows:
-        size = f"~{row['size_gb']:.1f} GB" if row["size_gb"] else "?"
-        name = row["name"] + (" (default)" if row["default"] else "")
-        table.add_row(name, row["protocol"], size, row["source"], row["description"])
-    out_console().print(table)
+        cells = [row["name"] + (" *" if row["default"] else ""), row["state"], row["size"], row["protocol"]]
+        table.add_row(*cells, *([row["source"]] if wide else []), row["description"])
+    console.print(table)
+
+
+def _info_record(spec: ModelSpec, config_path: Path) -> dict[str, Any]:
+    """Every registry field, then where the files are and in what state."""
+    record: dict[str, Any] = {}
+    for f in fields(ModelSpec):
+        if f.name == "extra":
+            continue
+        value = getattr(spec, f.name)
+        record[f.name] = str(value) if isinstance(value, Path) else value
+    record.update(spec.extra)
+    state = model_state(spec)
+    record["state"] = state.label
+    record["installed"] = state.installed
+    record["size_on_disk"] = state.size_on_disk
+    record["model_local_path"] = str(state.files.model) if state.files else None
+    record["mmproj_local_path"] = str(state.files.mmproj) if state.files else None
+    if spec.is_local:
+        record["config_file"] = str(config_path)
+    elif spec.needs_conversion:
+        record["converted_dir"] = str(converted_dir(spec))
+    else:
+        record["hub_cache_dir"] = str(hub_cache.repo_dir(spec.repo or ""))
+        record["hub_url"] = f"{hub_cache.hub_endpoint()}/{spec.repo}"
+    return record
+
+
+@app.command("info")
+@handle_errors
+def info_cmd(
+    name: str = NAME_ARG,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of aligned lines."),
+) -> None:
+    """Show every field of a model's entry, its local paths and whether it is installed."""
+    registry = load_registry()
+    record = _info_record(registry.get(name), registry.config_path)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        if key == "size_on_disk" and value is not None:
+            value = f"{human_size(value)} ({value} bytes)"
+        typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
+
+
+@app.command("path")
+@handle_errors
+def path_cmd(name: str = NAME_ARG) -> None:
+    """Print the model file and the mmproj file paths, one per line (for scripts)."""
+    spec = load_registry().get(name)
+    state = model_state(spec)
+    if state.files is None:
+        hint = (
+            f"fix the paths in the config file, or `thyme models rm {name}`"
+            if spec.is_local
+            else f"download it with `thyme models pull {name}`"
+        )
+        detail = "" if state.label == "not installed" else f" ({state.label})"
+        raise ThymeError(f"{name} is not installed{detail}", hint=hint)
+    typer.echo(str(state.files.model))
+    typer.echo(str(state.files.mmproj))
+
+
+@app.command("pull")
+@handle_errors
+def pull_cmd(
+    name: str = NAME_ARG,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Download a model's two GGUF files into the Hugging Face cache (resumes interrupted downloads)."""
+    spec = load_registry().get(name)
+    state = model_state(spec)
+    if state.files is not None:
+        if not quiet:
+            info(f"{name} is already installed ({human_size(state.size_on_disk)})")
+        return
+    files = pull(spec, progress=not quiet)
+    if not quiet:
+        size = files.model.stat().st_size + files.mmproj.stat().st_size
+        info(f"installed {name} ({human_size(size)}): {files.model.parent}")
+
+
+@app.command("rm")
+@handle_errors
+def rm_cmd(
+    name: str = NAME_ARG,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a model's downloaded files (a local pair: only its config entry, never your files)."""
+    registry = load_registry()
+    spec = registry.get(name)
+    state = model_state(spec)
+    if spec.is_local:
+        if spec.source != "user":
+            raise UsageError(f"{name} is built in and cannot be removed")
+        question = f"Remove the entry {name} from {registry.config_path}? (your GGUF files stay)"
+    elif not state.present:
+        info(f"{name} is not installed; nothing to remove")
+        return
+    else:
+        where = converted_dir(spec) if spec.needs_conversion else hub_cache.repo_dir(spec.repo or "")
+        question = f"Delete {name} ({human_size(state.size_on_disk)}) from {where}?"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not deleting {name} without confirmation", hint="pass --yes to confirm")
+        if not confirm(question):
+            info("nothing removed")
+            return
+    shared = shared_with(spec, list(registry.models.values()))
+    freed = remove(spec, registry_models=list(registry.models.values()))
+    if spec.is_local:
+        info(f"removed the entry {name} from {registry.config_path} (a .bak copy of the old file is next to it)")
+        info(f"your files were not touched: {spec.model_path}, {spec.mmproj_path}")
+        return
+    for filename, users in shared.items():
+        info(f"kept {filename}: also used by {', '.join(users)}")
+    info(f"removed {name}; freed {human_size(freed)}")
 
 
 @app.command("add")
@@ -65,7 +219,5 @@ def add(
     description: str = typer.Option("local GGUF pair", "--description", help="One line shown by `models list`."),
 ) -> None:
     """Register a local GGUF model + mmproj pair in your config file."""
-    where = add_local_model(
-        name, model, mmproj, protocol=protocol, n_ctx=n_ctx, description=description
-    )
+    where = add_local_model(name, model, mmproj, protocol=protocol, n_ctx=n_ctx, description=description)
     typer.echo(f"registered {name} in {where}")

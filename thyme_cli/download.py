@@ -1,0 +1,255 @@
+"""Model files on this machine: what is installed, pulling from the Hub, removing. The API thyme calls.
+
+Hub models live in the standard Hugging Face cache (shared with every other HF tool); user-registered
+local pairs stay where the user keeps them; converted models (``needs_conversion``) live in
+``<data dir>/models/<name>/``. Checking what is installed reads the cache layout directly and never
+touches the network or imports huggingface_hub, so ``thyme models list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from thyme_cli import hub_cache, paths
+from thyme_cli.console import human_size
+from thyme_cli.errors import DiskSpaceError, DownloadError, ThymeError, UsageError
+from thyme_cli.registry import ModelSpec, load_registry, remove_user_model
+
+if TYPE_CHECKING:
+    from thyme_cli.hub_fetch import RemoteFile
+
+DISK_MARGIN_MIN = 64 * 1024 * 1024  # keep this much free after a download, or 2% of it if more
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The two local files a vision-language model needs."""
+
+    model: Path
+    mmproj: Path
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Where a model stands on this machine, for `models list` and `models info`."""
+
+    label: str  # installed | not installed | 1 of 2 files | missing files
+    files: ModelFiles | None
+    present: tuple[Path, ...]
+    size_on_disk: int | None
+
+    @property
+    def installed(self) -> bool:
+        return self.files is not None
+
+
+def converted_dir(spec: ModelSpec) -> Path:
+    """Where the converter puts the GGUF pair of a needs_conversion model."""
+    return paths.local_models_dir() / spec.name
+
+
+def _candidate_paths(spec: ModelSpec) -> tuple[Path | None, Path | None]:
+    """The two local paths the model's files have (or would have) on this machine."""
+    if spec.is_local:
+        return spec.model_path, spec.mmproj_path
+    assert spec.model_file is not None and spec.mmproj_file is not None
+    if spec.needs_conversion:
+        folder = converted_dir(spec)
+        return folder / spec.model_file, folder / spec.mmproj_file
+    assert spec.repo is not None
+    revision = spec.revision or "main"
+    return (
+        hub_cache.cached_file(spec.repo, spec.model_file, revision),
+        hub_cache.cached_file(spec.repo, spec.mmproj_file, revision),
+    )
+
+
+def installed_files(spec: ModelSpec) -> ModelFiles | None:
+    """Local paths of both files if both are present, else None. Never touches the network."""
+    model, mmproj = _candidate_paths(spec)
+    if model is not None and mmproj is not None and model.is_file() and mmproj.is_file():
+        return ModelFiles(model=model, mmproj=mmproj)
+    return None
+
+
+def model_state(spec: ModelSpec) -> ModelState:
+    """Installed or not, which files are there, and their size on disk."""
+    present = tuple(p for p in _candidate_paths(spec) if p is not None and p.is_file())
+    files = installed_files(spec)
+    size = sum(p.stat().st_size for p in present) if present else None
+    if files is not None:
+        label = "installed"
+    elif spec.is_local:
+        label = "missing files"
+    elif present:
+        label = f"{len(present)} of 2 files"
+    else:
+        label = "not installed"
+    return ModelState(label=label, files=files, present=present, size_on_disk=size)
+
+
+def approx_size(spec: ModelSpec) -> str:
+    return f"~{spec.size_gb:.1f} GB" if spec.size_gb else "unknown size"
+
+
+def pull(spec: ModelSpec, *, progress: bool = True) -> ModelFiles:
+    """Download whatever of SPEC is missing (resuming partial files), verify it, and return the paths."""
+    files = installed_files(spec)
+    if files is not None:
+        return files
+    if spec.is_local:
+        missing = [str(p) for p in (spec.model_path, spec.mmproj_path) if p is not None and not p.is_file()]
+        raise UsageError(
+            f"{spec.name} is a local model and its file is missing: {', '.join(missing)}",
+            hint=f"fix the paths in {paths.config_file()} or register the pair again with `thyme models add`",
+        )
+    if spec.needs_conversion:
+        raise conversion_error(spec)
+    if hub_cache.offline_mode():
+        from thyme_cli.hub_errors import offline_error
+
+        raise offline_error(spec.name)
+    try:
+        return _pull_from_hub(spec, progress)
+    except KeyboardInterrupt:
+        raise ThymeError(
+            f"download of {spec.name} interrupted; the partial file is kept",
+            hint=f"run `thyme models pull {spec.name}` again to resume",
+            exit_code=130,
+        ) from None
+
+
+def _pull_from_hub(spec: ModelSpec, progress: bool) -> ModelFiles:
+    from thyme_cli import hub_fetch
+    from thyme_cli.hub_progress import make_progress
+
+    assert spec.repo and spec.model_file and spec.mmproj_file
+    revision = spec.revision or "main"
+    model = hub_fetch.head(spec.repo, spec.model_file, revision)
+    mmproj = hub_fetch.head(spec.repo, spec.mmproj_file, model.commit)  # both from one commit
+    check_disk_space(spec, [model, mmproj])
+    bar = make_progress(progress)
+    hint = f"run `thyme models pull {spec.name}` again to resume"
+    try:
+        for remote in (model, mmproj):
+            hub_fetch.fetch(remote, bar, resume_hint=hint)
+    finally:
+        bar.close()
+    hub_cache.write_ref(spec.repo, revision, model.commit)  # only now: a half pull never moves `main`
+    files = installed_files(spec)
+    if files is None:  # the layout we wrote is not what we read back: a bug, say so plainly
+        raise DownloadError(f"{spec.name} was downloaded but is not found in {hub_cache.repo_dir(spec.repo)}")
+    return files
+
+
+def check_disk_space(spec: ModelSpec, remotes: list[RemoteFile]) -> None:
+    """Refuse before the first byte when the cache's disk cannot hold what is left to download."""
+    from thyme_cli.hub_fetch import remaining_bytes
+
+    need = sum(remaining_bytes(r) for r in remotes)
+    if need == 0:
+        return
+    cache = hub_cache.hub_cache_dir()
+    probe = cache
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need + max(DISK_MARGIN_MIN, need // 50):
+        raise DiskSpaceError(
+            f"not enough disk space for {spec.name}: {human_size(need)} to download into {cache}, "
+            f"{human_size(free)} free",
+            hint="free some space, or set HF_HOME (or HF_HUB_CACHE) to a folder on a bigger disk",
+        )
+
+
+def conversion_error(spec: ModelSpec) -> ThymeError:
+    """needs_conversion models cannot be pulled yet: say so, and name a ready GGUF to use meanwhile."""
+    registry = load_registry()
+    ready = [
+        s.name for s in registry.models.values() if not s.needs_conversion and not s.is_local and s.name != spec.name
+    ]
+    alternative = registry.default_model if registry.default_model in ready else (ready[0] if ready else None)
+    hint = f"meanwhile use a ready GGUF: `thyme models pull {alternative}`" if alternative else None
+    return UsageError(
+        f"{spec.name} is published as safetensors and must be converted to GGUF; conversion is a later feature",
+        hint=hint,
+    )
+
+
+def confirm(question: str) -> bool:
+    """Ask QUESTION on stderr, read y/N from stdin; anything but yes (or end of input) means no."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def ensure_model(spec: ModelSpec, *, assume_yes: bool, interactive: bool) -> ModelFiles:
+    """The model's files for `thyme ask`: asks before a download on a terminal, never surprises a script."""
+    files = installed_files(spec)
+    if files is not None:
+        return files
+    if spec.is_local or spec.needs_conversion:
+        return pull(spec)  # raises the clear error for each case
+    if hub_cache.offline_mode():
+        from thyme_cli.hub_errors import offline_error
+
+        raise offline_error(spec.name)
+    if not assume_yes:
+        if not interactive:
+            raise DownloadError(
+                f"model {spec.name} is not downloaded yet ({approx_size(spec)})",
+                hint=f"run `thyme models pull {spec.name}` first, or pass --yes to download it now",
+            )
+        if not confirm(f"Download {spec.name} ({approx_size(spec)})?"):
+            raise DownloadError(
+                f"model {spec.name} is not downloaded", hint=f"run `thyme models pull {spec.name}` when you want it"
+            )
+    return pull(spec, progress=True)
+
+
+def shared_with(spec: ModelSpec, registry_models: list[ModelSpec] | None = None) -> dict[str, list[str]]:
+    """Files of SPEC that another fully installed model of the same repo also uses: filename -> names."""
+    if spec.is_local or spec.needs_conversion or spec.repo is None:
+        return {}
+    models = registry_models if registry_models is not None else list(load_registry().models.values())
+    ours = {spec.model_file, spec.mmproj_file}
+    shared: dict[str, list[str]] = {}
+    for other in models:
+        if other.name == spec.name or other.repo != spec.repo or other.is_local or other.needs_conversion:
+            continue
+        common = {other.model_file, other.mmproj_file} & ours
+        if common and installed_files(other) is not None:
+            for filename in sorted(f for f in common if f is not None):
+                shared.setdefault(filename, []).append(other.name)
+    return shared
+
+
+def remove(spec: ModelSpec, *, registry_models: list[ModelSpec] | None = None) -> int:
+    """Delete SPEC's files; return the bytes freed.
+
+    Hub models: only this model's snapshot links and the blobs nothing else links to; a file another
+    installed model of the same repo uses stays. Local pairs: the config entry goes, the user's files
+    never. Converted models: their two files under converted_dir().
+    """
+    if spec.is_local:
+        remove_user_model(spec.name)
+        return 0
+    assert spec.model_file is not None and spec.mmproj_file is not None
+    if spec.needs_conversion:
+        freed = 0
+        for path in (converted_dir(spec) / spec.model_file, converted_dir(spec) / spec.mmproj_file):
+            if path.is_file():
+                freed += path.stat().st_size
+                path.unlink()
+        return freed
+    assert spec.repo is not None
+    keep = set(shared_with(spec, registry_models))
+    filenames = {spec.model_file, spec.mmproj_file} - keep
+    return hub_cache.remove_files(spec.repo, filenames).freed
