@@ -91,6 +91,14 @@ class ScriptedConversation:
         self.fed.append(FedItem("generated", text, []))
         return Generation(text=text, stop_reason=reason, n_tokens=n_tokens)
 
+    def checkpoint(self) -> int:
+        """A mark to roll back to (for --on-error retry)."""
+        return len(self.fed)
+
+    def rollback(self, mark: int) -> None:
+        """Forget everything fed or generated after the mark; the next reply is the retry."""
+        del self.fed[mark:]
+
     @property
     def counters(self) -> Counters:
         return self._counters

@@ -1,0 +1,320 @@
+"""The live context of one question: what is in the KV cache, and how to extend it.
+
+``LiveContext`` keeps a record of everything evaluated so far (its text with IMAGE_MARKERs, its
+token/image stream, the KV position and cell count) as a list of marks, one after each
+evaluated unit (a fed suffix or a generated token). ``sync(target)`` makes the context hold a
+newly rendered conversation: if ``target`` extends the evaluated text only the new tail is
+tokenized (libmtmd) and evaluated; if it diverges, the KV cells past the last mark inside the
+common prefix are removed and evaluation resumes from there. The context is never silently
+wrong: text and KV move together, and a failure halfway marks the context broken.
+
+Positions and cells differ for M-RoPE models (an image advances the position by max(grid)
+but fills n_tokens cells), so both are tracked: positions for decoding, cells for capacity.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from thyme_cli.engine.base import IMAGE_MARKER, Counters
+from thyme_cli.engine.chat import count_markers
+from thyme_cli.engine.images import ImageSizing, PreparedImage
+from thyme_cli.engine.native import Chunk, Native
+from thyme_cli.errors import EngineError
+
+CTX_HINT = "raise --ctx, use fewer or smaller images, or lower --max-image-tokens"
+
+# A mark: the state right after one evaluated unit. Plain tuples keep the per-token cost low.
+# (chars of evaluated text, next position, KV cells used, images evaluated, stream length,
+#  clean: the text ends on a character boundary so the context may be cut here)
+Mark = tuple[int, int, int, int, int, bool]
+_CHARS, _POS, _CELLS, _IMAGES, _STREAM, _CLEAN = range(6)
+_EMPTY: Mark = (0, 0, 0, 0, 0, True)
+
+StreamItem = int | PreparedImage
+
+
+@dataclass
+class SyncPlan:
+    """What ``sync`` will do: cut back to ``mark`` and evaluate ``suffix`` with ``images``."""
+
+    mark_index: int
+    suffix: str
+    images: list[PreparedImage]
+
+    @property
+    def rolls_back(self) -> bool:
+        return self.mark_index >= 0
+
+
+class LiveContext:
+    """Evaluated text, stream and KV bookkeeping for one question (one llama.cpp sequence)."""
+
+    def __init__(self, native: Native, counters: Counters, sizing: ImageSizing, *,
+                 reserve_tokens: int, keep_embeddings: bool) -> None:
+        self.native = native
+        self.counters = counters
+        self.sizing = sizing
+        self.reserve_tokens = reserve_tokens
+        self.keep_embeddings = keep_embeddings
+        self.n_ctx = native.n_ctx
+        self._pieces: list[str] = []
+        self._chars = 0
+        self.pos = 0
+        self.cells = 0
+        self.images: list[PreparedImage] = []
+        self.stream: list[StreamItem] = []
+        self.marks: list[Mark] = [_EMPTY]
+        self._embeddings: dict[PreparedImage, np.ndarray] = {}
+        self.logits_valid = False
+        self.broken = False
+        self.rollbacks = 0
+
+    # --- state -----------------------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        """Everything evaluated, as text (one IMAGE_MARKER per image)."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
+    def _check(self) -> None:
+        if self.broken:
+            raise EngineError("the conversation's context is broken by an earlier failure",
+                              hint="open a new conversation")
+
+    # --- planning --------------------------------------------------------------------------------
+
+    def plan(self, target: str, images: Sequence[PreparedImage]) -> SyncPlan:
+        """How to make the context hold ``target``, whose images are ``images`` in order."""
+        self._check()
+        evaluated = self.text
+        n = min(len(evaluated), len(target))
+        common = 0
+        if evaluated[:n] == target[:n]:
+            common = n
+        else:
+            lo, hi = 0, n  # binary search for the first differing character
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if evaluated[:mid] == target[:mid]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            common = lo
+        # Images before the cut must be the very same images, not just the same markers.
+        same_images = 0
+        for old, new in zip(self.images, images, strict=False):
+            if old is not new:
+                break
+            same_images += 1
+        if common == len(evaluated) and same_images == len(self.images):
+            return self._checked(SyncPlan(-1, target[common:], list(images[len(self.images):])))
+        index = len(self.marks) - 1
+        while index > 0:
+            m = self.marks[index]
+            if m[_CHARS] <= common and m[_IMAGES] <= same_images and m[_CLEAN]:
+                break
+            index -= 1
+        # Something must be evaluated after a cut, or there would be no fresh logits.
+        if self.marks[index][_CHARS] == len(target) and index > 0:
+            index -= 1
+            while index > 0 and not self.marks[index][_CLEAN]:
+                index -= 1
+        m = self.marks[index]
+        return self._checked(SyncPlan(index, target[m[_CHARS]:], list(images[m[_IMAGES]:])))
+
+    @staticmethod
+    def _checked(plan: SyncPlan) -> SyncPlan:
+        if count_markers(plan.suffix) != len(plan.images):
+            raise EngineError(
+                f"the rendered prompt holds {count_markers(plan.suffix)} image marker(s) where "
+                f"{len(plan.images)} image(s) are due",
+                hint="the chat template drops or reorders images; try chat_format='chatml'",
+            )
+        return plan
+
+    # --- evaluation ------------------------------------------------------------------------------
+
+    def sync(self, target: str, images: Sequence[PreparedImage]) -> None:
+        """Make the context hold ``target``: evaluate only what is new (see module docstring)."""
+        self.apply(self.plan(target, images))
+
+    def append(self, text: str, images: Sequence[PreparedImage]) -> None:
+        """Evaluate ``text`` right after what is there (no diff: the caller knows it extends)."""
+        self._check()
+        self.apply(self._checked(SyncPlan(-1, text, list(images))))
+
+    def apply(self, plan: SyncPlan) -> None:
+        if not plan.suffix:
+            return
+        base = self.marks[plan.mark_index] if plan.rolls_back else self.marks[-1]
+        native, c = self.native, self.counters
+        add_special = base[_POS] == 0 and native.add_bos and not (
+            native.bos_text and plan.suffix.startswith(native.bos_text))
+        t0, encode0 = time.perf_counter(), c.image_encode_s
+        with native.tokenize_multimodal(plan.suffix, plan.images, add_special=add_special) as chunks:
+            n_new = sum(c.n_tokens for c in chunks)
+            self._check_room(base[_CELLS], n_new, plan.images)
+            self.broken = True  # until the whole suffix is in
+            if plan.rolls_back:
+                self._cut(plan.mark_index)
+            self._evaluate(chunks, plan.images)
+        # Prefill: everything but the vision encoder (tokenizing, image preprocessing, decoding).
+        c.prefill_s += time.perf_counter() - t0 - (c.image_encode_s - encode0)
+        self._pieces.append(plan.suffix)
+        self._chars += len(plan.suffix)
+        self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
+        self.broken = False
+
+    def _check_room(self, cells: int, n_new: int, images: Sequence[PreparedImage]) -> None:
+        need = cells + n_new + self.reserve_tokens
+        if need <= self.n_ctx:
+            return
+        detail = f"{cells} in context + {n_new} new"
+        if images:
+            detail += f", {len(images)} image(s) among them"
+        if self.reserve_tokens:
+            detail += f" + {self.reserve_tokens} kept for the reply"
+        raise EngineError(f"the conversation needs {need} tokens ({detail}) but the context holds {self.n_ctx}",
+                          hint=CTX_HINT)
+
+    def _cut(self, index: int) -> None:
+        """Remove everything after mark ``index`` from the KV cache and the records."""
+        m = self.marks[index]
+        self.native.seq_rm(m[_POS])
+        del self.marks[index + 1:]
+        text = self.text[: m[_CHARS]]
+        self._pieces = [text] if text else []
+        self._chars = m[_CHARS]
+        self.pos, self.cells = m[_POS], m[_CELLS]
+        del self.images[m[_IMAGES]:]
+        del self.stream[m[_STREAM]:]
+        self.rollbacks += 1
+
+    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> None:
+        native, c = self.native, self.counters
+        it = iter(images)
+        for chunk in chunks:
+            if not chunk.image:
+                if chunk.tokens:
+                    native.decode_tokens(chunk.tokens, self.pos)
+                    self.pos += chunk.n_tokens
+                    self.cells += chunk.n_tokens
+                    self.stream.extend(chunk.tokens)
+                    c.tokens_evaluated += chunk.n_tokens
+                    self.logits_valid = True
+                continue
+            image = next(it)
+            self._check_grid(image, chunk)
+            embd = self._embeddings.get(image)
+            if embd is None or embd.size != chunk.n_tokens * native.n_embd_inp:
+                t0 = time.perf_counter()
+                embd = native.encode_image(chunk)
+                c.image_encode_s += time.perf_counter() - t0
+                c.images_encoded += 1
+                if self.keep_embeddings:
+                    embd = self._embeddings[image] = embd.copy()
+            self.pos = native.decode_image(chunk, embd, self.pos)
+            self.cells += chunk.n_tokens
+            c.tokens_evaluated += chunk.n_tokens
+            self.images.append(image)
+            self.stream.append(image)
+            self.logits_valid = False  # image decodes produce no logits
+
+    def _check_grid(self, image: PreparedImage, chunk: Chunk) -> None:
+        """mtmd must keep the smart_resize grid; if it resized again, the model sees another image."""
+        expected = self.sizing.grid(image.width, image.height)
+        if expected is not None and chunk.grid != expected:
+            warnings.warn(
+                f"libmtmd resized {image.path.name} to a {chunk.grid} token grid instead of {expected}",
+                RuntimeWarning, stacklevel=2,
+            )
+
+    def rewind(self, index: int) -> None:
+        """Go back to mark ``index`` and make its logits current again (for retrying a turn).
+
+        The KV tail after the mark is dropped and the mark's last token is evaluated once more,
+        because llama.cpp's logits buffer still holds those of the dropped tail.
+        """
+        self._check()
+        self._cut(index)
+        last = self.stream[-1] if self.stream else None
+        if not isinstance(last, int):
+            raise EngineError("cannot rewind to a point that does not end in text")
+        self.broken = True
+        self.native.seq_rm(self.pos - 1)
+        self.native.decode_one(last, self.pos - 1)
+        self.logits_valid = True
+        self.broken = False
+
+    def push_token(self, token: int, text: str, clean: bool) -> None:
+        """Evaluate one generated token and record it (the decode loop's only bookkeeping)."""
+        self.broken = True  # stays set if the decode fails or is interrupted
+        self.native.decode_one(token, self.pos)
+        self.broken = False
+        self.pos += 1
+        self.cells += 1
+        if text:
+            self._pieces.append(text)
+            self._chars += len(text)
+        self.stream.append(token)
+        self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), clean))
+
+    def note_text(self, text: str) -> None:
+        """Record text whose bytes are already in the KV cache (a flushed partial character)."""
+        if text:
+            self._pieces.append(text)
+            self._chars += len(text)
+            m = self.marks[-1]
+            self.marks[-1] = (self._chars, m[_POS], m[_CELLS], m[_IMAGES], m[_STREAM], True)
+
+    def release(self) -> None:
+        """Forget images, embeddings and the stream (the conversation is over)."""
+        self.images, self.stream, self._embeddings = [], [], {}
+        self.broken = True
+
+    # --- diagnostics -------------------------------------------------------------------------------
+
+    def replay(self, stream: Sequence[StreamItem]) -> None:
+        """Evaluate a recorded token/image stream from scratch, text in as few batches as possible.
+
+        Diagnostics and tests: the logits after an incremental conversation must equal the
+        logits after replaying its stream into a fresh context.
+        """
+        self._check()
+        if self.cells:
+            raise EngineError("replay needs an empty context")
+        native = self.native
+        run: list[int] = []
+        for item in [*stream, None]:
+            if isinstance(item, int):
+                run.append(item)
+                continue
+            if run:
+                self._room_for(len(run))
+                native.decode_tokens(run, self.pos)
+                self.pos += len(run)
+                self.cells += len(run)
+                self.stream.extend(run)
+                self.counters.tokens_evaluated += len(run)
+                self.logits_valid = True
+                run = []
+            if item is None:
+                break
+            with native.tokenize_multimodal(IMAGE_MARKER, [item], add_special=False) as chunks:
+                image_chunks = [c for c in chunks if c.image]
+                self._room_for(image_chunks[0].n_tokens)
+                self._evaluate(image_chunks, [item])
+        self.broken = True  # the replayed context has no text record: it cannot be extended
+
+    def _room_for(self, n: int) -> None:
+        if self.cells + n > self.n_ctx:
+            raise EngineError(f"replay needs {self.cells + n} tokens but the context holds {self.n_ctx}",
+                              hint=CTX_HINT)

@@ -1,0 +1,429 @@
+"""The llama.cpp engine: one loaded model pair, one live multimodal context per question.
+
+``LlamaEngine.load`` loads a GGUF language model and its mmproj once; ``open()`` starts a
+question by clearing the KV cache (the only place it is cleared). A ``LlamaConversation``
+renders its messages with the model's chat format after every feed and evaluates only the new
+tail through libmtmd, so earlier images are never encoded again and earlier text never
+re-evaluated. ``generate`` samples token by token with adaptive temperature (greedy inside
+``<code>``) and stops at ``</code>``, ``</answer>``, end of turn or the token budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from thyme_cli.engine.base import Conversation, Counters, Engine, Generation, StopReason
+from thyme_cli.engine.chat import (
+    QWEN_DEFAULT_SYSTEM,
+    ChatMLRenderer,
+    Message,
+    Renderer,
+    TemplateRenderer,
+    check_markers,
+)
+from thyme_cli.engine.context import LiveContext, StreamItem
+from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
+from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
+from thyme_cli.engine.options import EngineOptions, SamplingOptions
+from thyme_cli.engine.sampling import AtsSamplers
+from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
+from thyme_cli.errors import EngineError
+
+__all__ = ["EngineOptions", "LlamaConversation", "LlamaCounters", "LlamaEngine", "SamplingOptions"]
+
+# Qwen2-VL / Qwen2.5-VL speak ChatML with a default system prompt; Thyme is a Qwen2.5-VL.
+_CHATML_PROJECTORS = frozenset({"qwen2vl_merger", "qwen2.5vl_merger"})
+# Hugging Face processor defaults, used when the model entry gives no token limits.
+_QWEN_MIN_TOKENS, _QWEN_MAX_TOKENS = 4, 16384
+
+
+@dataclass
+class LlamaCounters(Counters):
+    """base.Counters plus what only this engine can tell."""
+
+    native_s: float = 0.0  # seconds inside llama.cpp / libmtmd calls (the rest is Python)
+    image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
+    rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
+
+
+def _image_sizing(projector: ProjectorInfo, options: EngineOptions) -> ImageSizing:
+    lo, hi = options.token_limits
+    mode = options.image_resize
+    if mode == "auto":
+        mode = "qwen" if projector.qwen_family else "none"
+    if mode == "none":
+        return ImageSizing()
+    if not projector.qwen_family:
+        raise EngineError(
+            f"image_resize='qwen' needs a Qwen-VL projector; this one is {projector.projector_type!r}",
+            hint="use image_resize='auto' or 'none'",
+        )
+    max_tokens = hi or _QWEN_MAX_TOKENS
+    min_tokens = min(lo or _QWEN_MIN_TOKENS, max_tokens)
+    return ImageSizing(factor=projector.resize_factor, min_tokens=min_tokens, max_tokens=max_tokens)
+
+
+class LlamaEngine:
+    """A loaded model + projector. Load once, ``open()`` once per question (cheap)."""
+
+    def __init__(self, native: Native, renderer: Renderer, sizing: ImageSizing, options: EngineOptions,
+                 sampling: SamplingOptions, name: str) -> None:
+        self._native = native
+        self.renderer = renderer
+        self.image_sizing = sizing
+        self.options = options
+        self.sampling = sampling
+        self.name = name
+        self._samplers = AtsSamplers(sampling, native.n_vocab)
+        self._current: LlamaConversation | None = None
+
+    @classmethod
+    def load(cls, model_path: Path | str, mmproj_path: Path | str, *, options: EngineOptions | None = None,
+             sampling: SamplingOptions | None = None) -> LlamaEngine:
+        """Load the pair; EngineError with a one-line message and hint when anything is wrong."""
+        options = options or EngineOptions()
+        sampling = sampling or SamplingOptions()
+        model_path, mmproj_path = Path(model_path).expanduser(), Path(mmproj_path).expanduser()
+        projector = inspect_files(model_path, mmproj_path)
+        sizing = _image_sizing(projector, options)
+        limits = (sizing.min_tokens, sizing.max_tokens) if sizing.resizes else options.token_limits
+        native = Native(model_path, mmproj_path, options, projector, limits)
+        try:
+            renderer = cls._renderer(native, options)
+        except BaseException:
+            native.close()
+            raise
+        return cls(native, renderer, sizing, options, sampling, name=f"llama.cpp:{model_path.stem}")
+
+    @staticmethod
+    def _renderer(native: Native, options: EngineOptions) -> Renderer:
+        qwen = native.projector.projector_type in _CHATML_PROJECTORS
+        chatml_tokens = len(native.tokenize("<|im_start|>")) == 1 and len(native.tokenize("<|im_end|>")) == 1
+        fmt = options.chat_format
+        if fmt == "auto":
+            template = native.chat_template
+            speaks_chatml = chatml_tokens and (template is None or "<|im_start|>" in template)
+            fmt = "chatml" if speaks_chatml and (qwen or template is None) else "template"
+        if fmt == "chatml":
+            if not chatml_tokens:
+                raise EngineError("chat_format='chatml' but this model has no <|im_start|>/<|im_end|> tokens",
+                                  hint="use chat_format='template' or 'auto'")
+            return ChatMLRenderer(QWEN_DEFAULT_SYSTEM if qwen else None)
+        if native.chat_template is None:
+            raise EngineError("the model has no chat template and does not speak ChatML",
+                              hint="use a GGUF that carries tokenizer.chat_template")
+        return TemplateRenderer(native.chat_template, bos_token=native.bos_text, eos_token=native.eos_text)
+
+    # --- the Engine protocol --------------------------------------------------------------------
+
+    def open(self, sampling: SamplingOptions | None = None) -> LlamaConversation:
+        """Start a new question: the previous conversation ends and the KV cache is cleared."""
+        self._check()
+        if self._current is not None:
+            self._current.close()
+        self._native.clear()
+        if sampling is None or sampling == self.sampling:
+            samplers, own = self._samplers, False
+        else:
+            samplers, own = AtsSamplers(sampling, self._native.n_vocab), True
+        samplers.reset()
+        self._current = LlamaConversation(self, samplers, own_samplers=own)
+        return self._current
+
+    def close(self) -> None:
+        """Free the model; the engine cannot be used afterwards. Safe to call twice."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        if not self._native.closed:
+            self._samplers.close()
+            self._native.close()
+
+    def __enter__(self) -> LlamaEngine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- extras ----------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._native.closed:
+            raise EngineError("the engine was closed")
+
+    @property
+    def native(self) -> Native:
+        return self._native
+
+    @property
+    def n_ctx(self) -> int:
+        return self._native.n_ctx
+
+    @property
+    def chat_format(self) -> str:
+        return self.renderer.name
+
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special tokens parsed), e.g. for a logit bias."""
+        self._check()
+        return self._native.tokenize(text)
+
+    def _released(self, conversation: LlamaConversation) -> None:
+        if self._current is conversation:
+            self._current = None
+
+
+class LlamaConversation:
+    """One question's live context (see thyme_cli.engine.base.Conversation)."""
+
+    def __init__(self, engine: LlamaEngine, samplers: AtsSamplers, *, own_samplers: bool) -> None:
+        self._engine = engine
+        self._native = engine.native
+        self._samplers = samplers
+        self._own_samplers = own_samplers
+        self._renderer = engine.renderer
+        self._counters = LlamaCounters()
+        self._native_start = self._native.native_s
+        self._live = LiveContext(
+            self._native, self._counters, engine.image_sizing,
+            reserve_tokens=engine.options.reserve_tokens,
+            keep_embeddings=engine.renderer.name == "template",
+        )
+        self._messages: list[Message] = []
+        self._open: Message | None = None  # the assistant turn being written
+        self._scanner = TurnScanner()
+        self._utf8 = Utf8Pieces()
+        self._closed = False
+        self.last_tokens: list[int] = []
+        self._checkpoints: list[tuple[int, list[Message], Message, TurnScanner]] = []
+        self._retry_warm = False
+        self._retry_samplers: AtsSamplers | None = None
+
+    # --- feeding -----------------------------------------------------------------------------------
+
+    def feed_system(self, text: str) -> None:
+        """Set the system message; only as the first feed (it is evaluated with the first user turn)."""
+        self._check()
+        if self._messages or self._open is not None:
+            raise EngineError("feed_system must be the first feed of a conversation")
+        check_markers(text, (), "feed_system")
+        self._messages.append(Message("system", text))
+
+    def feed_user(self, text: str, images: Sequence[Path] = ()) -> None:
+        """Close any open assistant turn, add a user turn and open the next assistant turn."""
+        self._check()
+        check_markers(text, images, "feed_user")
+        prepared = self._prepare(images)
+        messages = list(self._messages)
+        if self._open is not None:
+            self._finish_text()
+            messages.append(self._open)
+        messages.append(Message("user", text, prepared))
+        target = self._renderer.render(messages, add_generation_prompt=True)
+        all_images = [img for m in messages for img in m.images]
+        self._live.sync(target, all_images)
+        self._messages = messages
+        self._open = Message("assistant", "")
+        self._scanner.reset()
+
+    def feed_assistant(self, text: str, images: Sequence[Path] = ()) -> None:
+        """Append text (and images) inside the open assistant turn, e.g. a sandbox observation."""
+        self._check()
+        if self._open is None:
+            raise EngineError("feed_assistant needs an open assistant turn: call feed_user first")
+        check_markers(text, images, "feed_assistant")
+        prepared = self._prepare(images)
+        self._finish_text()
+        self._live.append(text, prepared)
+        self._open.text += text
+        self._open.images.extend(prepared)
+        self._scanner.feed(text)
+
+    def _prepare(self, images: Sequence[Path]) -> list[PreparedImage]:
+        t0 = time.perf_counter()
+        prepared = [load_image(Path(p), self._engine.image_sizing) for p in images]
+        self._counters.image_load_s += time.perf_counter() - t0
+        return prepared
+
+    def _finish_text(self) -> None:
+        """A character cut in half by the token budget becomes U+FFFD before the turn moves on."""
+        tail = self._utf8.flush()
+        if tail and self._open is not None:
+            self._open.text += tail
+            self._live.note_text(tail)
+
+    # --- generation --------------------------------------------------------------------------------
+
+    def generate(self, *, max_tokens: int, on_text: Callable[[str], None] | None = None) -> Generation:
+        """Continue the assistant turn until </code>, </answer>, end of turn or max_tokens.
+
+        Every kept token is evaluated right away, so ``Generation.text`` is exactly what the
+        context now holds after the fed text; a sampled end-of-turn token is not kept (the next
+        feed closes the turn in the model's own format).
+        """
+        self._check()
+        if self._open is None:
+            raise EngineError("generate needs an open assistant turn: call feed_user first")
+        if max_tokens < 1:
+            raise EngineError(f"max_tokens must be >= 1, got {max_tokens}")
+        live = self._live
+        if not live.logits_valid:
+            raise EngineError("nothing to continue from: the last feed ended on an image",
+                              hint="put some text after the last image marker")
+        room = live.n_ctx - live.cells
+        if room < 1:
+            raise EngineError(f"the context is full ({live.n_ctx} tokens)",
+                              hint="raise --ctx, use fewer or smaller images, or lower --max-image-tokens")
+        budget = min(max_tokens, room)
+        samplers = self._samplers
+        if self._retry_warm:  # a retried turn must differ from the failed one: sample it warm
+            samplers, self._retry_warm = self._warm_retry_samplers(), False
+        native, scanner, utf8 = self._native, self._scanner, self._utf8
+        code_chain, prose_chain, shared = samplers.code, samplers.prose, samplers.shared_history
+        sample, piece, is_eog, push = native.sample, native.piece, native.is_eog, live.push_token
+        decode = utf8.decode
+        out: list[str] = []
+        tokens: list[int] = []
+        reason: StopReason = "max_tokens"
+        t0 = time.perf_counter()
+        try:
+            while len(tokens) < budget:
+                chain = code_chain if scanner.in_code else prose_chain
+                token = sample(chain)
+                if shared:
+                    samplers.accept_other(chain, token)
+                if is_eog(token):
+                    reason = "end_of_turn"
+                    break
+                text = decode(piece(token))
+                stop = scanner.feed(text) if text else None
+                push(token, text, not utf8.pending)
+                tokens.append(token)
+                if text:
+                    out.append(text)
+                    if on_text is not None:
+                        on_text(text)
+                if stop is not None:
+                    reason = stop
+                    break
+        finally:
+            self._counters.decode_s += time.perf_counter() - t0
+            self._counters.tokens_generated += len(tokens)
+            self.last_tokens = tokens
+            self._open.text += "".join(out)
+        return Generation(text="".join(out), stop_reason=reason, n_tokens=len(tokens))
+
+    # --- retrying a turn (--on-error retry) ---------------------------------------------------------
+
+    def checkpoint(self) -> int:
+        """Remember this point (before a generate) so a failed step's turn can be taken back."""
+        self._check()
+        if self._open is None or not self._live.logits_valid:
+            raise EngineError("a checkpoint needs an open assistant turn ending in text")
+        self._checkpoints.append((
+            len(self._live.marks) - 1,
+            list(self._messages),
+            Message(self._open.role, self._open.text, list(self._open.images)),
+            copy.copy(self._scanner),
+        ))
+        return len(self._checkpoints) - 1
+
+    def rollback(self, mark: int, *, resample_warm: bool = True) -> None:
+        """Drop everything generated or fed since checkpoint ``mark``; the KV cache follows.
+
+        With ``resample_warm`` a greedy conversation samples the next turn's prose at temperature
+        1 (code stays greedy), so the retried turn is not a copy of the failed one.
+        """
+        self._check()
+        index, messages, open_turn, scanner = self._checkpoints[mark]
+        del self._checkpoints[mark + 1:]
+        self._live.rewind(index)
+        self._messages = list(messages)
+        self._open = Message(open_turn.role, open_turn.text, list(open_turn.images))
+        self._scanner = copy.copy(scanner)
+        self._utf8 = Utf8Pieces()
+        self._retry_warm = resample_warm and self._samplers.options.greedy
+
+    def _warm_retry_samplers(self) -> AtsSamplers:
+        """Temperature 1.0 for the prose of a retried turn (as upstream Thyme does); code stays greedy."""
+        if self._retry_samplers is None:
+            o = self._samplers.options
+            warm = SamplingOptions(temperature=1.0, top_p=0.9, top_k=50, seed=o.seed + 1, logit_bias=o.logit_bias)
+            self._retry_samplers = AtsSamplers(warm, self._native.n_vocab)
+        return self._retry_samplers
+
+    # --- state -------------------------------------------------------------------------------------
+
+    @property
+    def counters(self) -> LlamaCounters:
+        c = self._counters
+        c.native_s = self._native.native_s - self._native_start
+        c.rollbacks = self._live.rollbacks
+        return c
+
+    @property
+    def text(self) -> str:
+        """Everything the context holds, as text (IMAGE_MARKER where each image is)."""
+        return self._live.text
+
+    @property
+    def n_tokens(self) -> int:
+        """KV cells in use (text tokens + image tokens)."""
+        return self._live.cells
+
+    @property
+    def in_code(self) -> bool:
+        """True while the open assistant turn is inside a <code> block (decoding is greedy)."""
+        return self._scanner.in_code
+
+    def logits(self) -> np.ndarray:
+        """A copy of the logits for the next token (diagnostics and tests)."""
+        self._check()
+        if not self._live.logits_valid:
+            raise EngineError("no logits: the context ends on an image or is empty")
+        return self._native.logits()
+
+    def token_stream(self) -> list[StreamItem]:
+        """What the context holds: token ids and images, in order (diagnostics and tests)."""
+        return list(self._live.stream)
+
+    def evaluate_stream(self, stream: Sequence[StreamItem]) -> None:
+        """Evaluate a recorded stream into this fresh conversation in big batches (diagnostics)."""
+        self._check()
+        self._live.replay(stream)
+
+    def close(self) -> None:
+        """End the question; the engine's next ``open()`` clears the context."""
+        if self._closed:
+            return
+        self._closed = True
+        # Drop the pixels and embeddings now: a batch keeps engines (not conversations) alive.
+        self._messages, self._open = [], None
+        self._live.release()
+        if self._own_samplers:
+            self._samplers.close()
+        if self._retry_samplers is not None:
+            self._retry_samplers.close()
+            self._retry_samplers = None
+        self._engine._released(self)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise EngineError("this conversation was closed (the engine opened a new one)")
+        self._engine._check()
+
+
+if TYPE_CHECKING:
+
+    def _conforms(engine: LlamaEngine, conversation: LlamaConversation) -> tuple[Engine, Conversation]:
+        """mypy checks here that the classes satisfy base.Engine and base.Conversation."""
+        return engine, conversation
