@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 
 CODE_OPEN = "<code>"
 MAX_SHOWN_OUTPUT_LINES = 20
+# Control characters other than newline and tab, C1 controls included: model text and sandbox
+# output must never drive the terminal (escape sequences can retitle, recolour or spoof).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Text with control characters shown as visible escapes (e.g. \\x1b), for terminals."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class LiveRenderer:
@@ -57,7 +66,7 @@ class LiveRenderer:
             return
         from rich.text import Text
 
-        self.console.print(Text(text, style="dim"), end="")
+        self.console.print(Text(terminal_safe(text), style="dim"), end="")
         self._at_line_start = text.endswith("\n")
 
     def _newline(self) -> None:
@@ -71,7 +80,7 @@ class LiveRenderer:
 
         self._held = ""
         self._newline()
-        self.console.print(Panel(Syntax(code, "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
+        self.console.print(Panel(Syntax(terminal_safe(code), "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
                                  title_align="left", border_style="cyan"))
 
     def step_finished(self, step: Step, result: ExecResult) -> None:
@@ -87,9 +96,9 @@ class LiveRenderer:
             shown = "\n".join(lines[:MAX_SHOWN_OUTPUT_LINES])
             if len(lines) > MAX_SHOWN_OUTPUT_LINES:
                 shown += f"\n... ({len(lines) - MAX_SHOWN_OUTPUT_LINES} more lines in the trace)"
-            self.console.print(Text(shown), style="default")
+            self.console.print(Text(terminal_safe(shown)), style="default")
         if step.error:
-            self.console.print(Text(step.error.rstrip(), style="red"))
+            self.console.print(Text(terminal_safe(step.error.rstrip()), style="red"))
         for rel in step.images:
             self._show_image(self.run_dir / rel)
         self._at_line_start = True
@@ -110,7 +119,7 @@ class LiveRenderer:
         from rich.text import Text
 
         self._newline()
-        self.console.print(Text(message, style="yellow italic"))
+        self.console.print(Text(terminal_safe(message), style="yellow italic"))
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -180,7 +189,7 @@ def print_summary(trace: Trace, run_dir: Path, console: Console | None = None, v
     t = trace.timings
     console.print()
     for note in trace.notes:
-        console.print(Text(f"note: {note}", style="yellow"))
+        console.print(Text(f"note: {terminal_safe(note)}", style="yellow"))
     console.print(
         Text(
             f"{len(trace.steps)} step(s), {t.get('total_s', 0):.1f} s "
@@ -209,10 +218,10 @@ def print_answer(trace: Trace, quiet: bool) -> None:
     answer = trace.answer or ""
     console = out_console()
     if quiet or not console.is_terminal:
-        sys.stdout.write(answer + "\n")
+        sys.stdout.write((terminal_safe(answer) if console.is_terminal else answer) + "\n")
         sys.stdout.flush()
         return
     from rich.panel import Panel
     from rich.text import Text
 
-    console.print(Panel(Text(answer), title="answer", title_align="left", border_style="green bold"))
+    console.print(Panel(Text(terminal_safe(answer)), title="answer", title_align="left", border_style="green bold"))

@@ -30,7 +30,7 @@ class ModelSettings:
     max_image_tokens: int | None = None
     gpu_layers: int | None = None
     threads: int | None = None
-    flash_attn: bool = True
+    flash_attn: bool | None = None  # None: llama.cpp decides
     script: Path | None = None
 
 
@@ -56,13 +56,9 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
     files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
     from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions
 
-    options = EngineOptions(
-        n_ctx=settings.n_ctx or spec.n_ctx,
-        n_gpu_layers=settings.gpu_layers,
-        n_threads=settings.threads,
-        flash_attn=settings.flash_attn,
-        image_min_tokens=spec.image_min_tokens,
-        image_max_tokens=settings.max_image_tokens or spec.image_max_tokens,
+    options = EngineOptions.from_spec(
+        spec, n_ctx=settings.n_ctx, max_image_tokens=settings.max_image_tokens,
+        n_gpu_layers=settings.gpu_layers, n_threads=settings.threads, flash_attn=settings.flash_attn,
     )
     sampling = SamplingOptions(
         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed

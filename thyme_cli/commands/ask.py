@@ -33,7 +33,7 @@ def ask(
     max_image_tokens: o.MaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
-    flash_attn: o.FlashAttnOpt = True,
+    flash_attn: o.FlashAttnOpt = None,
     yes: o.YesOpt = False,
     out: Annotated[
         Path | None,

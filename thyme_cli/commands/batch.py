@@ -107,7 +107,7 @@ def batch(
     max_image_tokens: o.MaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
-    flash_attn: o.FlashAttnOpt = True,
+    flash_attn: o.FlashAttnOpt = None,
     yes: o.YesOpt = False,
     script: o.ScriptOpt = None,
 ) -> None:

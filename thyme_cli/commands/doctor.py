@@ -48,7 +48,7 @@ def _llama() -> Check:
 def _sandboxes() -> list[Check]:
     from thyme_cli.sandbox.factory import probe_backends
 
-    checks = [Check(f"sandbox: {p.name}", "ok" if p.works else "warn", p.detail, "" if p.works else p.hint)
+    checks = [Check(f"sandbox: {p.name}", "ok" if p.works else "warn", p.detail, "" if p.works else p.hint or "")
               for p in probe_backends()]
     if not any(c.status == "ok" for c in checks):
         checks.append(Check("sandbox", "fail", "no sandbox backend starts here; code steps cannot run isolated",

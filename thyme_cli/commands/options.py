@@ -56,7 +56,9 @@ ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).", rich_help_panel=MODEL_PANEL)
 ]
 FlashAttnOpt = Annotated[
-    bool, typer.Option("--flash-attn/--no-flash-attn", help="Use flash attention.", rich_help_panel=MODEL_PANEL)
+    bool | None,
+    typer.Option("--flash-attn/--no-flash-attn", help="Flash attention (default: llama.cpp decides).",
+                 rich_help_panel=MODEL_PANEL),
 ]
 MaxTurnsOpt = Annotated[
     int, typer.Option("--max-turns", min=0, max=50, help="Code steps allowed before the model must answer.",
