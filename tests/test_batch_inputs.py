@@ -86,7 +86,7 @@ def test_bad_manifests(tmp_path: Path, photos: Path) -> None:
 def test_shards_partition_the_items() -> None:
     ids = [f"img{i}.png" for i in range(200)]
     shards = [[i for i in ids if in_shard(i, k, 4)] for k in range(1, 5)]
-    assert sorted(sum(shards, [])) == sorted(ids)
+    assert sorted(i for shard in shards for i in shard) == sorted(ids)
     assert all(20 < len(s) < 80 for s in shards)
     assert parse_shard("2/4") == (2, 4)
     for bad in ("0/4", "5/4", "x", "1/0"):
