@@ -191,3 +191,22 @@ def test_ctrl_c_stops_cleanly_and_is_resumable(tmp_path: Path, script: Path, san
     assert result.returncode == 0, result.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 20
+
+
+def test_jobs_runs_items_concurrently_and_loses_none(
+    run_thyme: RunThyme, tmp_path: Path, photos: Path, script: Path, sandbox_backend: str
+) -> None:
+    out = tmp_path / "r.jsonl"
+    result = run_thyme("batch", str(photos), "-q", "q", "--script", str(script), "-o", str(out), "--jobs", "3")
+    assert result.returncode == 0, result.stderr
+    ids = [r["id"] for r in _lines(out)]
+    assert sorted(ids) == sorted(str(p) for p in photos.glob("*.png")) and len(set(ids)) == 6
+
+
+def test_jobs_with_a_local_model_is_refused(run_thyme: RunThyme, tmp_path: Path, photos: Path, tiny_pair: object) -> None:
+    from thyme_cli.devtools.tiny_gguf import TinyPair
+
+    assert isinstance(tiny_pair, TinyPair)
+    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    result = run_thyme("batch", str(photos), "-q", "q", "-m", "tiny", "-o", str(tmp_path / "r.jsonl"), "--jobs", "2")
+    assert result.returncode == 2 and "one conversation at a time" in result.stderr

@@ -7,11 +7,13 @@ Ctrl-C stops after writing what finished; the output file is then resumable with
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,21 +101,60 @@ def run_batch(
     journal: Journal,
     runs_root: Path,
     on_item: Callable[[dict[str, Any]], None],
+    *,
+    jobs: int = 1,
 ) -> BatchSummary:
-    """Process every item not already in the journal, in order."""
+    """Process every item not already in the journal; up to ``jobs`` at a time."""
     summary = BatchSummary(total=len(items))
+    todo = [item for item in items if item.id not in journal.done_ids]
+    summary.skipped = len(items) - len(todo)
     started = time.perf_counter()
+
+    def finish(record: dict[str, Any]) -> None:
+        journal.append(record)
+        summary.counts[outcome(record)] += 1
+        on_item(record)
+
     try:
-        for item in items:
-            if item.id in journal.done_ids:
-                summary.skipped += 1
-                continue
-            record = run_item(model, item, runs_root, settings)
-            journal.append(record)
-            summary.counts[outcome(record)] += 1
-            on_item(record)
+        if jobs <= 1:
+            for item in todo:
+                finish(run_item(model, item, runs_root, settings))
+        else:
+            _run_concurrently(todo, model, settings, runs_root, jobs, finish)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _run_concurrently(
+    todo: list[Item],
+    model: LoadedModel,
+    settings: QuestionSettings,
+    runs_root: Path,
+    jobs: int,
+    finish: Callable[[dict[str, Any]], None],
+) -> None:
+    """Keep ``jobs`` items in flight; results are recorded in the order they finish.
+
+    On Ctrl-C no new item starts; the ones in flight finish and are recorded, so nothing that
+    was paid for is lost.
+    """
+    pending = iter(todo)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="thyme-item") as pool:
+        running: set[Future[dict[str, Any]]] = set()
+        try:
+            for item in itertools.islice(pending, jobs):
+                running.add(pool.submit(run_item, model, item, runs_root, settings))
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(future.result())
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        running.add(pool.submit(run_item, model, nxt, runs_root, settings))
+        except KeyboardInterrupt:
+            for future in as_completed(running):
+                finish(future.result())
+            raise

@@ -90,6 +90,11 @@ def batch(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted batch: skip items already in -o.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", help="Process only shard i of N (i/N, 1-based), for N machines.")] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, max=256,
+                          help="Items in flight at once (needs an engine that serves several conversations, "
+                               "e.g. a remote server).")
+    ] = 1,
     runs: Annotated[
         Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
     ] = None,
@@ -150,6 +155,10 @@ def batch(
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and stdin is None
     loaded = load_model(load_registry(), settings, assume_yes=yes, interactive=interactive)
+    if jobs > 1 and not getattr(loaded.engine, "concurrent", False):
+        loaded.engine.close()
+        raise UsageError(f"--jobs {jobs}: the {loaded.spec.name} engine runs one conversation at a time",
+                         hint="use --jobs 1 with a local model, or a remote backend for parallel items")
     question_settings = QuestionSettings(
         sandbox=sandbox.value, step_timeout_s=step_timeout,
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
@@ -158,7 +167,7 @@ def batch(
     progress = BatchProgress(len(items), done_before)
     try:
         summary = run_batch(items, loaded, question_settings, journal, runs_root,
-                            on_item=lambda record: progress.item(record, outcome(record)))
+                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs)
     finally:
         progress.close()
         journal.close()

@@ -93,6 +93,7 @@ class Engine(Protocol):
     """A loaded model that opens conversations."""
 
     name: str
+    concurrent: bool  # True when several conversations may run at once (batch --jobs)
 
     def open(self) -> Conversation: ...
 

@@ -74,6 +74,8 @@ def _image_sizing(projector: ProjectorInfo, options: EngineOptions) -> ImageSizi
 class LlamaEngine:
     """A loaded model + projector. Load once, ``open()`` once per question (cheap)."""
 
+    concurrent = False  # one llama.cpp context: one conversation at a time
+
     def __init__(self, native: Native, renderer: Renderer, sizing: ImageSizing, options: EngineOptions,
                  sampling: SamplingOptions, name: str) -> None:
         self._native = native

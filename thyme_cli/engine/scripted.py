@@ -124,6 +124,8 @@ def _cut_like_an_engine(reply: str, *, max_chars: int) -> tuple[str, StopReason]
 class ScriptedEngine:
     """Hands out conversations that replay the same script, one question after another."""
 
+    concurrent = True  # conversations are independent: batch --jobs may run several at once
+
     def __init__(self, replies: list[str], name: str = "scripted") -> None:
         self.replies = replies
         self.name = name
