@@ -32,6 +32,10 @@ class ModelSettings:
     threads: int | None = None
     flash_attn: bool | None = None  # None: llama.cpp decides
     script: Path | None = None
+    backend: str = "local"  # "local" (llama.cpp here) or "openai" (an OpenAI-compatible server)
+    base_url: str | None = None
+    api_model: str | None = None
+    protocol: str | None = None  # for remote models: "thyme" or "generic"
 
 
 @dataclass
@@ -50,6 +54,10 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
                                                                            model_path=settings.script,
                                                                            mmproj_path=settings.script)
         return LoadedModel(ScriptedEngine.from_file(settings.script), spec)
+    if settings.backend == "openai":
+        from thyme_cli.engine.remote import load_remote
+
+        return load_remote(registry, settings)
     spec = registry.get(settings.name or registry.default_model)
     from thyme_cli.download import ensure_model
 

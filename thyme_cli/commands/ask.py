@@ -20,6 +20,10 @@ def ask(
     image: Annotated[str, typer.Argument(help="The image (PNG, JPEG, WebP, TIFF, BMP), or '-' to read it from stdin.")],
     question: Annotated[str, typer.Argument(help="What you want to know about it.")],
     model: o.ModelOpt = None,
+    backend: o.BackendOpt = o.Backend.local,
+    base_url: o.BaseUrlOpt = None,
+    api_model: o.ApiModelOpt = None,
+    protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
     on_error: o.OnErrorOpt = o.OnError.show,
@@ -75,7 +79,7 @@ def ask(
     settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
-        script=script,
+        script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
     try:

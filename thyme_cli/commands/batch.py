@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from thyme_cli.commands import options as o
-from thyme_cli.console import err_console, handle_errors, warn
+from thyme_cli.console import err_console, handle_errors, print_error, warn
 from thyme_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from thyme_cli.batch import BatchSummary
+    from thyme_cli.batch_inputs import Item
+    from thyme_cli.runner import ModelSettings, QuestionSettings
 
 
 class BatchProgress:
@@ -99,6 +101,10 @@ def batch(
         Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
     ] = None,
     model: o.ModelOpt = None,
+    backend: o.BackendOpt = o.Backend.local,
+    base_url: o.BaseUrlOpt = None,
+    api_model: o.ApiModelOpt = None,
+    protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
     on_error: o.OnErrorOpt = o.OnError.show,
@@ -120,49 +126,79 @@ def batch(
 
     Exit codes: 0 all items processed, 1 some items failed, 2 bad usage, 130 interrupted (resumable).
     """
-    from thyme_cli import paths
     from thyme_cli.agent import AgentOptions
-    from thyme_cli.batch import outcome, run_batch
-    from thyme_cli.batch_inputs import collect_items, in_shard, parse_shard
-    from thyme_cli.batch_journal import Journal
-    from thyme_cli.registry import load_registry
-    from thyme_cli.runner import ModelSettings, QuestionSettings, load_model
-    from thyme_cli.trace import new_run_dir
+    from thyme_cli.batch_inputs import collect_items
+    from thyme_cli.runner import ModelSettings, QuestionSettings
 
-    if "-" in inputs and inputs.count("-") > 1:
+    if inputs.count("-") > 1:
         raise UsageError("'-' (stdin) may be given only once")
     stdin = sys.stdin if "-" in inputs else None
     items = collect_items(inputs, question, stdin=stdin)
+    if sandbox == o.SandboxChoice.none:
+        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+    model_settings = ModelSettings(
+        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
+        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
+    )
+    question_settings = QuestionSettings(
+        sandbox=sandbox.value, step_timeout_s=step_timeout,
+        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
+    )
+    summary = execute_batch(
+        items, output=output or "results.jsonl", resume=resume, shard=shard, runs=runs, jobs=jobs,
+        model_settings=model_settings, question_settings=question_settings, assume_yes=yes,
+        interactive=sys.stdin.isatty() and sys.stderr.isatty() and stdin is None,
+    )
+    if summary.counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def execute_batch(
+    items: list[Item],
+    *,
+    output: str,
+    resume: bool,
+    shard: str | None,
+    runs: Path | None,
+    jobs: int,
+    model_settings: ModelSettings,
+    question_settings: QuestionSettings,
+    assume_yes: bool,
+    interactive: bool,
+    command: str = "batch",
+) -> BatchSummary:
+    """Everything after the flags: shard, journal, one model load, the items, the summary.
+
+    Shared by `thyme batch` and the commands built on it (eval). Raises typer.Exit(130) when
+    interrupted (the output stays resumable).
+    """
+    from thyme_cli import paths
+    from thyme_cli.batch import outcome, run_batch
+    from thyme_cli.batch_inputs import in_shard, parse_shard
+    from thyme_cli.batch_journal import Journal
+    from thyme_cli.registry import load_registry
+    from thyme_cli.runner import load_model
+    from thyme_cli.trace import new_run_dir
+
     if shard:
         index, total = parse_shard(shard)
         items = [item for item in items if in_shard(item.id, index, total)]
-    output = output or "results.jsonl"
     out_path = None if output == "-" else Path(output).expanduser()
     journal = Journal(out_path, resume=resume)
     if out_path is not None:
         runs_root = runs or out_path.with_name(out_path.name.removesuffix(".jsonl") + ".runs")
     else:
-        runs_root = runs or new_run_dir(paths.runs_dir(), "batch")
+        runs_root = runs or new_run_dir(paths.runs_dir(), command)
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
-    if sandbox == o.SandboxChoice.none:
-        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
-    settings = ModelSettings(
-        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
-        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
-        script=script,
-    )
-    interactive = sys.stdin.isatty() and sys.stderr.isatty() and stdin is None
-    loaded = load_model(load_registry(), settings, assume_yes=yes, interactive=interactive)
+    loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)
     if jobs > 1 and not getattr(loaded.engine, "concurrent", False):
         loaded.engine.close()
+        journal.close()
         raise UsageError(f"--jobs {jobs}: the {loaded.spec.name} engine runs one conversation at a time",
                          hint="use --jobs 1 with a local model, or a remote backend for parallel items")
-    question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout,
-        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
-    )
     done_before = sum(1 for item in items if item.id in journal.done_ids)
     progress = BatchProgress(len(items), done_before)
     try:
@@ -174,10 +210,7 @@ def batch(
         loaded.engine.close()
     _print_summary(summary, output, runs_root)
     if summary.interrupted:
-        hint = f"thyme batch ... -o {output} --resume" if out_path else "write to a file with -o to be able to resume"
-        from thyme_cli.console import print_error
-
-        print_error("interrupted; every finished item is saved", hint=f"continue with: {hint}")
+        again = f"thyme {command} ... -o {output} --resume" if out_path else "write to a file with -o to resume"
+        print_error("interrupted; every finished item is saved", hint=f"continue with: {again}")
         raise typer.Exit(130)
-    if summary.counts.get("failed"):
-        raise typer.Exit(1)
+    return summary

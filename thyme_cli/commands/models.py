@@ -1,7 +1,8 @@
-"""`thyme models ...`: list, inspect, download, register and remove models.
+"""`thyme models ...`: list, inspect, download, convert, register and remove models.
 
-Thin: flags -> thyme_cli.download / registry -> output. Results go to stdout (tables, JSON, paths),
-messages and progress to stderr. huggingface_hub is only imported by `pull` (inside download.py).
+Thin: flags -> thyme_cli.download / convert / registry -> output. Results go to stdout (tables,
+JSON, paths), messages and progress to stderr. huggingface_hub is only imported by `pull` and
+`convert` (inside download.py / convert.py), the converter never in this process.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ import typer
 from thyme_cli import hub_cache
 from thyme_cli.console import handle_errors, human_size, info, out_console
 from thyme_cli.download import (
+    UNFINISHED,
     ModelState,
     approx_size,
     confirm,
     converted_dir,
     model_state,
+    preferred_default,
     pull,
     remove,
     shared_with,
 )
 from thyme_cli.errors import ThymeError, UsageError
-from thyme_cli.registry import ModelSpec, add_local_model, load_registry
+from thyme_cli.registry import ModelSpec, add_local_model, builtin_names, load_registry
 
-app = typer.Typer(help="List, download, inspect, register and remove models.", no_args_is_help=True)
+app = typer.Typer(help="List, download, convert, inspect, register and remove models.", no_args_is_help=True)
 
 NAME_ARG = typer.Argument(..., help="Model name (see `thyme models list`).")
 
@@ -37,6 +40,8 @@ NAME_ARG = typer.Argument(..., help="Model name (see `thyme models list`).")
 def _row_source(spec: ModelSpec) -> str:
     if spec.is_local:
         return "local files"
+    if spec.source_dir is not None:
+        return f"converted from {spec.source_dir}"
     return f"{spec.repo}" + (f"@{spec.revision}" if spec.revision else "")
 
 
@@ -54,13 +59,14 @@ def list_models(
 ) -> None:
     """Show every known model, whether it is installed, and its size."""
     registry = load_registry()
+    default = preferred_default(registry)
     rows: list[dict[str, Any]] = []
     for spec in registry.models.values():
         state = model_state(spec)
         rows.append(
             {
                 "name": spec.name,
-                "default": spec.name == registry.default_model,
+                "default": spec.name == default,
                 "installed": state.installed,
                 "state": state.label,
                 "size_bytes": state.size_on_disk if state.installed else None,
@@ -152,23 +158,78 @@ def path_cmd(name: str = NAME_ARG) -> None:
     typer.echo(str(state.files.mmproj))
 
 
+QuantOpt = typer.Option(None, "--quant", help="Quantization of a converted model's language model "
+                        "(Q4_K_M default; Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q3_K_M, Q4_0, F16, BF16, F32).")
+KeepDownloadOpt = typer.Option(False, "--keep-download", help="Keep the downloaded safetensors in the "
+                               "Hugging Face cache after a conversion (they are deleted by default).")
+
+
 @app.command("pull")
 @handle_errors
 def pull_cmd(
     name: str = NAME_ARG,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    quant: str | None = QuantOpt,
+    keep_download: bool = KeepDownloadOpt,
 ) -> None:
-    """Download a model's two GGUF files into the Hugging Face cache (resumes interrupted downloads)."""
+    """Download a model's two GGUF files into the Hugging Face cache (resumes interrupted downloads).
+
+    Models published as safetensors (thyme-7b) are downloaded and converted to GGUF here, once;
+    an interrupted pull resumes after the last finished phase.
+    """
     spec = load_registry().get(name)
     state = model_state(spec)
-    if state.files is not None:
+    if state.files is not None and quant is None:
         if not quiet:
             info(f"{name} is already installed ({human_size(state.size_on_disk)})")
         return
-    files = pull(spec, progress=not quiet)
+    files = pull(spec, progress=not quiet, quant=quant, keep_download=keep_download)
     if not quiet:
         size = files.model.stat().st_size + files.mmproj.stat().st_size
         info(f"installed {name} ({human_size(size)}): {files.model.parent}")
+
+
+@app.command("convert")
+@handle_errors
+def convert_cmd(
+    source: str | None = typer.Argument(None, help="A Hub repo id (org/name) or a local folder with config.json "
+                                                   "and safetensors of a Qwen2.5-VL checkpoint."),
+    name: str | None = typer.Option(None, "--name", help="Name to register it under (default: from SOURCE)."),
+    quant: str = typer.Option("Q4_K_M", "--quant", help="Language model quantization (see `models pull --help`)."),
+    mmproj_type: str = typer.Option("f16", "--mmproj-type", help="Vision projector type: f16, q8_0 or f32."),
+    protocol: str = typer.Option("generic", "--protocol", help="Prompt protocol: 'thyme' for checkpoints trained "
+                                 "on Thyme's format (Thyme-RL/SFT fine-tunes), else 'generic'."),
+    n_ctx: int = typer.Option(16384, "--ctx", help="Default context size in tokens."),
+    revision: str = typer.Option("main", "--revision", help="Hub branch, tag or commit to convert."),
+    keep_download: bool = KeepDownloadOpt,
+    pre_tokenizer: str | None = typer.Option(None, "--pre-tokenizer", help="Force llama.cpp's BPE pre-tokenizer "
+                                             "name when the converter does not recognise the tokenizer."),
+    setup: bool = typer.Option(False, "--setup", help="Only create (or check) the converter environment."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Convert a Qwen2.5-VL checkpoint (Thyme-RL or any fine-tune) to GGUF and register it.
+
+    Runs llama.cpp's converter in a separate environment (torch + transformers, created on first
+    use), quantizes with llama.cpp, checks that the pair loads, and installs it under the data dir.
+    """
+    from thyme_cli.convert import NewModel, convert_new
+
+    if setup:
+        from thyme_cli.convert_env import check_converter, describe
+
+        env, versions = check_converter(lambda m: None if quiet else info(m))
+        typer.echo(describe(env, versions))
+        return
+    if source is None:
+        raise UsageError("give a Hub repo id or a checkpoint folder to convert", hint="see `thyme models convert --help`")
+    spec, files = convert_new(
+        source, name=name, revision=revision, quant=quant, mmproj_type=mmproj_type, keep_download=keep_download,
+        pre_tokenizer=pre_tokenizer, new=NewModel(protocol=protocol, n_ctx=n_ctx), progress=not quiet,
+    )
+    size = files.model.stat().st_size + files.mmproj.stat().st_size
+    if not quiet:
+        info(f"installed {spec.name} ({human_size(size)}, protocol {spec.protocol}): {files.model.parent}")
+        info(f"registered {spec.name} in {load_registry().config_path}; try `thyme ask IMAGE QUESTION --model {spec.name}`")
 
 
 @app.command("rm")
@@ -185,7 +246,7 @@ def rm_cmd(
         if spec.source != "user":
             raise UsageError(f"{name} is built in and cannot be removed")
         question = f"Remove the entry {name} from {registry.config_path}? (your GGUF files stay)"
-    elif not state.present:
+    elif not state.present and state.label != UNFINISHED:
         info(f"{name} is not installed; nothing to remove")
         return
     else:
@@ -206,6 +267,8 @@ def rm_cmd(
     for filename, users in shared.items():
         info(f"kept {filename}: also used by {', '.join(users)}")
     info(f"removed {name}; freed {human_size(freed)}")
+    if spec.needs_conversion and spec.source == "user" and name not in builtin_names():
+        info(f"removed the entry {name} from {registry.config_path} (a .bak copy of the old file is next to it)")
 
 
 @app.command("add")

@@ -21,6 +21,11 @@ class SandboxChoice(StrEnum):
     none = "none"
 
 
+class Backend(StrEnum):
+    local = "local"
+    openai = "openai"
+
+
 class OnError(StrEnum):
     show = "show"
     retry = "retry"
@@ -90,3 +95,24 @@ ScriptOpt = Annotated[
                  rich_help_panel=DEV_PANEL, exists=False),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show model counters and details.", rich_help_panel=OUTPUT_PANEL)]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option("--backend", envvar="THYME_BACKEND", help="Run the model here (local, llama.cpp) or on an "
+                 "OpenAI-compatible server (openai: vLLM, SGLang, llama-server).", rich_help_panel=MODEL_PANEL),
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--base-url", envvar="THYME_BASE_URL", help="The server's URL for --backend openai, "
+                 "e.g. http://gpu-box:8000/v1.", rich_help_panel=MODEL_PANEL),
+]
+ApiModelOpt = Annotated[
+    str | None,
+    typer.Option("--api-model", envvar="THYME_API_MODEL", help="The model name the server serves "
+                 "(default: the only one it lists). The API key comes from THYME_API_KEY or OPENAI_API_KEY.",
+                 rich_help_panel=MODEL_PANEL),
+]
+ProtocolOpt = Annotated[
+    str | None,
+    typer.Option("--protocol", help="Prompt protocol for a remote model: thyme or generic (default: thyme, or "
+                 "the --model entry's).", rich_help_panel=MODEL_PANEL),
+]
