@@ -265,3 +265,18 @@ def test_real_llama_engine_on_the_tiny_model_finishes_and_reports(
     assert run["turns"] and all(t["stop_reason"] in ("code", "answer", "end_of_turn", "max_tokens") for t in run["turns"])
     assert run["counters"]["images_encoded"] >= 1 and run["counters"]["tokens_evaluated"] > 100
     assert (Path(run["run_dir"]) / "trace.json").is_file()
+
+
+def test_no_tools_ablation_never_runs_code(tmp_path: Path, photo: Path, sandbox_backend: str) -> None:
+    from thyme_cli.protocol import DIRECT_SYSTEM_PROMPT
+
+    engine = ScriptedEngine([CROP, "It is 42.</answer>"])
+    model = LoadedModel(engine, ModelSpec(name="scripted", protocol="thyme", model_path=photo, mmproj_path=photo))
+    run_dir = tmp_path / "run"
+    image = prepare_input(photo, run_dir, label=str(photo), remove_on_error=False)
+    settings = QuestionSettings(sandbox=sandbox_backend, agent=AgentOptions(tools=False))
+    trace = ask_one(model, image, "q", run_dir, settings, QuietEvents())
+    fed = engine.conversations[0].fed
+    assert fed[0].text == DIRECT_SYSTEM_PROMPT
+    assert "User Image Path" not in fed[1].text and "code" not in fed[1].text
+    assert trace.steps == [] and trace.answer == "It is 42."

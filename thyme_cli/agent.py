@@ -29,6 +29,7 @@ class AgentOptions:
     max_step_tokens: int = 2048  # generation budget of one turn
     on_error: Literal["show", "retry"] = "show"  # show a failed step to the model, or discard and retry it
     max_retries: int = 2
+    tools: bool = True  # False: the ablation without code (the model answers directly)
 
 
 class AgentEvents(Protocol):
@@ -73,7 +74,13 @@ def answer_question(
     """Run one question to its end, filling in ``trace`` as it goes."""
     started = time.perf_counter()
     generic = trace.protocol != "thyme"
-    conv.feed_system(proto.system_prompt(trace.protocol))
+    conv.feed_system(proto.system_prompt(trace.protocol, tools=options.tools))
+    if not options.tools:
+        conv.feed_user(proto.direct_prompt(trace.question), [image.path])
+        reply = proto.parse_reply(_generate(conv, trace, options, events).text)
+        if reply.answer is not None:
+            return _finish(trace, "answered", reply.answer, started, conv)
+        return _final_answer(conv, trace, options, events, started, generic)
     conv.feed_user(proto.user_prompt(trace.question, sandbox.image_path, image.width, image.height), [image.path])
     retries = 0
     while len(trace.steps) < options.max_turns:

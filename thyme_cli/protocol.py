@@ -50,9 +50,27 @@ _THINK_RE = re.compile(r"<think>([\s\S]*?)(?:</think>|$)", re.IGNORECASE)
 _TAG_RE = re.compile(r"</?(?:think|answer|code|sandbox_output)>", re.IGNORECASE)
 
 
-def system_prompt(protocol: str) -> str:
-    """The system prompt for a protocol ("thyme" gets upstream's text unchanged)."""
+DIRECT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def system_prompt(protocol: str, *, tools: bool = True) -> str:
+    """The system prompt for a protocol ("thyme" gets upstream's text unchanged).
+
+    Without tools (the ablation) the model is not told about code at all.
+    """
+    if not tools:
+        return DIRECT_SYSTEM_PROMPT
     return SYSTEM_PROMPT if protocol == "thyme" else SYSTEM_PROMPT + GENERIC_SUFFIX
+
+
+def direct_prompt(question: str) -> str:
+    """The user turn of the no-tools ablation: the same output format, no path, no code."""
+    return (
+        f"{IMAGE_MARKER}<image>\n{question}\n\n"
+        "### **Output Format (strict adherence required):**\n\n"
+        "<think>Your detailed reasoning process should go here.</think>\n"
+        "<answer>Your final answer to the user's question goes here.</answer>\n"
+    )
 
 
 def user_prompt(question: str, image_path: str, width: int, height: int) -> str:
