@@ -1,1 +1,33 @@
-"""Running model-written code: the Sandbox protocol, the jailed worker, Thyme's code repairs."""
+"""Running model-written code: the Sandbox protocol, the jailed worker, Thyme's code repairs.
+
+Import-light on purpose: the jailed worker imports this package too, and the CLI should not pay
+for subprocess machinery until a sandbox is opened. Names are re-exported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from thyme_cli.sandbox.base import ExecResult, Sandbox
+    from thyme_cli.sandbox.factory import BackendProbe, open_sandbox, probe_backends
+    from thyme_cli.sandbox.limits import Limits
+
+__all__ = ["BackendProbe", "ExecResult", "Limits", "Sandbox", "open_sandbox", "probe_backends"]
+
+_WHERE = {
+    "ExecResult": "thyme_cli.sandbox.base",
+    "Sandbox": "thyme_cli.sandbox.base",
+    "BackendProbe": "thyme_cli.sandbox.factory",
+    "open_sandbox": "thyme_cli.sandbox.factory",
+    "probe_backends": "thyme_cli.sandbox.factory",
+    "Limits": "thyme_cli.sandbox.limits",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

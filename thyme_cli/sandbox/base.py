@@ -17,6 +17,8 @@ class ExecResult:
     images: list[Path] = field(default_factory=list)  # host-side, re-encoded copies of new images
     timed_out: bool = False
     duration_s: float = 0.0
+    step: int = 0  # 1-based number of the step within the question
+    restarted: bool = False  # the worker was replaced after this step: earlier variables are gone
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,293 @@
+"""Reading the images a step produced, safely, on the host.
+
+The jail's output directory is attacker-controlled: a `result.png` may be a symlink to
+~/.ssh/id_rsa, a FIFO that blocks a naive open(), a 2 GB file, or a decompression bomb. So:
+every path is resolved one component at a time from the directory fd the worker handed over
+before any model code ran (O_NOFOLLOW on each, so nothing leads outside); only regular files
+(lstat, then O_NOFOLLOW|O_NONBLOCK and fstat again) up to a size cap are read; the bytes are
+decoded by Pillow from memory with an explicit pixel limit and a short format allow-list; and
+the picture is re-encoded by us as PNG into the host's images_dir before anyone else sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import re
+import stat
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DECODE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+_PRINTED_PATH = re.compile(r"(/[^\s'\"<>|*?,;:()\[\]{}]+)", re.ASCII)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+MTIME_SLACK_NS = 50_000_000  # tmpfs timestamps use a coarse clock
+# The host's PNGs are written for speed (this is on the path of every step): images up to
+# STORE_BYTES of pixels (about 2.8 MP RGB, more than Thyme's vision input) go uncompressed, which
+# also makes them faster for the engine to load; larger ones get fast run-length deflate.
+STORE_BYTES = 8 * 1024 * 1024
+
+
+class Rejected(Exception):
+    """This candidate is not an image we will take (the reason goes back to the model)."""
+
+
+@dataclass
+class Harvest:
+    images: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HarvestRequest:
+    root_fd: int  # the output root, as the worker opened it
+    out_root: str  # its path as the code sees it
+    step: int
+    step_dir: str  # name of this step's directory under the root
+    processed_path: str | None
+    stdout: str
+    since_ns: int  # files changed since then count as new, wherever they are under the root
+    images_dir: Path
+    max_images: int
+    max_bytes: int
+    max_pixels: int
+    seen: dict[tuple[int, int], tuple[int, int]] = field(
+        default_factory=dict
+    )  # shown before: (dev, ino) -> (mtime, size)
+
+
+def printed_paths(text: str, out_root: str) -> list[str]:
+    """Image paths under the output root mentioned in the step's stdout, in order."""
+    prefix = out_root.rstrip("/") + "/"
+    found = []
+    for match in _PRINTED_PATH.finditer(text):
+        path = match.group(1).rstrip(".")
+        if path.startswith(prefix) and path.lower().endswith(IMAGE_SUFFIXES):
+            found.append(path)
+    return found
+
+
+def relative_parts(path: str, out_root: str) -> list[str] | None:
+    """The components of `path` below the output root, or None if it is not below it."""
+    normal = posixpath.normpath(path)
+    prefix = out_root.rstrip("/") + "/"
+    if not normal.startswith(prefix):
+        return None
+    parts = normal[len(prefix) :].split("/")
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        return None
+    return parts
+
+
+def open_beneath(root_fd: int, parts: list[str]) -> int:
+    """Open a regular file below root_fd without following any symlink; returns an fd."""
+    dir_fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = nxt
+        name = parts[-1]
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected("not a regular file")
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except Rejected:
+        raise
+    except OSError as exc:
+        raise Rejected(exc.strerror or str(exc)) from None
+    finally:
+        os.close(dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejected("not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_capped(fd: int, max_bytes: int) -> bytes:
+    size = os.fstat(fd).st_size
+    if size > max_bytes:
+        raise Rejected(f"{size} bytes is more than the {max_bytes} byte limit")
+    chunks = bytearray()
+    while len(chunks) <= max_bytes:
+        chunk = os.read(fd, min(1 << 20, max_bytes + 1 - len(chunks)))
+        if not chunk:
+            break
+        chunks += chunk
+    if len(chunks) > max_bytes:
+        raise Rejected(f"more than the {max_bytes} byte limit")
+    return bytes(chunks)
+
+
+def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int) -> Path:
+    """Decode untrusted bytes with limits and write our own PNG; returns the new file."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=list(DECODE_FORMATS))
+        except Image.DecompressionBombError as exc:  # Pillow's own (larger) guard fired first
+            raise Rejected(f"larger than the {max_pixels} pixel limit ({exc})") from None
+        except Exception as exc:
+            raise Rejected(f"not a readable image ({type(exc).__name__})") from None
+        with im:
+            width, height = im.size
+            if width <= 0 or height <= 0 or width * height > max_pixels:
+                raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+            try:
+                im.seek(0)
+                im.load()
+                out = _png_mode(im)
+            except Exception as exc:
+                raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        dest = dest_dir / (f"{base}.png" if k == 1 else f"{base}-{k}.png")
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encode_png(out))
+        return dest
+    raise Rejected("too many images with the same name")
+
+
+def _png_mode(im: Image.Image) -> Image.Image:
+    """The same picture in one of the four 8-bit modes encode_png writes."""
+    if im.mode in ("L", "LA", "RGB", "RGBA"):
+        return im
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("1", "I;16", "I", "F"):
+        return im.convert("L")
+    return im.convert("RGBA" if "A" in im.mode else "RGB")
+
+
+_PNG_COLOR_TYPE = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(im: Image.Image) -> bytes:
+    """A minimal PNG (IHDR, one IDAT, IEND; 8-bit, no filter) of an L/LA/RGB/RGBA image.
+
+    Written by hand because it is several times faster than Pillow's encoder (which tries every
+    row filter), and this sits on the path of every step: only the pixels we decoded go out.
+    """
+    width, height = im.size
+    raw = im.tobytes()
+    stride = len(raw) // height
+    rows = bytearray((stride + 1) * height)  # each row: filter byte 0, then the pixels
+    view = memoryview(raw)
+    for y in range(height):
+        start = y * (stride + 1) + 1
+        rows[start : start + stride] = view[y * stride : (y + 1) * stride]
+    if len(rows) <= STORE_BYTES:
+        comp = zlib.compressobj(0)
+    else:
+        comp = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = comp.compress(rows) + comp.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPE[im.mode], 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def safe_stem(name: str) -> str:
+    stem = name.rsplit(".", 1)[0]
+    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60].strip("_")
+    return clean or "image"
+
+
+def _step_listing(req: HarvestRequest) -> list[str]:
+    """Image files directly in this step's directory, oldest first."""
+    try:
+        fd = os.open(req.step_dir, _DIR_FLAGS, dir_fd=req.root_fd)
+    except OSError:
+        return []
+    entries: list[tuple[int, str]] = []
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                if not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((st.st_mtime_ns, entry.name))
+                if len(entries) > 10_000:
+                    break
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    entries.sort()
+    root = req.out_root.rstrip("/")
+    return [f"{root}/{req.step_dir}/{name}" for _, name in entries]
+
+
+def harvest(req: HarvestRequest) -> Harvest:
+    result = Harvest()
+    candidates: list[str] = []
+    if req.processed_path:
+        candidates.append(req.processed_path)
+    candidates += printed_paths(req.stdout, req.out_root)
+    candidates += _step_listing(req)
+    seen: set[tuple[int, int]] = set()
+    seen_paths: set[str] = set()
+    for path in candidates:
+        if len(result.images) >= req.max_images:
+            break
+        normal = posixpath.normpath(path)
+        if normal in seen_paths:
+            continue
+        seen_paths.add(normal)
+        parts = relative_parts(normal, req.out_root)
+        if parts is None:
+            continue  # not in the output directory: not a new image
+        display = "/".join(parts)
+        try:
+            fd = open_beneath(req.root_fd, parts)
+        except Rejected as why:
+            result.notes.append(f"[thyme: skipped {display}: {why}]")
+            continue
+        try:
+            st = os.fstat(fd)
+            key, signature = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
+            in_step_dir = len(parts) >= 2 and parts[0] == req.step_dir
+            if req.seen.get(key) == signature:
+                continue  # shown after an earlier step and unchanged since
+            if not in_step_dir and st.st_mtime_ns < req.since_ns - MTIME_SLACK_NS:
+                continue  # an image from an earlier step
+            if key in seen:
+                continue
+            seen.add(key)
+            data = read_capped(fd, req.max_bytes)
+            base = f"step{req.step}-{safe_stem(parts[-1])}"
+            result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels))
+            req.seen[key] = signature
+        except Rejected as why:
+            result.notes.append(f"[thyme: skipped {display}: {why}]")
+        finally:
+            os.close(fd)
+    return result

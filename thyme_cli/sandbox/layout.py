@@ -1,0 +1,115 @@
+"""What the jail's filesystem looks like, and which host paths it needs to run our Python.
+
+Only these are visible inside, all read-only: the system library dirs (libc & co), the base
+Python's lib dir (stdlib, libpython), the directories on sys.path (site-packages), the interpreter
+binary itself, and thyme's sandbox package. Not the venv's bin/, not $HOME, not /tmp, not /etc,
+not /usr/bin (so no shell). The interpreter runs with -I -S and gets sys.path explicitly, so no
+pyvenv.cfg, .pth file or PYTHON* variable is involved.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+JAIL_CODE_ROOT = "/opt/thyme"
+JAIL_INPUT_DIR = "/mnt/data/input"
+JAIL_OUTPUT_DIR = "/mnt/data/output"
+JAIL_TMP = "/tmp"
+JAIL_UID = 65534
+JAIL_GID = 65534
+HOSTNAME = "thyme"
+SYSTEM_LIB_DIRS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """Host paths the jail binds at the same place, and the interpreter to run."""
+
+    python: str  # the real interpreter binary (not the venv's symlink)
+    ro_dirs: tuple[str, ...]  # bound read-only at the same path
+    ro_files: tuple[str, ...]  # single files bound read-only at the same path
+    symlinks: tuple[tuple[str, str], ...]  # (target, link) recreated inside, e.g. ("usr/lib", "/lib")
+    sys_path: tuple[str, ...]  # given to the worker, in order
+    package_dir: str  # host dir of thyme_cli/sandbox, bound at JAIL_CODE_ROOT/thyme_cli/sandbox
+    code_root_host: str  # host dir that contains thyme_cli (for the unjailed backend)
+
+    @property
+    def jail_package_dir(self) -> str:
+        return f"{JAIL_CODE_ROOT}/thyme_cli/sandbox"
+
+
+def _covered(path: str, dirs: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def _is_install_path(entry: str, prefixes: list[str]) -> bool:
+    """Part of the Python installation (stdlib, lib-dynload, site-packages), as opposed to the
+    script's directory, the cwd, PYTHONPATH or a source checkout (an editable install), none of
+    which may be exposed: the script dir is often /tmp or $HOME."""
+    name = os.path.basename(entry.rstrip("/"))
+    return name in ("site-packages", "dist-packages") or _covered(entry, prefixes)
+
+
+@functools.cache
+def runtime_layout() -> RuntimeLayout:
+    python = os.path.realpath(sys.executable)
+    ro_dirs: list[str] = []
+    symlinks: list[tuple[str, str]] = []
+    for d in SYSTEM_LIB_DIRS:
+        if os.path.islink(d):
+            symlinks.append((os.readlink(d), d))
+        elif os.path.isdir(d):
+            ro_dirs.append(d)
+    for prefix in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
+        for sub in ("lib", "lib64"):
+            p = os.path.join(prefix, sub)
+            if os.path.isdir(p) and not os.path.islink(p) and not _covered(p, ro_dirs):
+                ro_dirs.append(p)
+    sys_path: list[str] = []
+    ro_files: list[str] = []
+    install_dirs = [
+        os.path.join(os.path.realpath(p), sub)
+        for p in {sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix}
+        for sub in ("lib", "lib64")
+    ]
+    for entry in sys.path:
+        if not entry or not os.path.isabs(entry):
+            continue
+        real = os.path.realpath(entry)
+        if not os.path.exists(real) or not _is_install_path(real, install_dirs):
+            continue
+        if real not in sys_path:
+            sys_path.append(real)
+        if os.path.isdir(real):
+            if not _covered(real, ro_dirs):
+                ro_dirs.append(real)
+        elif not _covered(real, ro_dirs):
+            ro_files.append(real)  # a zipped stdlib or egg
+    if not _covered(python, ro_dirs):
+        ro_files.append(python)
+    package_dir = str(Path(__file__).resolve().parent)
+    # Drop dirs nested inside others (fewer mounts, same view).
+    ro_dirs = [d for d in ro_dirs if not _covered(d, [o for o in ro_dirs if o != d])]
+    return RuntimeLayout(
+        python=python,
+        ro_dirs=tuple(ro_dirs),
+        ro_files=tuple(ro_files),
+        symlinks=tuple(symlinks),
+        sys_path=tuple(sys_path),
+        package_dir=package_dir,
+        code_root_host=str(Path(package_dir).parent.parent),
+    )
+
+
+def safe_image_name(name: str) -> str:
+    """The input image's file name inside the jail: plain characters, extension kept."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, "png"
+    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:80].strip("_") or "image"
+    ext_clean = "".join(c for c in ext.lower() if c.isalnum())[:8] or "png"
+    return f"{clean}.{ext_clean}"

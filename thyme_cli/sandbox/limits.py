@@ -1,0 +1,61 @@
+"""Resource limits for one question's sandbox, with defaults sized for Thyme's image code.
+
+Memory is an address-space limit (RLIMIT_AS) per process: the way to stop memory bombs that works
+without root or cgroups. It has to leave room for the ~0.5 GB of address space numpy + cv2 + PIL
+reserve at import, and for float copies of large (8K) benchmark images. Tmpfs sizes are RAM too,
+but are not counted by RLIMIT_AS, so keep them modest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-sandbox limits. All are enforced inside the jail except the *_image_* and output caps,
+    which the host applies when it reads results back."""
+
+    memory_mb: int = 3072  # RLIMIT_AS of every jailed process
+    cpu_s: int = 600  # RLIMIT_CPU of every jailed process, over the whole question
+    nproc: int = 64  # RLIMIT_NPROC: processes AND threads of the jail's user
+    file_size_mb: int = 64  # RLIMIT_FSIZE: largest single file
+    nofile: int = 256  # RLIMIT_NOFILE
+    output_mb: int = 128  # tmpfs holding the output directory (all steps)
+    tmp_mb: int = 32  # tmpfs /tmp (scratch, matplotlib cache, captured fd output)
+    inodes: int = 4096  # files per tmpfs (nsjail only: bwrap cannot set it)
+    max_output_bytes: int = 16 * 1024  # stdout and stderr, each, per step
+    max_image_bytes: int = 32 * MiB  # largest image file the host will read
+    max_image_pixels: int = 50_000_000  # largest image the host will decode
+    max_images: int = 8  # images picked up per step
+    max_code_bytes: int = 1 * MiB  # largest code step accepted
+    start_timeout_s: float = 60.0  # worker start (imports) on a loaded machine
+    cv2_threads: int = 2  # OpenCV's thread pool (threads count against nproc)
+
+    def rlimits(self, *, jailed: bool) -> dict[str, int]:
+        """What the worker sets as hard limits on itself. Without a jail, RLIMIT_NPROC would count
+        every process of the user, so it is left alone."""
+        limits = {
+            "AS": self.memory_mb * MiB,
+            "CPU": self.cpu_s,
+            "FSIZE": self.file_size_mb * MiB,
+            "NOFILE": self.nofile,
+            "CORE": 0,
+        }
+        if jailed:
+            limits["NPROC"] = self.nproc
+        return limits
+
+    def validate(self) -> None:
+        from thyme_cli.errors import UsageError
+
+        for name in ("memory_mb", "cpu_s", "nproc", "file_size_mb", "nofile", "output_mb", "tmp_mb"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
+        if self.memory_mb < 768:
+            raise UsageError(
+                f"sandbox memory limit of {self.memory_mb} MB is too small",
+                hint="numpy, OpenCV and Pillow alone reserve about 500 MB of address space; use >= 768",
+            )
