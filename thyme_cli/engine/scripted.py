@@ -5,6 +5,11 @@ and behaves like a live engine where it matters: generation stops at the first `
 ``</answer>`` exactly as llama.cpp would, text streams in small chunks, every fed image must have
 its marker, and each question gets a fresh conversation. The script is a JSON list of reply
 strings (one per ``generate`` call), or an object ``{"replies": [...]}``.
+
+Benchmarks need different answers per item, so an object may also route by question:
+``{"routes": [{"match": "text", "replies": [...]}, ...], "replies": [...]}``. At the first
+``generate`` the first route whose ``match`` occurs in the user text fed so far is taken;
+``replies`` covers every other question.
 """
 
 from __future__ import annotations
@@ -17,8 +22,20 @@ from pathlib import Path
 from thyme_cli.engine.base import ANSWER_END, CODE_END, IMAGE_MARKER, Counters, Generation, StopReason
 from thyme_cli.errors import EngineError, UsageError
 
+Route = tuple[str, list[str]]
 
-def load_script(path: Path) -> list[str]:
+
+@dataclass(frozen=True)
+class Script:
+    replies: list[str]  # for questions no route matches
+    routes: list[Route] = field(default_factory=list)
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def load_script(path: Path) -> Script:
     """Read a script file; one clear error for every way it can be wrong."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -28,10 +45,18 @@ def load_script(path: Path) -> list[str]:
         raise UsageError(f"script {path}: cannot read it ({e})") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"script {path} is not valid JSON: {e}") from None
-    replies = data.get("replies") if isinstance(data, dict) else data
-    if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
-        raise UsageError(f"script {path}: expected a JSON list of reply strings (or {{\"replies\": [...]}})")
-    return replies
+    if _strings(data):
+        return Script(list(data))
+    if not isinstance(data, dict) or not _strings(data.get("replies", [])) or not isinstance(data.get("routes", []), list):
+        raise UsageError(f"script {path}: expected a JSON list of reply strings, or an object with a 'replies' "
+                         "list of strings and optional 'routes'")
+    routes: list[Route] = []
+    for n, route in enumerate(data.get("routes", []), 1):
+        if not (isinstance(route, dict) and isinstance(route.get("match"), str) and route["match"]
+                and _strings(route.get("replies"))):
+            raise UsageError(f"script {path}: route {n} needs a non-empty 'match' string and a 'replies' list")
+        routes.append((route["match"], list(route["replies"])))
+    return Script(list(data.get("replies", [])), routes)
 
 
 @dataclass
@@ -46,6 +71,8 @@ class FedItem:
 @dataclass
 class ScriptedConversation:
     replies: list[str]
+    routes: list[Route] = field(default_factory=list)
+    route: str | None = None  # the match that was taken (None: the default replies)
     chunk_chars: int = 7
     fed: list[FedItem] = field(default_factory=list)
     _next: int = 0
@@ -77,7 +104,16 @@ class ScriptedConversation:
     def feed_assistant(self, text: str, images: Sequence[Path] = ()) -> None:
         self._feed("assistant", text, images)
 
+    def _pick_route(self) -> None:
+        fed = "\n".join(item.text for item in self.fed if item.kind == "user")
+        for match, replies in self.routes:
+            if match in fed:
+                self.replies, self.route = list(replies), match
+                return
+
     def generate(self, *, max_tokens: int, on_text: Callable[[str], None] | None = None) -> Generation:
+        if self._next == 0 and self.routes and self.route is None:
+            self._pick_route()
         if self._next >= len(self.replies):
             return Generation(text="", stop_reason="end_of_turn", n_tokens=0)
         reply = self.replies[self._next]
@@ -126,17 +162,19 @@ class ScriptedEngine:
 
     concurrent = True  # conversations are independent: batch --jobs may run several at once
 
-    def __init__(self, replies: list[str], name: str = "scripted") -> None:
+    def __init__(self, replies: list[str], name: str = "scripted", routes: list[Route] | None = None) -> None:
         self.replies = replies
+        self.routes = routes or []
         self.name = name
         self.conversations: list[ScriptedConversation] = []
 
     @classmethod
     def from_file(cls, path: Path) -> ScriptedEngine:
-        return cls(load_script(path), name=f"scripted:{path.name}")
+        script = load_script(path)
+        return cls(script.replies, name=f"scripted:{path.name}", routes=script.routes)
 
     def open(self) -> ScriptedConversation:
-        conversation = ScriptedConversation(list(self.replies))
+        conversation = ScriptedConversation(list(self.replies), routes=self.routes)
         self.conversations.append(conversation)
         return conversation
 
