@@ -58,8 +58,9 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
         from thyme_cli.engine.remote import load_remote
 
         return load_remote(registry, settings)
-    spec = registry.get(settings.name or registry.default_model)
-    from thyme_cli.download import ensure_model
+    from thyme_cli.download import ensure_model, preferred_default
+
+    spec = registry.get(settings.name or preferred_default(registry))
 
     files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
     from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions

@@ -82,6 +82,11 @@ def ask(
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
+    if model is None and script is None and backend == o.Backend.local and not (quiet or as_json):
+        from thyme_cli.download import default_model_note
+
+        if note := default_model_note(registry):
+            warn(note)
     try:
         loaded = load_model(registry, settings, assume_yes=yes, interactive=interactive)
     except BaseException:

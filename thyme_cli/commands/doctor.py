@@ -60,7 +60,7 @@ def _sandboxes() -> list[Check]:
 
 
 def _models() -> list[Check]:
-    from thyme_cli.download import installed_files
+    from thyme_cli.download import installed_files, preferred_default
     from thyme_cli.registry import load_registry
 
     try:
@@ -68,7 +68,7 @@ def _models() -> list[Check]:
     except ThymeError as e:
         return [Check("config", "fail", e.message, e.hint or "")]
     installed = [name for name, spec in registry.models.items() if installed_files(spec) is not None]
-    default = registry.default_model
+    default = preferred_default(registry)
     checks = [Check("config", "ok", str(registry.config_path) + ("" if registry.config_path.exists() else " (none yet)"))]
     if installed:
         checks.append(Check("models", "ok", "installed: " + ", ".join(installed)))
