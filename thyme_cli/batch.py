@@ -16,14 +16,18 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thyme_cli.agent import QuietEvents
 from thyme_cli.batch_inputs import Item
 from thyme_cli.batch_journal import Journal
 from thyme_cli.errors import ThymeError
-from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.images import InputImage
+from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, open_question_sandbox, prepare_input
 from thyme_cli.trace import Trace
+
+if TYPE_CHECKING:
+    from thyme_cli.sandbox.session import WorkerSandbox
 
 
 @dataclass
@@ -73,25 +77,63 @@ def _record(item: Item, run_dir: Path, trace: Trace | None, error: str | None, s
     return record
 
 
-def run_item(model: LoadedModel, item: Item, runs_root: Path, settings: QuestionSettings) -> dict[str, Any]:
-    """One item, never raising for item-level failures: they become the record's `error`."""
+@dataclass
+class PreparedItem:
+    """An item whose input image is checked and whose sandbox is already booting."""
+
+    item: Item
+    run_dir: Path
+    prep_s: float
+    image: InputImage | None = None
+    sandbox: WorkerSandbox | None = None
+    error: str | None = None
+
+    def discard(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+
+
+def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings) -> PreparedItem:
+    """Check the image and open the sandbox (its worker boots in the background); never raises."""
     started = time.perf_counter()
     run_dir = runs_root / item_dir_name(item)
     if run_dir.exists():  # left by an attempt that was killed before its line was written
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    trace: Trace | None = None
-    error: str | None = None
+    prepared = PreparedItem(item, run_dir, 0.0)
     try:
-        image = prepare_input(Path(item.image), run_dir, label=item.image, remove_on_error=False)
-        trace = ask_one(model, image, item.question, run_dir, settings, QuietEvents())
-        if trace.stop_reason == "error":
-            error = trace.stop_detail
+        prepared.image = prepare_input(Path(item.image), run_dir, label=item.image, remove_on_error=False)
+        prepared.sandbox = open_question_sandbox(prepared.image, run_dir, settings)
     except ThymeError as e:
-        error = e.message
+        prepared.error = e.message
     except Exception as e:  # one broken item must not end a batch of thousands
-        error = f"unexpected {type(e).__name__}: {e}"
-    return _record(item, run_dir, trace, error, time.perf_counter() - started)
+        prepared.error = f"unexpected {type(e).__name__}: {e}"
+    prepared.prep_s = time.perf_counter() - started
+    return prepared
+
+
+def finish_item(model: LoadedModel, prepared: PreparedItem, settings: QuestionSettings) -> dict[str, Any]:
+    """Run a prepared item to its record; item-level failures become the record's `error`."""
+    started = time.perf_counter()
+    item, trace, error = prepared.item, None, prepared.error
+    if prepared.image is not None and error is None:
+        try:
+            trace = ask_one(model, prepared.image, item.question, prepared.run_dir, settings, QuietEvents(),
+                            sandbox=prepared.sandbox)
+            if trace.stop_reason == "error":
+                error = trace.stop_detail
+        except ThymeError as e:
+            error = e.message
+        except Exception as e:
+            error = f"unexpected {type(e).__name__}: {e}"
+    prepared.discard()
+    seconds = prepared.prep_s + time.perf_counter() - started
+    return _record(item, prepared.run_dir, trace, error, seconds)
+
+
+def run_item(model: LoadedModel, item: Item, runs_root: Path, settings: QuestionSettings) -> dict[str, Any]:
+    """One item from start to record (used where items run concurrently)."""
+    return finish_item(model, prepare_item(item, runs_root, settings), settings)
 
 
 def run_batch(
@@ -117,8 +159,7 @@ def run_batch(
 
     try:
         if jobs <= 1:
-            for item in todo:
-                finish(run_item(model, item, runs_root, settings))
+            _run_in_turn(todo, model, settings, runs_root, finish)
         else:
             _run_concurrently(todo, model, settings, runs_root, jobs, finish)
     except KeyboardInterrupt:
@@ -126,6 +167,26 @@ def run_batch(
     finally:
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _run_in_turn(
+    todo: list[Item],
+    model: LoadedModel,
+    settings: QuestionSettings,
+    runs_root: Path,
+    finish: Callable[[dict[str, Any]], None],
+) -> None:
+    """One item at a time, the next one prepared (image checked, sandbox booting) meanwhile."""
+    upcoming = prepare_item(todo[0], runs_root, settings) if todo else None
+    try:
+        for index in range(len(todo)):
+            current = upcoming
+            assert current is not None
+            upcoming = prepare_item(todo[index + 1], runs_root, settings) if index + 1 < len(todo) else None
+            finish(finish_item(model, current, settings))
+    finally:
+        if upcoming is not None:
+            upcoming.discard()
 
 
 def _run_concurrently(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thyme_cli.agent import AgentEvents, AgentOptions, answer_question
 from thyme_cli.engine.base import Engine
@@ -15,6 +16,9 @@ from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.images import InputImage, load_input_image
 from thyme_cli.registry import ModelSpec, Registry
 from thyme_cli.trace import Trace, write_trace
+
+if TYPE_CHECKING:
+    from thyme_cli.sandbox.session import WorkerSandbox
 
 
 @dataclass
@@ -93,6 +97,21 @@ def prepare_input(image: Path | bytes, run_dir: Path, *, label: str | None, remo
         raise
 
 
+def check_sandbox(settings: QuestionSettings) -> str:
+    """Fail early (before a model loads) when the chosen sandbox cannot start; returns its name."""
+    from thyme_cli.sandbox.factory import select_backend
+
+    return select_backend(settings.sandbox).name
+
+
+def open_question_sandbox(input_image: InputImage, run_dir: Path, settings: QuestionSettings) -> WorkerSandbox:
+    """The question's sandbox; its worker boots in the background, so open it as early as possible."""
+    from thyme_cli.sandbox.factory import open_sandbox
+
+    return open_sandbox(settings.sandbox, image=input_image.path, images_dir=run_dir / "images",
+                        timeout_s=settings.step_timeout_s)
+
+
 def ask_one(
     model: LoadedModel,
     input_image: InputImage,
@@ -100,17 +119,21 @@ def ask_one(
     run_dir: Path,
     settings: QuestionSettings,
     events: AgentEvents,
+    *,
+    sandbox: WorkerSandbox | None = None,
 ) -> Trace:
-    """Answer one question about one image; everything lands in run_dir (trace.json last)."""
-    from thyme_cli.sandbox.factory import open_sandbox
+    """Answer one question about one image; everything lands in run_dir (trace.json last).
 
+    ``sandbox`` is one already opened for this question (batch opens the next item's while the
+    current one runs); it is closed here either way.
+    """
     if not question.strip():
+        if sandbox is not None:
+            sandbox.close()
         raise UsageError("the question is empty")
     for note in input_image.notes:
         events.note(f"input image {note}")
-    with open_sandbox(
-        settings.sandbox, image=input_image.path, images_dir=run_dir / "images", timeout_s=settings.step_timeout_s
-    ) as sandbox:
+    with sandbox or open_question_sandbox(input_image, run_dir, settings) as sandbox:
         trace = Trace(
             question=question,
             image=input_image.path.name,

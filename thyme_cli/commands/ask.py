@@ -64,7 +64,14 @@ def ask(
     from thyme_cli.images import read_stdin_image
     from thyme_cli.registry import load_registry
     from thyme_cli.render import LiveRenderer, print_answer, print_summary
-    from thyme_cli.runner import ModelSettings, QuestionSettings, ask_one, load_model, prepare_input
+    from thyme_cli.runner import (
+        ModelSettings,
+        QuestionSettings,
+        ask_one,
+        check_sandbox,
+        load_model,
+        prepare_input,
+    )
     from thyme_cli.trace import new_run_dir, prepare_out_dir
 
     if not question.strip():
@@ -87,7 +94,13 @@ def ask(
 
         if note := default_model_note(registry):
             warn(note)
+    question_settings = QuestionSettings(
+        sandbox=sandbox.value,
+        step_timeout_s=step_timeout,
+        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
+    )
     try:
+        check_sandbox(question_settings)
         loaded = load_model(registry, settings, assume_yes=yes, interactive=interactive)
     except BaseException:
         if created:
@@ -95,11 +108,6 @@ def ask(
         raise
     live = not (quiet or as_json)
     events = LiveRenderer(run_dir) if live else QuietEvents()
-    question_settings = QuestionSettings(
-        sandbox=sandbox.value,
-        step_timeout_s=step_timeout,
-        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
-    )
     try:
         trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
     finally:

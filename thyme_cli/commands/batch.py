@@ -178,7 +178,7 @@ def execute_batch(
     from thyme_cli.batch_inputs import in_shard, parse_shard
     from thyme_cli.batch_journal import Journal
     from thyme_cli.registry import load_registry
-    from thyme_cli.runner import load_model
+    from thyme_cli.runner import check_sandbox, load_model
     from thyme_cli.trace import new_run_dir
 
     if shard:
@@ -193,7 +193,12 @@ def execute_batch(
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
-    loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)
+    try:
+        check_sandbox(question_settings)
+        loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)
+    except BaseException:
+        journal.close()
+        raise
     if jobs > 1 and not getattr(loaded.engine, "concurrent", False):
         loaded.engine.close()
         journal.close()
