@@ -39,6 +39,18 @@ _EMPTY: Mark = (0, 0, 0, 0, 0, True)
 StreamItem = int | PreparedImage
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """A text-only start of the context (the system prompt) left in the KV cache for the next question."""
+
+    text: str
+    marks: list[Mark]
+    stream: list[StreamItem]
+    pos: int
+    cells: int
+    logits_valid: bool
+
+
 @dataclass
 class SyncPlan:
     """What ``sync`` will do: cut back to ``mark`` and evaluate ``suffix`` with ``images``."""
@@ -74,6 +86,7 @@ class LiveContext:
         self.logits_valid = False
         self.broken = False
         self.rollbacks = 0
+        self.prefix_mark: int | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -274,6 +287,42 @@ class LiveContext:
             self._chars += len(text)
             m = self.marks[-1]
             self.marks[-1] = (self._chars, m[_POS], m[_CELLS], m[_IMAGES], m[_STREAM], True)
+
+    def mark_prefix(self) -> None:
+        """Remember the current end (e.g. the system prompt) as worth keeping for the next question."""
+        self.prefix_mark = len(self.marks) - 1
+
+    def detach_prefix(self) -> SharedPrefix | None:
+        """Cut back to the prefix mark and hand that state over (the conversation is over).
+
+        The next question on the same engine usually starts with the same system prompt; keeping
+        its KV cells saves evaluating it again. Only a text-only prefix is kept.
+        """
+        if self.broken or self.prefix_mark is None:
+            return None
+        m = self.marks[self.prefix_mark]
+        if m[_IMAGES] or not m[_CLEAN] or m[_CELLS] == 0:
+            return None
+        self.native.seq_rm(m[_POS])  # this conversation's own record stays as it was, for its readers
+        return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
+                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False)
+
+    def adopt(self, prefix: SharedPrefix) -> None:
+        """Start from what the previous question left in the KV cache (see detach_prefix)."""
+        self._pieces = [prefix.text] if prefix.text else []
+        self._chars = len(prefix.text)
+        self.marks = list(prefix.marks)
+        self.stream = list(prefix.stream)
+        self.pos, self.cells, self.logits_valid = prefix.pos, prefix.cells, prefix.logits_valid
+        self.prefix_mark = len(self.marks) - 1
+
+    def clear(self) -> None:
+        """Empty the KV cache and the record (a from-scratch diagnostic replay starts here)."""
+        self.native.clear()
+        self._pieces, self._chars = [], 0
+        self.pos = self.cells = 0
+        self.images, self.stream, self.marks = [], [], [_EMPTY]
+        self.logits_valid, self.prefix_mark = False, None
 
     def release(self) -> None:
         """Forget images, embeddings and the stream (the conversation is over)."""

@@ -28,8 +28,9 @@ from thyme_cli.engine.chat import (
     Renderer,
     TemplateRenderer,
     check_markers,
+    count_markers,
 )
-from thyme_cli.engine.context import LiveContext, StreamItem
+from thyme_cli.engine.context import LiveContext, SharedPrefix, StreamItem
 from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
@@ -86,6 +87,7 @@ class LlamaEngine:
         self.name = name
         self._samplers = AtsSamplers(sampling, native.n_vocab)
         self._current: LlamaConversation | None = None
+        self._prefix: SharedPrefix | None = None  # the last question's system prompt, still in the KV cache
 
     @classmethod
     def load(cls, model_path: Path | str, mmproj_path: Path | str, *, options: EngineOptions | None = None,
@@ -127,17 +129,23 @@ class LlamaEngine:
     # --- the Engine protocol --------------------------------------------------------------------
 
     def open(self, sampling: SamplingOptions | None = None) -> LlamaConversation:
-        """Start a new question: the previous conversation ends and the KV cache is cleared."""
+        """Start a new question: the previous conversation ends and the KV cache is emptied, except
+        for the previous question's system prompt, which the new one reuses when it is the same
+        (the first feed cuts back to the common prefix otherwise)."""
         self._check()
         if self._current is not None:
             self._current.close()
-        self._native.clear()
+        prefix, self._prefix = self._prefix, None
+        if prefix is None:
+            self._native.clear()
         if sampling is None or sampling == self.sampling:
             samplers, own = self._samplers, False
         else:
             samplers, own = AtsSamplers(sampling, self._native.n_vocab), True
         samplers.reset()
         self._current = LlamaConversation(self, samplers, own_samplers=own)
+        if prefix is not None:
+            self._current._live.adopt(prefix)
         return self._current
 
     def close(self) -> None:
@@ -232,6 +240,13 @@ class LlamaConversation:
         messages.append(Message("user", text, prepared))
         target = self._renderer.render(messages, add_generation_prompt=True)
         all_images = [img for m in messages for img in m.images]
+        if len(messages) == 2 and messages[0].role == "system" and isinstance(self._renderer, ChatMLRenderer):
+            # Evaluate the system prompt as its own unit (it ends in a special token, so tokenizing it
+            # apart changes nothing), so that the next question can keep it in the KV cache.
+            system = self._renderer.render(messages[:1], add_generation_prompt=False)
+            if system and target.startswith(system) and count_markers(system) == 0:
+                self._live.sync(system, [])
+                self._live.mark_prefix()
         self._live.sync(target, all_images)
         self._messages = messages
         self._open = Message("assistant", "")
@@ -399,17 +414,19 @@ class LlamaConversation:
         return list(self._live.stream)
 
     def evaluate_stream(self, stream: Sequence[StreamItem]) -> None:
-        """Evaluate a recorded stream into this fresh conversation in big batches (diagnostics)."""
+        """Evaluate a recorded stream from scratch in big batches (diagnostics)."""
         self._check()
+        self._live.clear()
         self._live.replay(stream)
 
     def close(self) -> None:
-        """End the question; the engine's next ``open()`` clears the context."""
+        """End the question; the next ``open()`` keeps only the shared system-prompt prefix."""
         if self._closed:
             return
         self._closed = True
         # Drop the pixels and embeddings now: a batch keeps engines (not conversations) alive.
         self._messages, self._open = [], None
+        self._engine._prefix = self._live.detach_prefix()
         self._live.release()
         if self._own_samplers:
             self._samplers.close()
