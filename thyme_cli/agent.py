@@ -15,7 +15,7 @@ from typing import Literal, Protocol, cast
 
 from thyme_cli import protocol as proto
 from thyme_cli.engine.base import Conversation, Generation
-from thyme_cli.errors import EngineError
+from thyme_cli.errors import BackendUnavailable, EngineError
 from thyme_cli.images import InputImage
 from thyme_cli.sandbox.base import ExecResult, Sandbox
 from thyme_cli.trace import Step, Trace, Turn
@@ -104,6 +104,8 @@ def answer_question(
         trace.steps.append(step)
         try:
             _observe(conv, generic, result, [run_dir / p for p in step.images[:MAX_IMAGES_PER_STEP]])
+        except BackendUnavailable:
+            raise
         except EngineError as e:
             trace.notes.append(f"could not show step {step.index}'s result to the model: {e.message}")
             break
@@ -163,6 +165,8 @@ def _final_answer(
         else:
             conv.feed_assistant(proto.FINAL_ANSWER_PREFIX)
         gen = _generate(conv, trace, options, events)
+    except BackendUnavailable:
+        raise
     except EngineError as e:
         trace.stop_detail = f"the final answer turn failed: {e.message}"
         return _finish(trace, "error", None, started, conv)

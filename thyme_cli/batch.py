@@ -6,6 +6,7 @@ Ctrl-C stops after writing what finished; the output file is then resumable with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from thyme_cli.agent import QuietEvents
 from thyme_cli.batch_inputs import Item
 from thyme_cli.batch_journal import Journal
-from thyme_cli.errors import ThymeError
+from thyme_cli.errors import BackendUnavailable, ThymeError
 from thyme_cli.images import InputImage
 from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, open_question_sandbox, prepare_input
 from thyme_cli.trace import Trace
@@ -37,6 +38,7 @@ class BatchSummary:
     counts: Counter[str] = field(default_factory=Counter)  # answered / no_answer / failed
     seconds: float = 0.0
     interrupted: bool = False
+    stopped_by: str | None = None  # why the batch stopped early when it was not Ctrl-C
 
     @property
     def processed(self) -> int:
@@ -122,6 +124,10 @@ def finish_item(model: LoadedModel, prepared: PreparedItem, settings: QuestionSe
                             sandbox=prepared.sandbox)
             if trace.stop_reason == "error":
                 error = trace.stop_detail
+        except BackendUnavailable:
+            prepared.discard()
+            shutil.rmtree(prepared.run_dir, ignore_errors=True)
+            raise  # not the item's fault: stop the batch; --resume redoes this item
         except ThymeError as e:
             error = e.message
         except Exception as e:
@@ -164,6 +170,9 @@ def run_batch(
             _run_concurrently(todo, model, settings, runs_root, jobs, finish)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except BackendUnavailable as e:
+        summary.interrupted = True
+        summary.stopped_by = e.message
     finally:
         summary.seconds = time.perf_counter() - started
     return summary
@@ -215,7 +224,9 @@ def _run_concurrently(
                     nxt = next(pending, None)
                     if nxt is not None:
                         running.add(pool.submit(run_item, model, nxt, runs_root, settings))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BackendUnavailable):
+            # Record what finishes; items that hit the dead server raise again and stay unrecorded.
             for future in as_completed(running):
-                finish(future.result())
+                with contextlib.suppress(BackendUnavailable):
+                    finish(future.result())
             raise

@@ -55,3 +55,7 @@ class SandboxUnavailable(ThymeError):
 
 class EngineError(ThymeError):
     """The inference engine failed (model does not load, context overflow, decode failure)."""
+
+
+class BackendUnavailable(EngineError):
+    """The model server is gone for longer than retries cover: stop, do not record items as failed."""

@@ -216,6 +216,9 @@ def execute_batch(
     _print_summary(summary, output, runs_root)
     if summary.interrupted:
         again = f"thyme {command} ... -o {output} --resume" if out_path else "write to a file with -o to resume"
+        if summary.stopped_by:
+            print_error(f"stopped: {summary.stopped_by}; every finished item is saved", hint=f"when it is back: {again}")
+            raise typer.Exit(1)
         print_error("interrupted; every finished item is saved", hint=f"continue with: {again}")
         raise typer.Exit(130)
     return summary

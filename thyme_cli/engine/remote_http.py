@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from thyme_cli.errors import EngineError, UsageError
+from thyme_cli.errors import BackendUnavailable, EngineError, UsageError
 
 # HTTP statuses worth another try: busy, overloaded, restarting, or a proxy in front that is.
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -28,7 +28,7 @@ MAX_RETRY_AFTER_S = 300.0
 MESSAGE_CHARS = 300
 
 
-class RemoteUnavailable(EngineError):
+class RemoteUnavailable(BackendUnavailable):
     """The server could not be reached for longer than the retry budget (down, restarting, gone)."""
 
 
