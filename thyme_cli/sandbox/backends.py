@@ -122,6 +122,7 @@ class Backend:
             "rlimits": spec.limits.rlimits(jailed=self.jailed),
             "max_output": spec.limits.max_output_bytes,
             "cv2_threads": spec.limits.cv2_threads,
+            "nice": spec.limits.nice,
             "probe": spec.probe,
         }
 

@@ -33,6 +33,7 @@ class Limits:
     max_code_bytes: int = 1 * MiB  # largest code step accepted
     start_timeout_s: float = 60.0  # worker start (imports) on a loaded machine
     cv2_threads: int = 2  # OpenCV's thread pool (threads count against nproc)
+    nice: int = 10  # scheduling priority below the model's threads (0 = as the host)
 
     def rlimits(self, *, jailed: bool) -> dict[str, int]:
         """What the worker sets as hard limits on itself. Without a jail, RLIMIT_NPROC would count

@@ -380,6 +380,9 @@ def main(raw_config: str) -> NoReturn:
             uid, gid = cfg["drop_to"]
             _drop_privileges(int(uid), int(gid))
         _die_with_parent()
+        # Below the model's threads: a worker booting for the next batch item, or a runaway step,
+        # must not starve llama.cpp (whose threads spin-wait on each other) on a small machine.
+        os.nice(int(cfg.get("nice", 0)))
         inherited = _close_inherited_fds({0, 1, 2, sock.fileno()})
         _redirect_stdio(cfg["tmp_dir"])
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
