@@ -39,6 +39,7 @@ from PIL import Image
 
 from thyme_cli.devtools.tiny_gguf import write_qwen25vl_projector, write_text_model
 from thyme_cli.engine.base import IMAGE_MARKER
+from thyme_cli.sandbox.harvest import encode_png
 
 SYSTEM = (
     "You are a helpful assistant. Solve the user's problem step by step. You may write Python code to "
@@ -135,8 +136,12 @@ def write_images(out: Path) -> list[Path]:
         y, x = np.mgrid[0:h, 0:w]
         base = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1).astype(np.int16)
         noisy = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
-        path = out / f"image{i}.png"
-        Image.fromarray(noisy).save(path)
+        if i == 0:  # the user's photo: a JPEG, as photos are
+            path = out / "image0.jpg"
+            Image.fromarray(noisy).save(path, "JPEG", quality=90)
+        else:  # a crop: written by the sandbox's host side, exactly as thyme hands crops to the engine
+            path = out / f"image{i}.png"
+            path.write_bytes(encode_png(Image.fromarray(noisy)))
         paths.append(path)
     return paths
 
