@@ -663,7 +663,7 @@ def png_bomb(workdir: Path) -> Path:
 
 
 def test_decompression_bomb_is_stopped_by_the_memory_limit(
-    backend: str, png_bomb: Path, tmp_path: Path
+    backend: str, png_bomb: Path, photo: Path, tmp_path: Path
 ) -> None:
     assert png_bomb.stat().st_size < 3 * MiB
     with fresh(backend, png_bomb, tmp_path) as box:
@@ -678,5 +678,5 @@ def test_decompression_bomb_is_stopped_by_the_memory_limit(
             "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
         )
         assert int(peak.stdout) * 1024 <= DEFAULTS.memory_mb * MiB
-    with fresh(backend, png_bomb.parent / "photo.png", tmp_path) as box:
+    with fresh(backend, photo, tmp_path) as box:
         assert_healthy(box)
