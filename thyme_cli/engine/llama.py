@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -232,21 +233,27 @@ class LlamaConversation:
         """Close any open assistant turn, add a user turn and open the next assistant turn."""
         self._check()
         check_markers(text, images, "feed_user")
-        prepared = self._prepare(images)
         messages = list(self._messages)
         if self._open is not None:
             self._finish_text()
             messages.append(self._open)
+        first_turn = len(messages) == 1 and messages[0].role == "system"
+        if first_turn and isinstance(self._renderer, ChatMLRenderer):
+            # Evaluate the system prompt as its own unit (it ends in a special token, so tokenizing it
+            # apart changes nothing), so that the next question can keep it in the KV cache; the
+            # images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
+            system = self._renderer.render(messages, add_generation_prompt=False)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thyme-image") as pool:
+                decoding = pool.submit(self._prepare, images)
+                if system and count_markers(system) == 0:
+                    self._live.sync(system, [])
+                    self._live.mark_prefix()
+                prepared = decoding.result()
+        else:
+            prepared = self._prepare(images)
         messages.append(Message("user", text, prepared))
         target = self._renderer.render(messages, add_generation_prompt=True)
         all_images = [img for m in messages for img in m.images]
-        if len(messages) == 2 and messages[0].role == "system" and isinstance(self._renderer, ChatMLRenderer):
-            # Evaluate the system prompt as its own unit (it ends in a special token, so tokenizing it
-            # apart changes nothing), so that the next question can keep it in the KV cache.
-            system = self._renderer.render(messages[:1], add_generation_prompt=False)
-            if system and target.startswith(system) and count_markers(system) == 0:
-                self._live.sync(system, [])
-                self._live.mark_prefix()
         self._live.sync(target, all_images)
         self._messages = messages
         self._open = Message("assistant", "")
