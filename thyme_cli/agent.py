@@ -95,7 +95,7 @@ def answer_question(
         if reply.code is None:
             trace.notes.append(_why_no_code(gen, reply))
             break
-        step, result = _run_step(sandbox, reply.code, len(trace.steps) + 1, run_dir, events)
+        step, result = _run_step(sandbox, reply.code, len(trace.steps) + 1, len(trace.turns), run_dir, events)
         if not result.ok and rewind and retries < options.max_retries:
             retries += 1
             events.note(f"step failed; discarding it and retrying ({retries}/{options.max_retries})")
@@ -127,12 +127,13 @@ def _generate(conv: Conversation, trace: Trace, options: AgentOptions, events: A
 
 
 def _run_step(
-    sandbox: Sandbox, code: str, index: int, run_dir: Path, events: AgentEvents
+    sandbox: Sandbox, code: str, index: int, turn: int, run_dir: Path, events: AgentEvents
 ) -> tuple[Step, ExecResult]:
     events.step_started(index, code)
     result = sandbox.run(code)
     images = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in result.images]
-    step = Step(index, code, result.stdout, result.stderr, result.error, result.timed_out, images, result.duration_s)
+    step = Step(index, code, result.stdout, result.stderr, result.error, result.timed_out, images, result.duration_s,
+                turn)
     events.step_finished(step, result)
     if len(images) > MAX_IMAGES_PER_STEP:
         events.note(f"step {index} made {len(images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")

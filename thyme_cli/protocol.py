@@ -154,6 +154,11 @@ def _think(text: str) -> str | None:
     return body or None
 
 
+def without_code(text: str, placeholder: str = "") -> str:
+    """The text with each complete code block replaced by ``placeholder`` (for showing prose)."""
+    return _CODE_RE.sub(placeholder, text)
+
+
 def untagged_answer(text: str) -> str | None:
     """A last resort for models that never use ``<answer>``: the visible text without code or tags."""
     cleaned = _CODE_RE.sub("", text)

@@ -7,6 +7,7 @@ import html
 import mimetypes
 from pathlib import Path
 
+from thyme_cli.protocol import without_code
 from thyme_cli.trace import Trace
 
 _STYLE = """
@@ -56,9 +57,10 @@ def render_html(trace: Trace, run_dir: Path) -> str:
     parts.append("<h2>Input</h2>" + _figure(run_dir / trace.image, f"{trace.image} ({w}x{h})"))
     parts.append("<h2>Reasoning</h2>")
     for turn in trace.turns:
+        step = next((s for s in trace.steps if s.turn == turn.index), None)
+        prose = without_code(turn.text, f"[code: step {step.index} below]") if step else turn.text
         parts.append(f'<h3>Turn {turn.index} <span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
-                     f"{turn.seconds:.1f} s)</span></h3><pre class=turn>{esc(turn.text)}</pre>")
-        step = next((s for s in trace.steps if s.index == turn.index), None)
+                     f"{turn.seconds:.1f} s)</span></h3><pre class=turn>{esc(prose)}</pre>")
         if step is None:
             continue
         status = "timed out" if step.timed_out else ("error" if step.error else "ok")

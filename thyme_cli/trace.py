@@ -35,6 +35,7 @@ class Step:
     timed_out: bool = False
     images: list[str] = field(default_factory=list)  # relative to the run directory
     duration_s: float = 0.0
+    turn: int = 0  # the model turn whose code this step ran
 
 
 @dataclass
