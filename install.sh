@@ -46,12 +46,24 @@ fi
 
 if [ "$backend" = auto ]; then
     if [ "$(uname -s)" = Darwin ]; then backend=metal
-    elif command -v nvcc >/dev/null 2>&1; then backend=cuda
+    elif command -v nvcc >/dev/null 2>&1; then
+        # nvcc alone is not enough: CUDA toolkits are often installed on machines without a GPU,
+        # and a CUDA build takes far longer. Build for CUDA when a GPU is visible too.
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+            backend=cuda
+        else
+            say "nvcc found but no NVIDIA GPU is visible: building for the CPU (./install.sh --cuda forces CUDA)"
+            backend=cpu
+        fi
     else backend=cpu
     fi
 fi
 case "$backend" in
-    cuda) cmake_args="-DGGML_CUDA=on" ;;
+    cuda)
+        cmake_args="-DGGML_CUDA=on"
+        # Only this machine's GPU architecture: a much shorter build than all of them.
+        if nvidia-smi -L 2>/dev/null | grep -q GPU; then cmake_args="$cmake_args -DCMAKE_CUDA_ARCHITECTURES=native"; fi
+        ;;
     metal) cmake_args="-DGGML_METAL=on" ;;
     *) cmake_args="" ;;
 esac
@@ -73,7 +85,12 @@ if "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null && [ "$(cat "$marker" 2>
 else
     say "building llama-cpp-python for $backend (CMAKE_ARGS=$cmake_args); the first build takes several minutes"
     extra=()
-    if [ -f "$marker" ] && [ "$(cat "$marker")" != "$backend" ]; then extra=(--force-reinstall --no-deps --no-cache-dir); fi
+    # pip's wheel cache is keyed by the source, not by CMAKE_ARGS: only CPU builds may come from it.
+    if [ "$backend" != cpu ]; then extra+=(--no-cache-dir); fi
+    if [ -f "$marker" ] && [ "$(cat "$marker")" != "$backend" ]; then extra+=(--force-reinstall --no-deps --no-cache-dir); fi
+    if [ ! -f "$marker" ] && "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null && [ "$backend" != cpu ]; then
+        extra+=(--force-reinstall --no-deps)
+    fi
     CMAKE_ARGS="$cmake_args" pipq install ${extra[@]+"${extra[@]}"} "llama-cpp-python==0.3.36"
     echo "$backend" > "$marker"
 fi
