@@ -24,11 +24,21 @@ from thyme_cli.batch_inputs import Item
 from thyme_cli.batch_journal import Journal
 from thyme_cli.errors import BackendUnavailable, ThymeError
 from thyme_cli.images import InputImage
-from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, open_question_sandbox, prepare_input
+from thyme_cli.runner import (
+    LoadedModel,
+    QuestionSettings,
+    ask_one,
+    open_question_sandbox,
+    open_sandbox_pool,
+    prepare_input,
+)
 from thyme_cli.trace import Trace
 
 if TYPE_CHECKING:
+    from thyme_cli.sandbox.pool import PerQuestionPool, SandboxPool
     from thyme_cli.sandbox.session import WorkerSandbox
+
+    Pool = SandboxPool | PerQuestionPool
 
 
 @dataclass
@@ -95,8 +105,9 @@ class PreparedItem:
             self.sandbox.close()
 
 
-def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings) -> PreparedItem:
-    """Check the image and open the sandbox (its worker boots in the background); never raises."""
+def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings, pool: Pool | None = None) -> PreparedItem:
+    """Check the image and open the sandbox (its worker boots in the background, or is forked
+    from the pool's warm jail at its first step); never raises."""
     started = time.perf_counter()
     run_dir = runs_root / item_dir_name(item)
     if run_dir.exists():  # left by an attempt that was killed before its line was written
@@ -105,7 +116,7 @@ def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings) -> Pre
     prepared = PreparedItem(item, run_dir, 0.0)
     try:
         prepared.image = prepare_input(Path(item.image), run_dir, label=item.image, remove_on_error=False)
-        prepared.sandbox = open_question_sandbox(prepared.image, run_dir, settings)
+        prepared.sandbox = open_question_sandbox(prepared.image, run_dir, settings, pool)
     except ThymeError as e:
         prepared.error = e.message
     except Exception as e:  # one broken item must not end a batch of thousands
@@ -137,9 +148,11 @@ def finish_item(model: LoadedModel, prepared: PreparedItem, settings: QuestionSe
     return _record(item, prepared.run_dir, trace, error, seconds)
 
 
-def run_item(model: LoadedModel, item: Item, runs_root: Path, settings: QuestionSettings) -> dict[str, Any]:
+def run_item(
+    model: LoadedModel, item: Item, runs_root: Path, settings: QuestionSettings, pool: Pool | None = None
+) -> dict[str, Any]:
     """One item from start to record (used where items run concurrently)."""
-    return finish_item(model, prepare_item(item, runs_root, settings), settings)
+    return finish_item(model, prepare_item(item, runs_root, settings, pool), settings)
 
 
 def run_batch(
@@ -163,17 +176,25 @@ def run_batch(
         summary.counts[outcome(record)] += 1
         on_item(record)
 
+    pool: Pool | None = None
     try:
+        if todo:
+            try:
+                pool = open_sandbox_pool(settings)
+            except ThymeError:
+                pool = None  # each item records why its sandbox cannot start, as without a pool
         if jobs <= 1:
-            _run_in_turn(todo, model, settings, runs_root, finish)
+            _run_in_turn(todo, model, settings, runs_root, finish, pool)
         else:
-            _run_concurrently(todo, model, settings, runs_root, jobs, finish)
+            _run_concurrently(todo, model, settings, runs_root, jobs, finish, pool)
     except KeyboardInterrupt:
         summary.interrupted = True
     except BackendUnavailable as e:
         summary.interrupted = True
         summary.stopped_by = e.message
     finally:
+        if pool is not None:
+            pool.close()
         summary.seconds = time.perf_counter() - started
     return summary
 
@@ -184,14 +205,15 @@ def _run_in_turn(
     settings: QuestionSettings,
     runs_root: Path,
     finish: Callable[[dict[str, Any]], None],
+    pool: Pool | None = None,
 ) -> None:
     """One item at a time, the next one prepared (image checked, sandbox booting) meanwhile."""
-    upcoming = prepare_item(todo[0], runs_root, settings) if todo else None
+    upcoming = prepare_item(todo[0], runs_root, settings, pool) if todo else None
     try:
         for index in range(len(todo)):
             current = upcoming
             assert current is not None
-            upcoming = prepare_item(todo[index + 1], runs_root, settings) if index + 1 < len(todo) else None
+            upcoming = prepare_item(todo[index + 1], runs_root, settings, pool) if index + 1 < len(todo) else None
             finish(finish_item(model, current, settings))
     finally:
         if upcoming is not None:
@@ -205,6 +227,7 @@ def _run_concurrently(
     runs_root: Path,
     jobs: int,
     finish: Callable[[dict[str, Any]], None],
+    pool: Pool | None = None,
 ) -> None:
     """Keep ``jobs`` items in flight; results are recorded in the order they finish.
 
@@ -212,18 +235,18 @@ def _run_concurrently(
     was paid for is lost.
     """
     pending = iter(todo)
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="thyme-item") as pool:
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="thyme-item") as executor:
         running: set[Future[dict[str, Any]]] = set()
         try:
             for item in itertools.islice(pending, jobs):
-                running.add(pool.submit(run_item, model, item, runs_root, settings))
+                running.add(executor.submit(run_item, model, item, runs_root, settings, pool))
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     finish(future.result())
                     nxt = next(pending, None)
                     if nxt is not None:
-                        running.add(pool.submit(run_item, model, nxt, runs_root, settings))
+                        running.add(executor.submit(run_item, model, nxt, runs_root, settings, pool))
         except (KeyboardInterrupt, BackendUnavailable):
             # Record what finishes; items that hit the dead server raise again and stay unrecorded.
             for future in as_completed(running):

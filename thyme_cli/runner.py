@@ -18,6 +18,7 @@ from thyme_cli.registry import ModelSpec, Registry
 from thyme_cli.trace import Trace, write_trace
 
 if TYPE_CHECKING:
+    from thyme_cli.sandbox.pool import PerQuestionPool, SandboxPool
     from thyme_cli.sandbox.session import WorkerSandbox
 
 
@@ -104,8 +105,23 @@ def check_sandbox(settings: QuestionSettings) -> str:
     return select_backend(settings.sandbox).name
 
 
-def open_question_sandbox(input_image: InputImage, run_dir: Path, settings: QuestionSettings) -> WorkerSandbox:
+def open_sandbox_pool(settings: QuestionSettings) -> SandboxPool | PerQuestionPool:
+    """Sandboxes for many questions (batch): one warm jail whose zygote forks a fresh child per
+    question, or one jail per question where that is off (THYME_SANDBOX_POOL=0) or cannot start."""
+    from thyme_cli.sandbox.pool import open_pool
+
+    return open_pool(settings.sandbox, timeout_s=settings.step_timeout_s)
+
+
+def open_question_sandbox(
+    input_image: InputImage,
+    run_dir: Path,
+    settings: QuestionSettings,
+    pool: SandboxPool | PerQuestionPool | None = None,
+) -> WorkerSandbox:
     """The question's sandbox; its worker boots in the background, so open it as early as possible."""
+    if pool is not None:
+        return pool.open(image=input_image.path, images_dir=run_dir / "images")
     from thyme_cli.sandbox.factory import open_sandbox
 
     return open_sandbox(settings.sandbox, image=input_image.path, images_dir=run_dir / "images",

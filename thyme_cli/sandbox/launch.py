@@ -162,6 +162,10 @@ class Launched:
         except (OSError, ValueError):
             return ""
 
+    def exit_code(self) -> int | None:
+        """The launcher's exit status (negative: killed by that signal), None while it runs."""
+        return self.proc.poll()
+
     def exit_description(self) -> str:
         code = self.proc.poll()
         if code is None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.sandbox import protocol
@@ -100,6 +101,29 @@ def cap_text(text: str, cap: int) -> str:
     return f"{head}\n" + TRUNCATION_NOTE.format(n=len(data) - cap)
 
 
+class WorkerHandle(Protocol):
+    """One worker as a WorkerSandbox drives it: a Launched jail, or a SandboxPool's forked child."""
+
+    @property
+    def sock(self) -> socket.socket: ...
+    @property
+    def reader(self) -> protocol.FrameReader: ...
+    @property
+    def hello(self) -> dict[str, Any] | None: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def ready_at(self) -> float | None: ...
+
+    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], int | None]: ...
+    def idle_ok(self) -> bool: ...
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
+    def stderr_text(self, limit: int = 8192) -> str: ...
+    def exit_description(self) -> str: ...
+    def exit_code(self) -> int | None: ...
+
+
 class WorkerSandbox:
     """The Sandbox the agent loop uses (see base.Sandbox)."""
 
@@ -117,7 +141,7 @@ class WorkerSandbox:
         self._stage = make_stage(Path(image))
         self.image_path: str = backend.image_path(self._stage)
         self._out_root = backend.out_root(self._stage)
-        self._worker: Launched | None = None
+        self._worker: WorkerHandle | None = None
         self._root_fd: int | None = None
         self._step = 0
         self._seen: dict[tuple[int, int], tuple[int, int]] = {}
@@ -194,7 +218,7 @@ class WorkerSandbox:
     @property
     def worker_pid(self) -> int | None:
         """Host pid of the launcher process (nsjail/bwrap, or the worker itself when unjailed)."""
-        return self._worker.proc.pid if self._worker is not None else None
+        return self._worker.proc.pid if isinstance(self._worker, Launched) else None
 
     def close(self) -> None:
         if self._closed:
@@ -315,7 +339,7 @@ def _last_meaningful_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _start_failure(worker: Launched, exc: Exception) -> str:
+def _start_failure(worker: WorkerHandle, exc: Exception) -> str:
     worker.kill()
     text = _last_meaningful_line(str(exc)) if "Traceback" in str(exc) else ""
     launcher = _last_meaningful_line(worker.stderr_text())
@@ -325,9 +349,9 @@ def _start_failure(worker: Launched, exc: Exception) -> str:
     return "; ".join(parts)
 
 
-def _death_reason(worker: Launched, exc: Exception) -> str:
+def _death_reason(worker: WorkerHandle, exc: Exception) -> str:
     status = worker.exit_description()
-    code = worker.proc.returncode
+    code = worker.exit_code()
     if code is not None and code > 128:
         status = f"exit status {code}: killed by signal {code - 128}, e.g. a memory or CPU limit"
     return status

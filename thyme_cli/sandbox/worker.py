@@ -389,11 +389,19 @@ def main(raw_config: str) -> NoReturn:
         sys.path.extend(p for p in cfg["sys_path"] if p not in sys.path)
         modules = {} if cfg.get("probe") else _preload(cfg)
         imported = time.monotonic()
-        _apply_rlimits(cfg.get("rlimits", {}))
+        zygote = bool(cfg.get("zygote"))
+        rlimits = dict(cfg.get("rlimits", {}))
+        if zygote:
+            rlimits.pop("CPU", None)  # per process: each question's child sets it on itself
+        _apply_rlimits(rlimits)
         if cfg.get("seccomp"):
             from thyme_cli.sandbox import seccomp
 
             seccomp.install()
+            if zygote:
+                from thyme_cli.sandbox.zygote import install_ipc_filter
+
+                install_ipc_filter()
         hello: dict[str, Any] = {
             "op": "hello",
             "pid": os.getpid(),
@@ -408,6 +416,10 @@ def main(raw_config: str) -> NoReturn:
         if cfg.get("probe"):
             protocol.send(sock, hello)
             os._exit(0)
+        if zygote:
+            from thyme_cli.sandbox import zygote as zygote_mod
+
+            zygote_mod.serve(sock, cfg, modules, hello)
         root_fd = os.open(cfg["out_root"], os.O_RDONLY | os.O_DIRECTORY)
         protocol.send(sock, hello, fds=[root_fd])
         os.close(root_fd)
