@@ -60,6 +60,7 @@ class WorkerSpec:
     limits: Limits
     tag: str
     probe: bool = False
+    zygote: bool = False  # a fork server for SandboxPool (see zygote.py): must be the jail's PID 1
 
 
 def _worker_env(tmp: str, out_root: str) -> dict[str, str]:
@@ -112,7 +113,7 @@ class Backend:
     def worker_config(self, spec: WorkerSpec, *, tmp: str, drop_to: tuple[int, int] | None) -> dict[str, Any]:
         lay = L.runtime_layout()
         return {
-            "sys_path": list(lay.sys_path),
+            "sys_path": [lay.jail_path(p) if self.jailed else p for p in lay.sys_path],
             "image_path": self.image_path(spec.stage),
             "out_root": self.out_root(spec.stage),
             "tmp_dir": tmp,
@@ -124,6 +125,7 @@ class Backend:
             "cv2_threads": spec.limits.cv2_threads,
             "nice": spec.limits.nice,
             "probe": spec.probe,
+            "zygote": spec.zygote,
         }
 
     def plan(self, spec: WorkerSpec) -> LaunchPlan:
@@ -163,7 +165,8 @@ class NsjailBackend(Backend):
             "--nice_level", str(os.nice(0)),  # nsjail defaults to 19; keep ours (lowering it needs privilege)
             "--iface_no_lo",
             "--rlimit_as", str(lim.memory_mb),
-            "--rlimit_cpu", str(lim.cpu_s),
+            # A zygote lives for a whole batch; each question's child sets RLIMIT_CPU on itself.
+            "--rlimit_cpu", "inf" if spec.zygote else str(lim.cpu_s),
             "--rlimit_fsize", str(lim.file_size_mb),
             "--rlimit_nofile", str(lim.nofile),
             "--rlimit_nproc", str(lim.nproc),
@@ -184,7 +187,7 @@ class NsjailBackend(Backend):
         else:
             argv += ["--user", str(L.JAIL_UID), "--group", str(L.JAIL_GID)]
         for d in (*lay.ro_dirs, *lay.ro_files):
-            argv += ["-R", f"{_check_path(d)}:{d}"]
+            argv += ["-R", f"{_check_path(d)}:{_check_path(lay.jail_path(d))}"]
         for target, link in lay.symlinks:
             argv += ["-s", f"{_check_path(target)}:{_check_path(link)}"]
         argv += ["-R", f"{_check_path(lay.package_dir)}:{lay.jail_package_dir}"]
@@ -199,7 +202,7 @@ class NsjailBackend(Backend):
         for key, value in _worker_env(L.JAIL_TMP, L.JAIL_OUTPUT_DIR).items():
             argv += ["-E", f"{key}={value}"]
         cfg = self.worker_config(spec, tmp=L.JAIL_TMP, drop_to=None)
-        argv += ["--", *_python_argv(lay.python, L.JAIL_CODE_ROOT, cfg, spec.tag)]
+        argv += ["--", *_python_argv(lay.jail_path(lay.python), L.JAIL_CODE_ROOT, cfg, spec.tag)]
         return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"}, needs_pdeathsig=True)
 
 
@@ -221,6 +224,11 @@ class BwrapBackend(Backend):
             "--hostname", L.HOSTNAME,
             "--clearenv",
         ]  # fmt: skip
+        if spec.zygote:
+            # The zygote must be PID 1 so that nothing inside the jail can signal it. It re-arms
+            # its parent-death signal after dropping privileges (worker._die_with_parent), and
+            # when it dies the kernel kills everything else in the namespace.
+            argv.append("--as-pid-1")
         if root:
             argv += ["--cap-drop", "ALL"]
             for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
@@ -233,10 +241,11 @@ class BwrapBackend(Backend):
             argv += ["--setenv", key, value]
         argv += ["--dev", "/dev", "--proc", "/proc"]
         # bwrap run as root creates missing parents as 0700; the worker (uid 65534) must get through.
-        for parent in _ancestors([*lay.ro_dirs, *lay.ro_files, lay.jail_package_dir, L.JAIL_INPUT_DIR]):
+        mounted = [lay.jail_path(d) for d in (*lay.ro_dirs, *lay.ro_files)]
+        for parent in _ancestors([*mounted, lay.jail_package_dir, L.JAIL_INPUT_DIR]):
             argv += ["--perms", "0755", "--dir", parent]
         for d in (*lay.ro_dirs, *lay.ro_files):
-            argv += ["--ro-bind", d, d]
+            argv += ["--ro-bind", d, lay.jail_path(d)]
         for target, link in lay.symlinks:
             argv += ["--symlink", target, link]
         argv += ["--ro-bind", lay.package_dir, lay.jail_package_dir]
@@ -247,7 +256,7 @@ class BwrapBackend(Backend):
         # runs unprivileged): make it read-only too; the device nodes are bind mounts of their own.
         argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", L.JAIL_OUTPUT_DIR]
         cfg = self.worker_config(spec, tmp=L.JAIL_TMP, drop_to=drop_to)
-        argv += ["--", *_python_argv(lay.python, L.JAIL_CODE_ROOT, cfg, spec.tag)]
+        argv += ["--", *_python_argv(lay.jail_path(lay.python), L.JAIL_CODE_ROOT, cfg, spec.tag)]
         return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"})
 
 

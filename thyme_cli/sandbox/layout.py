@@ -22,6 +22,10 @@ JAIL_TMP = "/tmp"
 JAIL_UID = 65534
 JAIL_GID = 65534
 HOSTNAME = "thyme"
+# Host paths under the jail's own mounts (a venv in /tmp, say) would be hidden by them, and the
+# jail's /tmp is wiped between pooled questions: such paths are bound under this prefix instead.
+JAIL_HOST_ROOT = "/opt/host"
+_JAIL_OWNED = (JAIL_TMP, "/mnt/data", JAIL_CODE_ROOT, JAIL_HOST_ROOT)
 SYSTEM_LIB_DIRS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")
 
 
@@ -40,6 +44,13 @@ class RuntimeLayout:
     @property
     def jail_package_dir(self) -> str:
         return f"{JAIL_CODE_ROOT}/thyme_cli/sandbox"
+
+    @staticmethod
+    def jail_path(host: str) -> str:
+        """Where a host path is bound inside the jail: the same place, unless the jail owns it."""
+        if _covered(host, list(_JAIL_OWNED)):
+            return JAIL_HOST_ROOT + host
+        return host
 
 
 def _covered(path: str, dirs: list[str]) -> bool:
