@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -64,10 +65,14 @@ def load_input_image(source: Path | bytes, dest_dir: Path, *, label: str | None 
         if not head:
             raise UsageError(f"{name} is empty, not an image")
 
-    Image.MAX_IMAGE_PIXELS = None  # we check the declared size ourselves, before decoding
     fp: Path | io.BytesIO = source if isinstance(source, Path) else io.BytesIO(source)
     try:
-        with Image.open(fp) as img:
+        # Pillow's own guard stays on (the process-wide setting is shared with the sandbox's host
+        # side): it refuses declared sizes above 2 x MAX_IMAGE_PIXELS and only warns below that.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+        with img:
             fmt = img.format or ""
             if fmt not in SUPPORTED_FORMATS:
                 raise UsageError(
@@ -86,6 +91,10 @@ def load_input_image(source: Path | bytes, dest_dir: Path, *, label: str | None 
             rotated = orientation not in (0, 1)
             work = ImageOps.exif_transpose(img) if rotated else img
             return _save(work, fmt, source, dest_dir, name, rotated)
+    except Image.DecompressionBombError as e:
+        raise UsageError(
+            f"{name}: refused as a possible decompression bomb ({e})", hint="downscale the image first"
+        ) from None
     except UnidentifiedImageError:
         raise UsageError(f"{name} is not an image Pillow can read", hint="use PNG, JPEG, WebP, TIFF or BMP") from None
     except (OSError, SyntaxError, ValueError) as e:
