@@ -7,6 +7,10 @@ crop+rotate+contrast+save step on a 1280x960 image (host-side image harvest and 
 included: that is what the agent loop waits for; the same step saving outside the output dir shows
 the jail's own cost without it). Medians are printed; the LAST line is one line
 of JSON. Headline keys take the WORST backend, so a target met there is met by either backend.
+
+In-process exec runs the code as plain Python would (Pillow's default PNG compression); the jailed
+worker saves PNGs at zlib level 1 unless the code asks for a level, because the host re-encodes
+every output image anyway. That default is part of what is measured: it is what thyme does.
 """
 
 from __future__ import annotations

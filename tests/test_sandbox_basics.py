@@ -71,6 +71,19 @@ def test_preinjected_names(sb: WorkerSandbox) -> None:
     assert res.stdout.strip() == "True cv2 PIL.Image str"
 
 
+def test_pngs_are_saved_fast_unless_the_code_asks_otherwise(sb: WorkerSandbox) -> None:
+    res = sb.run(
+        "import io\nimg = Image.radial_gradient('L').resize((512, 512))\nsizes = {}\n"
+        "for name, kw in [('default', {}), ('level1', {'compress_level': 1}), ('level9', {'compress_level': 9}),\n"
+        "                 ('optimize', {'optimize': True})]:\n"
+        "    buf = io.BytesIO(); img.save(buf, 'PNG', **kw); sizes[name] = buf.tell()\n"
+        "print(sizes['default'] == sizes['level1'], sizes['level9'] < sizes['default'],"
+        " sizes['optimize'] < sizes['default'])"
+    )
+    assert res.ok, res.error
+    assert res.stdout.split() == ["True", "True", "True"]  # level 1 by default; explicit settings are kept
+
+
 def test_variables_persist_between_steps(sb: WorkerSandbox) -> None:
     assert sb.run("counter = 41\ndef bump(x):\n    return x + 1").ok
     res = sb.run("counter = bump(counter)\nprint(counter)")

@@ -330,6 +330,21 @@ def _status_fields(*names: str) -> dict[str, str]:
     return out
 
 
+def _fast_png_by_default(image_module: Any) -> None:
+    """PNGs saved in the jail are temporary (the host re-encodes every one), so compressing them
+    hard is wasted work: zlib level 1 unless the code asks for a level (or optimize) itself."""
+    from PIL import PngImagePlugin
+
+    plain_save = PngImagePlugin._save
+
+    def save(im: Any, fp: Any, filename: Any) -> None:
+        if "optimize" not in im.encoderinfo:
+            im.encoderinfo.setdefault("compress_level", 1)
+        plain_save(im, fp, filename)
+
+    image_module.register_save("PNG", save)
+
+
 def _preload(cfg: dict[str, Any]) -> dict[str, Any]:
     """Import what Thyme's code expects to find already imported (the slow part of a start)."""
     import json as json_mod
@@ -343,6 +358,7 @@ def _preload(cfg: dict[str, Any]) -> dict[str, Any]:
     from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
     cv2.setNumThreads(int(cfg.get("cv2_threads", 2)))
+    _fast_png_by_default(Image)
     return {
         "os": os,
         "math": math,
