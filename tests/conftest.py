@@ -43,6 +43,17 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     return write_tiny_pair(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def sandbox_backend() -> str:
+    """The sandbox backend `--sandbox auto` really uses here; end-to-end tests skip, saying why, without one."""
+    from thyme_cli.sandbox.factory import probe_backends
+
+    working = [p.name for p in probe_backends() if p.works]
+    if not working:
+        pytest.skip("no sandbox backend starts on this machine: " + "; ".join(p.detail for p in probe_backends()))
+    return working[0]
+
+
 RunThyme = Callable[..., subprocess.CompletedProcess[str]]
 
 

@@ -35,16 +35,6 @@ FAILING = "<code>\n```python\nprint(undefined_name)\n```\n</code>"
 COMPUTE = "<code>\n```python\nprint('width is', Image.open(image_path).size[0])\n```\n</code>"
 
 
-@pytest.fixture(scope="module")
-def sandbox_backend() -> str:
-    from thyme_cli.sandbox.factory import probe_backends
-
-    working = [p.name for p in probe_backends() if p.works]
-    if not working:
-        pytest.skip("no sandbox backend starts on this machine: " + "; ".join(p.detail for p in probe_backends()))
-    return working[0]
-
-
 @pytest.fixture
 def photo(tmp_path: Path) -> Path:
     img = Image.new("RGB", (1280, 960), "white")

@@ -24,16 +24,6 @@ CROP = (
 ANSWER = "<answer>forty</answer>"
 
 
-@pytest.fixture(scope="module")
-def sandbox_backend() -> str:
-    from thyme_cli.sandbox.factory import probe_backends
-
-    working = [p.name for p in probe_backends() if p.works]
-    if not working:
-        pytest.skip("no sandbox backend starts on this machine: " + "; ".join(p.detail for p in probe_backends()))
-    return working[0]
-
-
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     root = tmp_path / "photos"

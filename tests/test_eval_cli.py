@@ -18,16 +18,6 @@ CROP = (
 )
 
 
-@pytest.fixture(scope="module")
-def sandbox_backend() -> str:
-    from thyme_cli.sandbox.factory import probe_backends
-
-    working = [p.name for p in probe_backends() if p.works]
-    if not working:
-        pytest.skip("no sandbox backend starts on this machine: " + "; ".join(p.detail for p in probe_backends()))
-    return working[0]
-
-
 def _fixed_letters(category: str, i: int) -> str:
     """word: B, B, B, then C (the shared-image row); number: B, A, A."""
     if category == "word":

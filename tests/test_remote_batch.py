@@ -28,7 +28,6 @@ from tests.test_remote_support import (
     photos,
     start_server,
 )
-from tests.test_remote_support import sandbox_backend as sandbox_backend  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 
 pytestmark = pytest.mark.slow

@@ -29,7 +29,6 @@ from tests.test_remote_support import (
     start_server,
 )
 from tests.test_remote_support import prefill_pair as prefill_pair  # a fixture
-from tests.test_remote_support import sandbox_backend as sandbox_backend  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote import RemoteEngine, load_remote
 from thyme_cli.engine.remote_images import image_data_uri

@@ -125,16 +125,6 @@ class LlamaServer:
 
 
 @pytest.fixture(scope="module")
-def sandbox_backend() -> str:
-    from thyme_cli.sandbox.factory import probe_backends
-
-    working = [p.name for p in probe_backends() if p.works]
-    if not working:
-        pytest.skip("no sandbox backend starts on this machine: " + "; ".join(p.detail for p in probe_backends()))
-    return working[0]
-
-
-@pytest.fixture(scope="module")
 def prefill_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     return write_tiny_pair(tmp_path_factory.mktemp("prefill-model"), prefix="prefill", chat_template=PREFILL_TEMPLATE)
 

@@ -8,7 +8,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from tests.conftest import REPO_ROOT, RunThyme
@@ -21,16 +20,6 @@ CROP = (
     "print('/mnt/data/temp_processed_images/half.png', w, h)\n```\n</code>"
 )
 FAILS = "<code>\n```python\nprint(1 / 0)\n```\n</code>"
-
-
-@pytest.fixture(scope="module")
-def sandbox_backend() -> str:
-    from thyme_cli.sandbox.factory import probe_backends
-
-    working = [p.name for p in probe_backends() if p.works]
-    if not working:
-        pytest.skip("no sandbox backend starts on this machine: " + "; ".join(p.detail for p in probe_backends()))
-    return working[0]
 
 
 def _run_ask(run_thyme: RunThyme, tmp_path: Path, replies: list[str], size: tuple[int, int] = (400, 200)) -> Path:
