@@ -79,21 +79,33 @@ def _need_question(question: str | None, image: str) -> str:
     return question
 
 
+def jsonl_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The non-blank lines of a JSONL manifest as (line number, object); one clear error per bad line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it ({e.strerror})") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}:{n}: each line must be a JSON object")
+        rows.append((n, row))
+    return rows
+
+
 def _read_manifest(path: Path, default_question: str | None) -> list[tuple[str, str, str | None, str | None]]:
     rows: list[dict[str, Any]] = []
     try:
         if path.suffix.lower() == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise UsageError(f"{path}:{n}: each line must be a JSON object")
-                    rows.append(row)
+            rows = [row for _, row in jsonl_objects(path)]
         else:
             with path.open(encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)

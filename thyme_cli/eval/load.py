@@ -7,12 +7,12 @@ option's text), ``category``, ``hint`` and ``id`` (default: the line number).
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from thyme_cli.batch_inputs import jsonl_objects
 from thyme_cli.errors import UsageError
 from thyme_cli.eval.items import EvalItem
 from thyme_cli.eval.tsv import answer_letter, read_tsv
@@ -41,21 +41,7 @@ def load_benchmark(
 def read_manifest(path: Path) -> list[EvalItem]:
     items: list[EvalItem] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read it ({e.strerror})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{path}:{number}: each line must be a JSON object")
+    for number, row in jsonl_objects(path):
         item = _manifest_item(path, number, row)
         if item.id in seen:
             raise UsageError(f"{path}:{number}: duplicate id {item.id!r}")
