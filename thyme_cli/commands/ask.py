@@ -81,8 +81,7 @@ def ask(
     created = out is None or not out.exists()
     run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), question)
     input_image = prepare_input(source, run_dir, label=image, remove_on_error=created)
-    if sandbox == o.SandboxChoice.none:
-        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+    o.warn_if_unsandboxed(sandbox)
     settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,

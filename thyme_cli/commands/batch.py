@@ -134,8 +134,7 @@ def batch(
         raise UsageError("'-' (stdin) may be given only once")
     stdin = sys.stdin if "-" in inputs else None
     items = collect_items(inputs, question, stdin=stdin)
-    if sandbox == o.SandboxChoice.none:
-        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+    o.warn_if_unsandboxed(sandbox)
     model_settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,

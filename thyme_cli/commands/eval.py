@@ -134,8 +134,8 @@ def run(
     write_side_table(paths, items, meta)
     if no_tools and sandbox == o.SandboxChoice.auto:
         sandbox = o.SandboxChoice.none  # no code can run, so no jail is needed (works where none starts)
-    elif sandbox == o.SandboxChoice.none:
-        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+    else:
+        o.warn_if_unsandboxed(sandbox)
     model_settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,

@@ -116,3 +116,11 @@ ProtocolOpt = Annotated[
     typer.Option("--protocol", help="Prompt protocol for a remote model: thyme or generic (default: thyme, or "
                  "the --model entry's).", rich_help_panel=MODEL_PANEL),
 ]
+
+
+def warn_if_unsandboxed(sandbox: SandboxChoice) -> None:
+    """`--sandbox none` is allowed only when asked for, and never silently."""
+    if sandbox == SandboxChoice.none:
+        from thyme_cli.console import warn
+
+        warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from thyme_cli.commands import options as o
-from thyme_cli.console import handle_errors, warn
+from thyme_cli.console import handle_errors
 from thyme_cli.errors import EXIT_RUNTIME
 
 
@@ -41,8 +41,7 @@ def replay(
     trace = read_trace(trace_path)
     run_of_trace = trace_path if trace_path.is_dir() else trace_path.parent
     source = image.expanduser() if image else run_of_trace / trace.image
-    if sandbox == o.SandboxChoice.none:
-        warn("--sandbox none: the code runs WITHOUT isolation, with your user's rights")
+    o.warn_if_unsandboxed(sandbox)
     created = out is None or not out.exists()
     run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), "replay-" + trace.question)
     input_image = prepare_input(source, run_dir, label=str(source), remove_on_error=created)
