@@ -81,10 +81,20 @@ def _candidate_paths(spec: ModelSpec) -> tuple[Path | None, Path | None]:
     )
 
 
+def _split_parts_present(spec: ModelSpec, model: Path) -> bool:
+    """A split model (name-00001-of-0000N.gguf) is installed only with all of its parts."""
+    from thyme_cli.hub_ref import split_siblings
+
+    return all((model.parent / Path(p).name).is_file() for p in split_siblings(model.name))
+
+
 def installed_files(spec: ModelSpec) -> ModelFiles | None:
     """Local paths of both files if both are present, else None. Never touches the network."""
     model, mmproj = _candidate_paths(spec)
-    if model is not None and mmproj is not None and model.is_file() and mmproj.is_file():
+    if (
+        model is not None and mmproj is not None and model.is_file() and mmproj.is_file()
+        and _split_parts_present(spec, model)
+    ):
         return ModelFiles(model=model, mmproj=mmproj)
     return None
 
@@ -92,6 +102,11 @@ def installed_files(spec: ModelSpec) -> ModelFiles | None:
 def model_state(spec: ModelSpec) -> ModelState:
     """Installed or not, which files are there, and their size on disk."""
     present = tuple(p for p in _candidate_paths(spec) if p is not None and p.is_file())
+    if present and spec.model_file and not spec.is_local:  # the other parts of a split model count too
+        from thyme_cli.hub_ref import split_siblings
+
+        extra = (present[0].parent / Path(n).name for n in split_siblings(spec.model_file)[1:])
+        present = present + tuple(p for p in extra if p.is_file())
     files = installed_files(spec)
     size = sum(p.stat().st_size for p in present) if present else None
     if files is not None:
@@ -128,6 +143,8 @@ def pull(
         raise UsageError(f"{spec.name} is a ready GGUF; --quant applies to models thyme converts (like thyme-7b)")
     files = installed_files(spec)
     if files is not None:
+        if spec.extra.get("reference") and spec.name not in load_registry().models:
+            register_reference(spec)  # already in the cache (another tool fetched it): register it
         return files
     if spec.is_local:
         missing = [str(p) for p in (spec.model_path, spec.mmproj_path) if p is not None and not p.is_file()]
@@ -152,16 +169,20 @@ def pull(
 def _pull_from_hub(spec: ModelSpec, progress: bool) -> ModelFiles:
     from thyme_cli import hub_fetch
     from thyme_cli.hub_progress import make_progress
+    from thyme_cli.hub_ref import split_siblings
+    from thyme_cli.pulls import record_pull
 
     assert spec.repo and spec.model_file and spec.mmproj_file
     revision = spec.revision or "main"
     model = hub_fetch.head(spec.repo, spec.model_file, revision)
-    mmproj = hub_fetch.head(spec.repo, spec.mmproj_file, model.commit)  # both from one commit
-    check_disk_space(spec, [model, mmproj])
+    # Every other file from the same commit; a split model brings all of its parts.
+    others = [*split_siblings(spec.model_file)[1:], spec.mmproj_file]
+    remotes = [model, *(hub_fetch.head(spec.repo, name, model.commit) for name in others)]
+    check_disk_space(spec, remotes)
     bar = make_progress(progress)
     hint = f"run `thyme models pull {spec.name}` again to resume"
     try:
-        for remote in (model, mmproj):
+        for remote in remotes:
             hub_fetch.fetch(remote, bar, resume_hint=hint)
     finally:
         bar.close()
@@ -169,7 +190,32 @@ def _pull_from_hub(spec: ModelSpec, progress: bool) -> ModelFiles:
     files = installed_files(spec)
     if files is None:  # the layout we wrote is not what we read back: a bug, say so plainly
         raise DownloadError(f"{spec.name} was downloaded but is not found in {hub_cache.repo_dir(spec.repo)}")
+    if spec.extra.get("reference") and spec.name not in load_registry().models:
+        register_reference(spec)
+    record_pull(spec.name, repo=spec.repo, revision=revision, commit=model.commit,
+                files=[r.filename for r in remotes])
     return files
+
+
+def register_reference(spec: ModelSpec) -> None:
+    """Write a pulled hf.co/ORG/REPO:QUANT into the user's config, so list/info/rm/ask find it offline."""
+    from thyme_cli.registry import upsert_user_model
+
+    assert spec.repo and spec.model_file and spec.mmproj_file
+    values: dict[str, str | int | float | bool | Path] = {
+        "description": spec.description,
+        "repo": spec.repo,
+        "model_file": spec.model_file,
+        "mmproj_file": spec.mmproj_file,
+        "protocol": spec.protocol,
+        "n_ctx": spec.n_ctx,
+        "reference": str(spec.extra["reference"]),
+    }
+    if spec.revision:
+        values["revision"] = spec.revision
+    if spec.size_gb:
+        values["size_gb"] = spec.size_gb
+    upsert_user_model(spec.name, values)
 
 
 def nearest_existing(path: Path) -> Path:
@@ -310,6 +356,13 @@ def remove(spec: ModelSpec, *, registry_models: list[ModelSpec] | None = None) -
             remove_user_model(spec.name)
         return freed
     assert spec.repo is not None
+    from thyme_cli.hub_ref import split_siblings
+    from thyme_cli.pulls import forget_pull
+
     keep = set(shared_with(spec, registry_models))
-    filenames = {spec.model_file, spec.mmproj_file} - keep
-    return hub_cache.remove_files(spec.repo, filenames).freed
+    filenames = {*split_siblings(spec.model_file), spec.mmproj_file} - keep
+    freed = hub_cache.remove_files(spec.repo, filenames).freed
+    forget_pull(spec.name)
+    if spec.extra.get("reference") and spec.source == "user" and spec.name not in builtin_names():
+        remove_user_model(spec.name)
+    return freed

@@ -146,6 +146,11 @@ class Registry:
         spec = self.models.get(name)
         if spec is not None:
             return spec
+        if "/" in name:  # hf.co/ORG/REPO[:QUANT]: a pulled one is registered, else ask the Hub
+            from thyme_cli import hub_ref
+
+            if hub_ref.parse_reference(name) is not None:
+                return hub_ref.find_pulled(self.models, name) or hub_ref.resolve_reference(name)
         close = difflib.get_close_matches(name, list(self.models), n=2, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
         raise ModelNotFound(

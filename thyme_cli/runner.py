@@ -66,6 +66,14 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
     from thyme_cli.download import ensure_model, preferred_default
 
     spec = registry.get(settings.name or preferred_default(registry))
+    if settings.protocol is not None:  # e.g. --model hf.co/ORG/REPO:QUANT --protocol thyme
+        from dataclasses import replace
+
+        from thyme_cli.registry import PROTOCOLS
+
+        if settings.protocol not in PROTOCOLS:
+            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+        spec = replace(spec, protocol="thyme" if settings.protocol == "thyme" else "generic")
 
     files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
     from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions

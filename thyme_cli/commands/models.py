@@ -34,7 +34,7 @@ from thyme_cli.registry import ModelSpec, add_local_model, builtin_names, load_r
 
 app = typer.Typer(help="List, download, convert, inspect, register and remove models.", no_args_is_help=True)
 
-NAME_ARG = typer.Argument(..., help="Model name (see `thyme models list`).")
+NAME_ARG = typer.Argument(..., help="Model name (see `thyme models list`), or a Hub reference hf.co/ORG/REPO[:QUANT].")
 
 
 def _row_source(spec: ModelSpec) -> str:
@@ -106,6 +106,13 @@ def _info_record(spec: ModelSpec, config_path: Path) -> dict[str, Any]:
         record[f.name] = str(value) if isinstance(value, Path) else value
     record.update(spec.extra)
     state = model_state(spec)
+    if not spec.is_local and not spec.needs_conversion and spec.repo:
+        from thyme_cli.pulls import read_pulls
+
+        pulled = read_pulls().get(spec.name)
+        local_commit = hub_cache.resolve_commit(spec.repo, spec.revision or "main") if state.installed else None
+        record["commit"] = (pulled or {}).get("commit") or local_commit
+        record["pulled_at"] = (pulled or {}).get("pulled_at")
     record["state"] = state.label
     record["installed"] = state.installed
     record["size_on_disk"] = state.size_on_disk
@@ -171,15 +178,41 @@ def pull_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     quant: str | None = QuantOpt,
     keep_download: bool = KeepDownloadOpt,
+    model_file: str | None = typer.Option(None, "--model-file", help="Hub reference: the model GGUF to use "
+                                          "(a path inside the repo) instead of the one the quant tag picks."),
+    mmproj_file: str | None = typer.Option(None, "--mmproj-file", help="Hub reference: the projector GGUF "
+                                           "to use instead of the one picked next to the model."),
+    protocol: str | None = typer.Option(None, "--protocol", help="Hub reference: prompt protocol, 'generic' "
+                                        "(default) or 'thyme' (for Thyme fine-tunes)."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub reference: branch, tag or commit "
+                                        "(default main; the commit pulled is recorded either way)."),
 ) -> None:
     """Download a model's two GGUF files into the Hugging Face cache (resumes interrupted downloads).
 
+    NAME may be any GGUF vision repository on the Hub: hf.co/ORG/REPO[:QUANT] (or ORG/REPO:QUANT);
+    the files are picked with llama.cpp's rule and the model is registered under hf.co/ORG/REPO:QUANT.
     Models published as safetensors (thyme-7b) are downloaded and converted to GGUF here, once;
     an interrupted pull resumes after the last finished phase.
     """
-    spec = load_registry().get(name)
+    registry = load_registry()
+    from thyme_cli.hub_ref import find_pulled, parse_reference, resolve_reference
+
+    overrides = model_file or mmproj_file or protocol or revision
+    if name not in registry.models and "/" in name and parse_reference(name) is not None:
+        pulled = None if overrides else find_pulled(registry.models, name)
+        spec = pulled or resolve_reference(name, model_file=model_file, mmproj_file=mmproj_file,
+                                           protocol=protocol or "generic", revision=revision or "main")
+        if not quiet and pulled is None:
+            info(f"{name} -> {spec.name}: {spec.model_file} + {spec.mmproj_file} (protocol {spec.protocol})")
+    elif overrides:
+        raise UsageError("--model-file, --mmproj-file, --protocol and --revision apply to Hub references "
+                         "(hf.co/ORG/REPO:QUANT)", hint="for a registry model, edit its entry in the config file")
+    else:
+        spec = registry.get(name)
+    name = spec.name
     state = model_state(spec)
     if state.files is not None and quant is None:
+        pull(spec, progress=False)  # registers a Hub reference found in the cache; downloads nothing
         if not quiet:
             info(f"{name} is already installed ({human_size(state.size_on_disk)})")
         return

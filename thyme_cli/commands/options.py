@@ -33,7 +33,8 @@ class OnError(StrEnum):
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model name from `thyme models list` (default: the registry's default).",
+    typer.Option("--model", "-m", help="Model name from `thyme models list`, or any GGUF vision repo on the Hub: "
+                 "hf.co/ORG/REPO[:QUANT] (default: the registry's default).",
                  rich_help_panel=MODEL_PANEL),
 ]
 TemperatureOpt = Annotated[
@@ -113,8 +114,8 @@ ApiModelOpt = Annotated[
 ]
 ProtocolOpt = Annotated[
     str | None,
-    typer.Option("--protocol", help="Prompt protocol for a remote model: thyme or generic (default: thyme, or "
-                 "the --model entry's).", rich_help_panel=MODEL_PANEL),
+    typer.Option("--protocol", help="Prompt protocol: thyme or generic (default: the --model entry's; "
+                 "generic for hf.co/ references; thyme for a remote model without --model).", rich_help_panel=MODEL_PANEL),
 ]
 
 
