@@ -103,6 +103,10 @@ class LiveRenderer:
             self._show_image(self.run_dir / rel)
         self._at_line_start = True
 
+    def show_image(self, path: Path) -> None:
+        """One image line (path, size) and, where the terminal can, a thumbnail."""
+        self._show_image(path)
+
     def _show_image(self, path: Path) -> None:
         from rich.text import Text
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from thyme_cli.commands import options as o
-from thyme_cli.console import handle_errors, warn
+from thyme_cli.console import handle_errors, info, warn
 from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
 
 
@@ -115,11 +115,14 @@ def ask(
         from thyme_cli.report import write_html_report
 
         write_html_report(trace, run_dir)
+    from thyme_cli.runs import run_id
+
     if as_json:
-        typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir)}, ensure_ascii=False))
+        typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)}, ensure_ascii=False))
     else:
         if live:
             print_summary(trace, run_dir, verbose=verbose)
+            info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {run_id(run_dir)}`)")
         if trace.answer is not None:
             print_answer(trace, quiet=quiet)
     if trace.stop_reason == "error":
