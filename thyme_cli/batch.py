@@ -115,7 +115,10 @@ def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings, pool: 
     run_dir.mkdir(parents=True)
     prepared = PreparedItem(item, run_dir, 0.0)
     try:
-        prepared.image = prepare_input(Path(item.image), run_dir, label=item.image, remove_on_error=False)
+        from thyme_cli.pdf import page_source
+
+        source, label = page_source(item.image)  # a PDF page (doc.pdf#p3) is rendered first
+        prepared.image = prepare_input(source, run_dir, label=label, remove_on_error=False)
         prepared.sandbox = open_question_sandbox(prepared.image, run_dir, settings, pool)
     except ThymeError as e:
         prepared.error = e.message

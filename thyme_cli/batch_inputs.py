@@ -30,11 +30,20 @@ class Item:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.suffix.lower() in (*IMAGE_EXTENSIONS, ".pdf")
 
 
 def _images_in_dir(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
+
+
+def _pages(image: str) -> list[str]:
+    """A PDF becomes one input per page (doc.pdf#p1, doc.pdf#p2, ...); anything else stays as it is."""
+    if not image.lower().endswith(".pdf"):
+        return [image]
+    from thyme_cli.pdf import page_count
+
+    return [f"{image}#p{n}" for n in range(1, page_count(Path(image)) + 1)]
 
 
 def _has_glob(text: str) -> bool:
@@ -57,7 +66,7 @@ def collect_items(inputs: list[str], question: str | None, stdin: IO[str] | None
         elif path.is_dir():
             found = _images_in_dir(path)
             if not found:
-                raise UsageError(f"{spec}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+                raise UsageError(f"{spec}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, .pdf)")
             raw.extend((str(p), _need_question(question, str(p)), None, None) for p in found)
         elif path.is_file():
             raw.append((spec, _need_question(question, spec), None, None))
@@ -70,7 +79,8 @@ def collect_items(inputs: list[str], question: str | None, stdin: IO[str] | None
             raise UsageError(f"{spec}: no such file, directory or manifest")
     if not raw:
         raise UsageError("no items to process")
-    return _assign_ids(raw)
+    return _assign_ids((page, q, (f"{given}#p{page.rsplit('#p', 1)[1]}" if given and page != image else given), e)
+                       for image, q, given, e in raw for page in _pages(image))
 
 
 def _need_question(question: str | None, image: str) -> str:

@@ -17,7 +17,8 @@ from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
 
 @handle_errors
 def ask(
-    image: Annotated[str, typer.Argument(help="The image (PNG, JPEG, WebP, TIFF, BMP), or '-' to read it from stdin.")],
+    image: Annotated[str, typer.Argument(help="The image (PNG, JPEG, WebP, TIFF, BMP) or a PDF (see --page), "
+                                          "or '-' to read it from stdin.")],
     question: Annotated[str, typer.Argument(help="What you want to know about it.")],
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
@@ -39,6 +40,13 @@ def ask(
     threads: o.ThreadsOpt = None,
     flash_attn: o.FlashAttnOpt = None,
     yes: o.YesOpt = False,
+    page: Annotated[
+        int | None, typer.Option("--page", min=1, help="For a PDF: the page to ask about (default 1).")
+    ] = None,
+    dpi: Annotated[
+        float | None, typer.Option("--dpi", help="For a PDF: render resolution (default: the page fits the "
+                                   "model's image budget, at most 300 dpi).")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Run directory to create (default: a new one under the data dir).",
@@ -59,8 +67,9 @@ def ask(
     script: o.ScriptOpt = None,
 ) -> None:
     """Ask one question about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer."""
-    from thyme_cli import paths
+    from thyme_cli import paths, pdf
     from thyme_cli.agent import AgentOptions, QuietEvents
+    from thyme_cli.download import preferred_default
     from thyme_cli.images import read_stdin_image
     from thyme_cli.registry import load_registry
     from thyme_cli.render import LiveRenderer, print_answer, print_summary
@@ -78,9 +87,19 @@ def ask(
         raise UsageError("the question is empty")
     source: Path | bytes = read_stdin_image(sys.stdin.buffer) if image == "-" else Path(image).expanduser()
     registry = load_registry()
+    label, pdf_note = image, None
+    if isinstance(source, Path) and source.is_file() and pdf.is_pdf(source):
+        entry = registry.models.get(model or preferred_default(registry))
+        budget = pdf.pixel_budget(max_image_tokens or (entry.image_max_tokens if entry else None))
+        source, pdf_note = pdf.render_page(source, page or 1, dpi=dpi, max_pixels=budget)
+        label = f"{image}#p{page or 1}"
+    elif page is not None or dpi is not None:
+        raise UsageError("--page and --dpi apply to PDF input", hint=f"{image} is not a PDF")
     created = out is None or not out.exists()
     run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), question)
-    input_image = prepare_input(source, run_dir, label=image, remove_on_error=created)
+    input_image = prepare_input(source, run_dir, label=label, remove_on_error=created)
+    if pdf_note:
+        input_image.notes.insert(0, pdf_note)
     o.warn_if_unsandboxed(sandbox)
     settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
