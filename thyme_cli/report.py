@@ -38,6 +38,20 @@ def _figure(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _crops_section(trace: Trace, run_dir: Path) -> list[str]:
+    """The input image with every crop the code made drawn as a numbered box, and the boxes listed."""
+    from thyme_cli.crop_boxes import annotated_png, describe
+
+    png = annotated_png(trace, run_dir)
+    if png is None:
+        return []
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    items = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in describe(trace))
+    return ['<h2>Where the model looked</h2><figure id="crops"><img src="' + uri + '" alt="crop boxes">'
+            "<figcaption>every crop of the input image, numbered in order</figcaption></figure>",
+            f'<ol class="crops">{items}</ol>']
+
+
 def render_html(trace: Trace, run_dir: Path) -> str:
     """The report as one HTML string."""
     esc = html.escape
@@ -55,6 +69,7 @@ def render_html(trace: Trace, run_dir: Path) -> str:
         parts.append(f'<div class="noanswer" id="answer"><b>No answer:</b> {esc(trace.stop_detail)}</div>')
     w, h = trace.image_size
     parts.append("<h2>Input</h2>" + _figure(run_dir / trace.image, f"{trace.image} ({w}x{h})"))
+    parts.extend(_crops_section(trace, run_dir))
     parts.append("<h2>Reasoning</h2>")
     for turn in trace.turns:
         step = next((s for s in trace.steps if s.turn == turn.index), None)

@@ -14,6 +14,30 @@ from thyme_cli.trace import Trace
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from thyme_cli.render import LiveRenderer
+
+
+def _show_crops(trace: Trace, run_dir: Path, renderer: LiveRenderer, console: Console) -> None:
+    """The numbered crop boxes: listed, and drawn over the input image (saved as crops.png)."""
+    from rich.text import Text
+
+    from thyme_cli.crop_boxes import annotated_png, describe
+
+    lines = describe(trace)
+    if not lines:
+        return
+    console.print(Text("where the model looked:", style="bold"))
+    for line in lines:
+        console.print(Text("  " + line))
+    png = annotated_png(trace, run_dir)
+    if png is not None:
+        path = run_dir / "crops.png"
+        try:
+            path.write_bytes(png)
+        except OSError:
+            return
+        renderer.show_image(path)
+
 
 def show_run(trace: Trace, run_dir: Path, console: Console, previews: str | None) -> None:
     """Play TRACE back on CONSOLE."""
@@ -27,6 +51,7 @@ def show_run(trace: Trace, run_dir: Path, console: Console, previews: str | None
     console.print(Text(f"model {trace.model} ({trace.protocol} protocol), sandbox {trace.sandbox}, "
                        f"{trace.started_at}", style="dim"))
     renderer.show_image(run_dir / trace.image)
+    _show_crops(trace, run_dir, renderer, console)
     for turn in trace.turns:
         renderer.text(turn.text)
         step = next((s for s in trace.steps if s.turn == turn.index), None)

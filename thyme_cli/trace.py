@@ -36,6 +36,7 @@ class Step:
     images: list[str] = field(default_factory=list)  # relative to the run directory
     duration_s: float = 0.0
     turn: int = 0  # the model turn whose code this step ran
+    crops: list[dict[str, Any]] = field(default_factory=list)  # {"box": [x0, y0, x1, y1], "via": ...}
 
 
 @dataclass

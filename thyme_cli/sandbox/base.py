@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -19,6 +19,7 @@ class ExecResult:
     duration_s: float = 0.0
     step: int = 0  # 1-based number of the step within the question
     restarted: bool = False  # the worker was replaced after this step: earlier variables are gone
+    crops: list[dict[str, Any]] = field(default_factory=list)  # boxes of the input image the code cropped
 
     @property
     def ok(self) -> bool:

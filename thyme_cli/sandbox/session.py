@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from thyme_cli import crop_boxes
 from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.sandbox import protocol
 from thyme_cli.sandbox.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
@@ -307,6 +308,7 @@ class WorkerSandbox:
             duration_s=time.monotonic() - started,
             step=step,
             restarted=bool(restart_note),
+            crops=crop_boxes.from_worker(msg.get("crops")),
         )
 
     def _restart_after(self, step: int, started: float, error: str, *, timed_out: bool = False) -> ExecResult:

@@ -27,7 +27,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from thyme_cli.sandbox import helpers, protocol, repair
+from thyme_cli.sandbox import crops, helpers, protocol, repair
 
 BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -114,6 +114,7 @@ class Runner:
             repair.SLICE_HELPER: helpers.thyme_slice,
             **modules,
         }
+        self.crops = crops.install(self.image_path, modules)  # where the code looks, for the trace
 
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
@@ -128,6 +129,7 @@ class Runner:
             notes.append(f"[thyme: could not create the output directory {out_dir}: {exc.strerror}]")
         os.environ["THYME_OUTPUT_DIR"] = out_dir
         _truncate_capture()
+        self.crops.take()  # a fresh list for this step
         fixed = repair.repair(code, repair.RepairContext(image_path=self.image_path, output_dir=out_dir))
         for directory in fixed.make_dirs:
             with contextlib.suppress(OSError):
@@ -184,6 +186,7 @@ class Runner:
             "error": error,
             "processed_path": processed[:4096] if isinstance(processed, str) else None,
             "applied": fixed.applied,
+            "crops": self.crops.take(),
             "duration_s": time.monotonic() - started,
         }
 
