@@ -216,7 +216,8 @@ def test_html_report_shows_the_run_in_headless_chromium(
     start = dom.index('<pre id="probe">') + len('<pre id="probe">')
     seen = json.loads(dom[start : dom.index("</pre>", start)])
     assert seen["answer"] == "Answer: SN 4417-AB"
-    assert seen["images"] == [[1280, 960], [240, 140], [240, 140]]
+    # the input, the input with the crop box drawn on it, then the two step images
+    assert seen["images"] == [[1280, 960], [1280, 960], [240, 140], [240, 140]]
     assert seen["steps"] == 2 and "img.crop((880, 680, 1120, 820))" in seen["code"]
 
 
