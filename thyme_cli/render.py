@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from thyme_cli.console import err_console, human_size
 from thyme_cli.sandbox.base import ExecResult
@@ -40,7 +39,7 @@ class LiveRenderer:
     def __init__(self, run_dir: Path, console: Console | None = None, previews: str | None = "auto") -> None:
         self.console = console or err_console()
         self.run_dir = run_dir
-        # "kitty" / "iterm" draw inline thumbnails; None shows paths only; "auto" detects the terminal.
+        # "kitty" / "iterm" / "sixel" / "halfblock" draw thumbnails; None shows paths only; "auto" detects.
         self.previews = inline_image_protocol() if previews == "auto" else previews
         self._held = ""  # text that might be the start of "<code>"
         self._in_code = False
@@ -114,10 +113,9 @@ class LiveRenderer:
         dims = f"{size[0]}x{size[1]}, " if size else ""
         self.console.print(Text.assemble(("image: ", "magenta"), str(path), f" ({dims}{human_size(_file_size(path))})"))
         if self.previews:
-            sequence = inline_image_sequence(path, self.previews)
-            if sequence:
-                self.console.file.write(sequence + "\n")
-                self.console.file.flush()
+            from thyme_cli.term_images import show
+
+            show(self.console, path, self.previews)
 
     def note(self, message: str) -> None:
         from rich.text import Text
@@ -151,15 +149,12 @@ def image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def inline_image_protocol() -> str | None:
-    """'kitty' or 'iterm' when stderr is a terminal known to show inline images, else None."""
-    if not sys.stderr.isatty() or os.environ.get("THYME_NO_PREVIEW"):
-        return None
-    if os.environ.get("TERM") == "xterm-kitty" or os.environ.get("KITTY_WINDOW_ID"):
-        return "kitty"
-    if os.environ.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm"):
-        return "iterm"
-    return None
+def inline_image_protocol(stream: TextIO | None = None) -> str | None:
+    """How to preview images on STREAM (stderr by default): 'kitty', 'iterm', 'sixel', 'halfblock',
+    or None when it is not a colour terminal (see thyme_cli.term_images)."""
+    from thyme_cli.term_images import choose
+
+    return choose(stream or sys.stderr)
 
 
 def inline_image_sequence(path: Path, protocol: str, max_side: int = 256) -> str | None:

@@ -64,6 +64,11 @@ def ask(
         bool, typer.Option("--quiet", "-q", help="Print only the answer.", rich_help_panel=o.OUTPUT_PANEL)
     ] = False,
     verbose: o.VerboseOpt = False,
+    previews: Annotated[
+        bool, typer.Option("--previews/--no-previews", help="Thumbnails of new images in the terminal (kitty, "
+                           "iTerm2, sixel, else colour half-blocks; only when stderr is a terminal).",
+                           rich_help_panel=o.OUTPUT_PANEL)
+    ] = True,
     script: o.ScriptOpt = None,
 ) -> None:
     """Ask one question about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer."""
@@ -125,7 +130,7 @@ def ask(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     live = not (quiet or as_json)
-    events = LiveRenderer(run_dir) if live else QuietEvents()
+    events = LiveRenderer(run_dir, previews="auto" if previews else None) if live else QuietEvents()
     try:
         trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
     finally:

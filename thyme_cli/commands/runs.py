@@ -86,7 +86,7 @@ def show_cmd(
     from thyme_cli.run_view import show_run
 
     console = out_console()
-    show_run(trace, run_dir, console, inline_image_protocol() if previews and sys.stdout.isatty() else None)
+    show_run(trace, run_dir, console, inline_image_protocol(sys.stdout) if previews else None)
 
 
 def resolve(run: str) -> Path:
