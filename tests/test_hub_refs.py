@@ -233,3 +233,19 @@ def test_builtin_sizes_are_true() -> None:
     from thyme_cli.registry import load_registry
 
     assert load_registry(Path("/nonexistent/config.toml")).models["qwen2.5-vl-3b"].size_gb == 3.27
+
+
+def test_batch_runs_a_pulled_reference_offline(
+    ref_hub: LocalHub, run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str
+) -> None:
+    assert run_thyme("models", "pull", f"{GGML}:Q8_0", "-q").returncode == 0
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), "white").save(folder / "a.png")
+    out = tmp_path / "r.jsonl"
+    result = run_thyme("batch", str(folder), "-q", "what is it", "--model", f"hf.co/{GGML}:q8_0",
+                       "--max-tokens", "16", "--max-turns", "1", "--ctx", "4096", "-o", str(out),
+                       env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode in (0, 3), result.stderr
+    (line,) = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert line["model"] == f"hf.co/{GGML}:Q8_0" and line["error"] is None
