@@ -57,15 +57,30 @@ def hub_entry(
     )
 
 
-def run_in_pty(args: list[str], answer: str | None = None) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal (rich sees a TTY), answer its [y/N] prompt, return (exit code, output)."""
+def run_in_pty(
+    args: list[str],
+    answer: str | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    window: tuple[int, int, int, int] | None = None,
+) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal (rich sees a TTY), answer its [y/N] prompt, return (exit code, output).
+
+    WINDOW (rows, columns, pixel width, pixel height) sets the terminal's size, as a real window reports it.
+    """
     master, slave = pty.openpty()
+    if window is not None:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *window))
     proc = subprocess.Popen(
         [sys.executable, "-m", "thyme_cli.cli", *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
         close_fds=True,
     )
     os.close(slave)

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
+from tests.hub_fixtures import run_in_pty
 
 ORANGE = (250, 120, 0)
 HALF_BLOCK = "▀"
@@ -142,46 +143,11 @@ def test_no_previews_when_stderr_is_not_a_terminal(
     assert HALF_BLOCK not in result.stderr and "\x1b" not in result.stderr
 
 
-def _run_in_sized_pty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """The CLI on a 60x200 pseudo-terminal of 10x20-pixel cells (as a real terminal window reports)."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import sys
-    import termios
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 200, 2000, 1200))
-    proc = subprocess.Popen([sys.executable, "-m", "thyme_cli.cli", *args], stdin=slave, stdout=slave, stderr=slave,
-                            env={**os.environ, **env}, close_fds=True)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                out += data
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=30)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    return code, out.decode(errors="replace")
-
-
 def test_sixel_terminals_get_sixels(scripted: tuple[Path, Path], sandbox_backend: str) -> None:
     image, script = scripted
-    code, output = _run_in_sized_pty(["ask", str(image), "q", "--script", str(script)], {"THYME_PREVIEWS": "sixel"})
+    # A 60x200 window of 10x20-pixel cells, as a real terminal reports it (sixels are sized in pixels).
+    code, output = run_in_pty(["ask", str(image), "q", "--script", str(script)], env={"THYME_PREVIEWS": "sixel"},
+                              window=(60, 200, 2000, 1200))
     assert code == 0, output
     found = re.search(r"\x1bP[0-9;]*q(.*?)\x1b\\", output, re.DOTALL)  # DCS ... q <sixel data> ST
     assert found is not None, output[-2000:]
