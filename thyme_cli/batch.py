@@ -77,7 +77,7 @@ def _record(item: Item, run_dir: Path, trace: Trace | None, error: str | None, s
             stop_reason=trace.stop_reason,
             stop_detail=trace.stop_detail,
             model=trace.model,
-            steps=[{"code": s.code, "error": s.error, "timed_out": s.timed_out, "images": s.images}
+            steps=[{"code": s.code, "error": s.error, "timed_out": s.timed_out, "images": s.images, "crops": s.crops}
                    for s in trace.steps],
             counters=trace.counters,
             timings={**trace.timings, "item_s": round(seconds, 3)},
