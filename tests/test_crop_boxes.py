@@ -127,3 +127,11 @@ def test_trace_report_and_runs_show_show_the_boxes(
     for (x, y), colour in (((60, 200), (255, 31, 91)), ((1200, 700), (0, 179, 255)), ((640, 200), (255, 255, 255))):
         got = pixels.getpixel((x + figure_offset[0], y + figure_offset[1] + 16))  # + the figure's top margin
         assert all(abs(a - b) <= 8 for a, b in zip(got, colour, strict=True)), ((x, y), got, colour)
+
+
+def test_numpy_keeps_its_own_calling_conventions(sb: WorkerSandbox) -> None:
+    code = ("a = np.array(object=Image.open(image_path))\nb = np.asarray(a=[[1, 2], [3, 4]], dtype=float)\n"
+            "roi = a[0:100, 0:200]\nprint(b.dtype, roi.shape)")
+    result = sb.run(code)
+    assert result.ok, result.error
+    assert result.stdout.strip() == "float64 (100, 200, 3)" and [c["box"] for c in result.crops] == [[0, 0, 200, 100]]

@@ -214,8 +214,9 @@ def _patch_numpy(np: Any, image_module: Any, tracked: Any) -> None:
     pil_image = image_module.Image if image_module is not None else None
 
     def wrap(plain: Any) -> Any:
-        def convert(obj: Any, *args: Any, **kwargs: Any) -> Any:
-            out = plain(obj, *args, **kwargs)
+        def convert(*args: Any, **kwargs: Any) -> Any:
+            out = plain(*args, **kwargs)
+            obj = args[0] if args else kwargs.get("object", kwargs.get("a"))
             if pil_image is not None and isinstance(obj, pil_image):
                 origin = origin_of(obj)
                 if origin is not None and isinstance(out, np.ndarray) and out.shape[:2] == obj.size[::-1]:
