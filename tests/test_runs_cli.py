@@ -125,3 +125,17 @@ def test_a_folder_that_is_not_a_run_is_never_deleted(run_thyme: RunThyme, tmp_pa
     assert result.returncode == 2 and "not a thyme run" in result.stderr
     assert (keep / "thesis.txt").read_text() == "years of work"
     assert os.listdir(keep) == ["thesis.txt"]
+
+
+def test_a_run_outside_the_runs_dir_is_named_by_its_directory(
+    run_thyme: RunThyme, tmp_path: Path, image: Path
+) -> None:
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps([ANSWER]))
+    out = tmp_path / "elsewhere"
+    result = run_thyme("ask", str(image), "q", "--script", str(script), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"thyme runs show {out}" in result.stderr
+    assert _runs(run_thyme) == []  # only the runs dir is listed
+    shown = run_thyme("runs", "show", str(out))
+    assert shown.returncode == 0 and "42" in shown.stdout

@@ -146,7 +146,9 @@ def ask(
     else:
         if live:
             print_summary(trace, run_dir, verbose=verbose)
-            info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {run_id(run_dir)}`)")
+            listed = run_dir.resolve().is_relative_to(paths.runs_dir().resolve())  # --out DIR: named by its path
+            name = run_id(run_dir) if listed else str(run_dir)
+            info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {name}`)")
         if trace.answer is not None:
             print_answer(trace, quiet=quiet)
     if trace.stop_reason == "error":
