@@ -135,3 +135,20 @@ def test_numpy_keeps_its_own_calling_conventions(sb: WorkerSandbox) -> None:
     result = sb.run(code)
     assert result.ok, result.error
     assert result.stdout.strip() == "float64 (100, 200, 3)" and [c["box"] for c in result.crops] == [[0, 0, 200, 100]]
+
+
+def test_batch_workers_forked_from_the_warm_jail_record_crops_too(
+    run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in range(2):
+        Image.new("RGB", (1280, 960), (n * 100, 50, 50)).save(folder / f"{n}.png")
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps([CROPS, ANSWER]))
+    out = tmp_path / "r.jsonl"
+    result = run_thyme("batch", str(folder), "-q", "where", "--script", str(script), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [ln["steps"][0]["crops"] for ln in lines] == [
+        [{"box": [60, 60, 360, 300], "via": "pil"}, {"box": [800, 500, 1200, 900], "via": "numpy"}]] * 2
