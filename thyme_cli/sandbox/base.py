@@ -19,6 +19,7 @@ class ExecResult:
     duration_s: float = 0.0
     step: int = 0  # 1-based number of the step within the question
     restarted: bool = False  # the worker was replaced after this step: earlier variables are gone
+    notes: list[str] = field(default_factory=list)  # images the host left out (budgets): the model is told
 
     @property
     def ok(self) -> bool:

@@ -42,11 +42,16 @@ STORE_BYTES = 8 * 1024 * 1024
 class Rejected(Exception):
     """This candidate is not an image we will take (the reason goes back to the model)."""
 
+    def __init__(self, reason: str, st: os.stat_result | None = None) -> None:
+        super().__init__(reason)
+        self.st = st  # the entry's lstat, when it exists (so the refusal is reported only once)
+
 
 @dataclass
 class Harvest:
     images: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the user (the step's stderr, the trace)
+    model_notes: list[str] = field(default_factory=list)  # images left out: the model is told too
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,42 @@ class HarvestRequest:
     max_pixels: int
     seen: dict[tuple[int, int], tuple[int, int]] = field(
         default_factory=dict
-    )  # shown before: (dev, ino) -> (mtime, size)
+    )  # shown (or refused) before: (dev, ino) -> (mtime, size)
+    budget: Budget | None = None  # what this step may still leave on the host (None: no cap)
+    reported: set[str] = field(default_factory=set)  # notes given in earlier steps of the question
+
+
+@dataclass
+class Budget:
+    """Pixels decoded and bytes stored that a step may still use: the smaller of the step's own
+    budget and what is left of the question's. Checked BEFORE decoding (the pixel count comes from
+    the image header) and before writing (the encoded size), never after."""
+
+    pixels: int
+    bytes: int
+    used_pixels: int = 0
+    used_bytes: int = 0
+    skipped: int = 0  # images left out because the budget was used up
+    limits_text: str = ""  # the budgets, for the note that says some images were skipped
+
+    def take_pixels(self, n: int) -> None:
+        if n > self.pixels - self.used_pixels:
+            raise BudgetExceeded(f"{n / 1e6:.1f} MP would exceed the image budget ({_left(self)} left)")
+        self.used_pixels += n
+
+    def take_bytes(self, n: int, pixels: int) -> None:
+        if n > self.bytes - self.used_bytes:
+            self.used_pixels -= pixels  # nothing was stored: the pixels are not spent either
+            raise BudgetExceeded(f"{n / 1e6:.1f} MB would exceed the image budget ({_left(self)} left)")
+        self.used_bytes += n
+
+
+def _left(b: Budget) -> str:
+    return f"{max(0, b.pixels - b.used_pixels) / 1e6:.1f} MP, {max(0, b.bytes - b.used_bytes) / 1e6:.1f} MB"
+
+
+class BudgetExceeded(Rejected):
+    """The image is fine, but the step or question has used up its image budget."""
 
 
 def printed_paths(text: str, out_root: str) -> list[str]:
@@ -101,7 +141,7 @@ def open_beneath(root_fd: int, parts: list[str]) -> int:
         name = parts[-1]
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
-            raise Rejected("not a regular file")
+            raise Rejected("not a regular file", st)
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except Rejected:
         raise
@@ -111,7 +151,7 @@ def open_beneath(root_fd: int, parts: list[str]) -> int:
         os.close(dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Rejected("not a regular file")
+            raise Rejected("not a regular file", st)
     except BaseException:
         os.close(fd)
         raise
@@ -133,8 +173,11 @@ def read_capped(fd: int, max_bytes: int) -> bytes:
     return bytes(chunks)
 
 
-def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int) -> Path:
-    """Decode untrusted bytes with limits and write our own PNG; returns the new file."""
+def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget: Budget | None = None) -> Path:
+    """Decode untrusted bytes with limits and write our own PNG; returns the new file.
+
+    The pixel count (from the header) is checked against `max_pixels` and the budget before
+    anything is decoded; the encoded size against the budget before anything is written."""
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -149,12 +192,31 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int) -> Pat
             width, height = im.size
             if width <= 0 or height <= 0 or width * height > max_pixels:
                 raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+            if budget is not None:
+                budget.take_pixels(width * height)
             try:
                 im.seek(0)
                 im.load()
                 out = _png_mode(im)
+                encoded = encode_png(out)
             except Exception as exc:
+                if budget is not None:
+                    budget.used_pixels -= width * height
                 raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
+            del out
+    if budget is not None:
+        budget.take_bytes(len(encoded), width * height)
+    try:
+        return _write_new(dest_dir, base, encoded)
+    except OSError as exc:
+        if budget is not None:
+            budget.used_bytes -= len(encoded)
+            budget.used_pixels -= width * height
+        raise Rejected(f"could not be stored on the host ({exc.strerror or exc})") from None
+
+
+def _write_new(dest_dir: Path, base: str, encoded: bytes) -> Path:
+    """`base`.png in dest_dir, or base-2.png, ... (never overwriting anything)."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     for k in range(1, 1000):
         dest = dest_dir / (f"{base}.png" if k == 1 else f"{base}-{k}.png")
@@ -163,7 +225,7 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int) -> Pat
         except FileExistsError:
             continue
         with os.fdopen(fd, "wb") as fh:
-            fh.write(encode_png(out))
+            fh.write(encoded)
         return dest
     raise Rejected("too many images with the same name")
 
@@ -255,9 +317,8 @@ def harvest(req: HarvestRequest) -> Harvest:
     candidates += _step_listing(req)
     seen: set[tuple[int, int]] = set()
     seen_paths: set[str] = set()
+    over_count = 0
     for path in candidates:
-        if len(result.images) >= req.max_images:
-            break
         normal = posixpath.normpath(path)
         if normal in seen_paths:
             continue
@@ -266,28 +327,58 @@ def harvest(req: HarvestRequest) -> Harvest:
         if parts is None:
             continue  # not in the output directory: not a new image
         display = "/".join(parts)
+        in_step_dir = len(parts) >= 2 and parts[0] == req.step_dir
         try:
             fd = open_beneath(req.root_fd, parts)
         except Rejected as why:
-            result.notes.append(f"[thyme: skipped {display}: {why}]")
+            if why.st is None:  # it does not exist (or cannot be reached): say so once per question
+                _note_once(result, req, f"[thyme: skipped {display}: {why}]")
+            elif _is_new(req, why.st, in_step_dir):
+                req.seen[(why.st.st_dev, why.st.st_ino)] = (why.st.st_mtime_ns, why.st.st_size)
+                result.notes.append(f"[thyme: skipped {display}: {why}]")
             continue
         try:
             st = os.fstat(fd)
             key, signature = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
-            in_step_dir = len(parts) >= 2 and parts[0] == req.step_dir
-            if req.seen.get(key) == signature:
-                continue  # shown after an earlier step and unchanged since
-            if not in_step_dir and st.st_mtime_ns < req.since_ns - MTIME_SLACK_NS:
-                continue  # an image from an earlier step
-            if key in seen:
+            if not _is_new(req, st, in_step_dir) or key in seen:
                 continue
             seen.add(key)
+            if len(result.images) >= req.max_images:
+                over_count += 1
+                req.seen[key] = signature
+                continue
+            req.seen[key] = signature  # refused or taken, it is reported in this step only
             data = read_capped(fd, req.max_bytes)
             base = f"step{req.step}-{safe_stem(parts[-1])}"
-            result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels))
-            req.seen[key] = signature
+            result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels, req.budget))
+        except BudgetExceeded:
+            assert req.budget is not None
+            req.budget.skipped += 1
         except Rejected as why:
             result.notes.append(f"[thyme: skipped {display}: {why}]")
         finally:
             os.close(fd)
+    if over_count:
+        result.model_notes.append(
+            f"[thyme: skipped {over_count} more image(s): at most {req.max_images} are kept per step]"
+        )
+    if req.budget is not None and req.budget.skipped:
+        result.model_notes.append(
+            f"[thyme: skipped {req.budget.skipped} image(s): the image budget is used up "
+            f"({req.budget.limits_text})]"
+        )
+    result.notes += result.model_notes
     return result
+
+
+def _is_new(req: HarvestRequest, st: os.stat_result, in_step_dir: bool) -> bool:
+    """Made or changed by this step: not shown or refused before unchanged, not an old file."""
+    if req.seen.get((st.st_dev, st.st_ino)) == (st.st_mtime_ns, st.st_size):
+        return False  # shown or refused after an earlier step and unchanged since
+    return in_step_dir or st.st_mtime_ns >= req.since_ns - MTIME_SLACK_NS
+
+
+def _note_once(result: Harvest, req: HarvestRequest, note: str) -> None:
+    if note not in req.reported:
+        req.reported.add(note)
+        result.notes.append(note)

@@ -22,7 +22,7 @@ from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.sandbox import protocol
 from thyme_cli.sandbox.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.base import ExecResult
-from thyme_cli.sandbox.harvest import HarvestRequest, harvest
+from thyme_cli.sandbox.harvest import Budget, HarvestRequest, harvest
 from thyme_cli.sandbox.launch import Launched
 from thyme_cli.sandbox.layout import safe_image_name
 from thyme_cli.sandbox.limits import Limits
@@ -145,6 +145,9 @@ class WorkerSandbox:
         self._root_fd: int | None = None
         self._step = 0
         self._seen: dict[tuple[int, int], tuple[int, int]] = {}
+        self._reported: set[str] = set()  # harvest notes already given (each is given once)
+        self.image_pixels_used = 0  # over the whole question, against the question's budget
+        self.image_bytes_used = 0
         self._closed = False
         self.restarts = 0
         self._spawns = 0
@@ -269,23 +272,33 @@ class WorkerSandbox:
             worker.sock.settimeout(None)
             msg, _ = worker.reader.read(started + self.timeout_s)
             if msg.get("op") != "result" or msg.get("step") != step:
-                raise protocol.ProtocolError(f"unexpected reply {str(msg.get('op'))[:40]!r}")
+                raise protocol.ProtocolError(f"unexpected reply {protocol.clean_text(str(msg.get('op')))[:40]!r}")
         except protocol.FrameTimeout:
             return self._restart_after(step, started, f"timed out after {self.timeout_s:g} s", timed_out=True)
         except (protocol.ProtocolError, OSError) as exc:
             worker.kill()
+            if isinstance(exc, protocol.ProtocolError) and not isinstance(exc, protocol.ConnectionClosed):
+                # it sent garbage: broken, or the step's code wrote to the worker's socket
+                detail = protocol.clean_text(str(exc))[:200]
+                return self._restart_after(step, started, f"the sandbox worker sent an invalid reply ({detail})")
             reason = _death_reason(worker, exc)
             return self._restart_after(step, started, f"the sandbox process died ({reason})")
-        stdout = cap_text(_as_str(msg.get("stdout")), self.limits.max_output_bytes)
-        stderr = cap_text(_as_str(msg.get("stderr")), self.limits.max_output_bytes)
+        stdout = cap_text(protocol.clean_text(msg.get("stdout")), self.limits.max_output_bytes)
+        stderr = cap_text(protocol.clean_text(msg.get("stderr")), self.limits.max_output_bytes)
         processed = msg.get("processed_path")
+        lim = self.limits
+        budget = Budget(
+            pixels=min(lim.step_image_pixels, lim.question_image_pixels - self.image_pixels_used),
+            bytes=min(lim.step_image_bytes, lim.question_image_bytes - self.image_bytes_used),
+            limits_text=lim.budget_text(),
+        )
         found = harvest(
             HarvestRequest(
                 root_fd=root_fd,
                 out_root=self._out_root,
                 step=step,
                 step_dir=step_dir,
-                processed_path=processed if isinstance(processed, str) else None,
+                processed_path=processed if isinstance(processed, str) and len(processed) < 4096 else None,
                 stdout=stdout,
                 since_ns=since_ns,
                 images_dir=self.images_dir,
@@ -293,8 +306,12 @@ class WorkerSandbox:
                 max_bytes=self.limits.max_image_bytes,
                 max_pixels=self.limits.max_image_pixels,
                 seen=self._seen,
+                budget=budget,
+                reported=self._reported,
             )
         )
+        self.image_pixels_used += budget.used_pixels
+        self.image_bytes_used += budget.used_bytes
         notes = ([restart_note] if restart_note else []) + found.notes
         if notes:
             stderr = (stderr + "\n" if stderr and not stderr.endswith("\n") else stderr) + "\n".join(notes)
@@ -302,11 +319,12 @@ class WorkerSandbox:
         return ExecResult(
             stdout=stdout,
             stderr=stderr,
-            error=cap_text(error, 8192) if isinstance(error, str) else None,
+            error=cap_text(protocol.clean_text(error), 8192) if isinstance(error, str) else None,
             images=found.images,
             duration_s=time.monotonic() - started,
             step=step,
             restarted=bool(restart_note),
+            notes=found.model_notes,
         )
 
     def _restart_after(self, step: int, started: float, error: str, *, timed_out: bool = False) -> ExecResult:
@@ -323,10 +341,6 @@ class WorkerSandbox:
             step=step,
             restarted=True,
         )
-
-
-def _as_str(value: object) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _last_meaningful_line(text: str) -> str:
