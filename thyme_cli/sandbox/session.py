@@ -271,6 +271,10 @@ class WorkerSandbox:
             protocol.send(worker.sock, {"op": "run", "step": step, "code": code, "out_dir": out_dir})
             worker.sock.settimeout(None)
             msg, _ = worker.reader.read(started + self.timeout_s)
+            for _stale in range(4):  # a step's code forged its reply: the real one arrives late
+                if not _is_stale(msg, step):
+                    break
+                msg, _ = worker.reader.read(started + self.timeout_s)
             if msg.get("op") != "result" or msg.get("step") != step:
                 raise protocol.ProtocolError(f"unexpected reply {protocol.clean_text(str(msg.get('op')))[:40]!r}")
         except protocol.FrameTimeout:
@@ -341,6 +345,12 @@ class WorkerSandbox:
             step=step,
             restarted=True,
         )
+
+
+def _is_stale(msg: dict[str, Any], step: int) -> bool:
+    """The reply to an earlier step (sent after the code of that step forged one)."""
+    earlier = msg.get("step")
+    return msg.get("op") == "result" and type(earlier) is int and 0 < earlier < step
 
 
 def _last_meaningful_line(text: str) -> str:
