@@ -18,6 +18,7 @@ from thyme_cli.registry import ModelSpec, Registry
 from thyme_cli.trace import Trace, write_trace
 
 if TYPE_CHECKING:
+    from thyme_cli.sandbox.limits import Limits
     from thyme_cli.sandbox.pool import PerQuestionPool, SandboxPool
     from thyme_cli.sandbox.session import WorkerSandbox
 
@@ -85,6 +86,7 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
 class QuestionSettings:
     sandbox: str = "auto"
     step_timeout_s: float = 30.0
+    limits: Limits | None = None  # sandbox limits (None: the defaults)
     agent: AgentOptions = field(default_factory=AgentOptions)
 
 
@@ -110,7 +112,7 @@ def open_sandbox_pool(settings: QuestionSettings) -> SandboxPool | PerQuestionPo
     question, or one jail per question where that is off (THYME_SANDBOX_POOL=0) or cannot start."""
     from thyme_cli.sandbox.pool import open_pool
 
-    return open_pool(settings.sandbox, timeout_s=settings.step_timeout_s)
+    return open_pool(settings.sandbox, timeout_s=settings.step_timeout_s, limits=settings.limits)
 
 
 def open_question_sandbox(
@@ -125,7 +127,7 @@ def open_question_sandbox(
     from thyme_cli.sandbox.factory import open_sandbox
 
     return open_sandbox(settings.sandbox, image=input_image.path, images_dir=run_dir / "images",
-                        timeout_s=settings.step_timeout_s)
+                        timeout_s=settings.step_timeout_s, limits=settings.limits)
 
 
 def ask_one(

@@ -6,7 +6,8 @@ every path is resolved one component at a time from the directory fd the worker 
 before any model code ran (O_NOFOLLOW on each, so nothing leads outside); only regular files
 (lstat, then O_NOFOLLOW|O_NONBLOCK and fstat again) up to a size cap are read; the bytes are
 decoded by Pillow from memory with an explicit pixel limit and a short format allow-list; and
-the picture is re-encoded by us as PNG into the host's images_dir before anyone else sees it.
+the picture is re-encoded by us as a compressed PNG into the host's images_dir (in the background:
+store.py) before anyone else sees it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import os
 import posixpath
 import re
 import stat
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,10 +32,6 @@ _PRINTED_PATH = re.compile(r"(/[^\s'\"<>|*?,;:()\[\]{}]+)", re.ASCII)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 MTIME_SLACK_NS = 50_000_000  # tmpfs timestamps use a coarse clock
-# The host's PNGs are written for speed (this is on the path of every step): images up to
-# STORE_BYTES of pixels (about 2.8 MP RGB, more than Thyme's vision input) go uncompressed, which
-# also makes them faster for the engine to load; larger ones get fast run-length deflate.
-STORE_BYTES = 8 * 1024 * 1024
 
 
 class Rejected(Exception):
@@ -174,11 +169,14 @@ def read_capped(fd: int, max_bytes: int) -> bytes:
 
 
 def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget: Budget | None = None) -> Path:
-    """Decode untrusted bytes with limits and write our own PNG; returns the new file.
+    """Decode untrusted bytes with limits and store our own PNG; returns the new file.
 
     The pixel count (from the header) is checked against `max_pixels` and the budget before
-    anything is decoded; the encoded size against the budget before anything is written."""
+    anything is decoded, the decoded size against the budget before anything is written. The file
+    is compressed in the background (store.py): until then the engine takes the decoded pixels."""
     from PIL import Image
+
+    from thyme_cli.sandbox import store
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -188,50 +186,36 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget
             raise Rejected(f"larger than the {max_pixels} pixel limit ({exc})") from None
         except Exception as exc:
             raise Rejected(f"not a readable image ({type(exc).__name__})") from None
-        with im:
-            width, height = im.size
-            if width <= 0 or height <= 0 or width * height > max_pixels:
-                raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+        width, height = im.size
+        if width <= 0 or height <= 0 or width * height > max_pixels:
+            im.close()
+            raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+        if budget is not None:
+            budget.take_pixels(width * height)
+        try:
+            im.seek(0)
+            im.load()
+            out = _png_mode(im)
+        except Exception as exc:
             if budget is not None:
-                budget.take_pixels(width * height)
-            try:
-                im.seek(0)
-                im.load()
-                out = _png_mode(im)
-                encoded = encode_png(out)
-            except Exception as exc:
-                if budget is not None:
-                    budget.used_pixels -= width * height
-                raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
-            del out
+                budget.used_pixels -= width * height
+            raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
+    size = store.raw_size(out)
     if budget is not None:
-        budget.take_bytes(len(encoded), width * height)
+        budget.take_bytes(size, width * height)
     try:
-        return _write_new(dest_dir, base, encoded)
+        dest = store.reserve(dest_dir, base)
     except OSError as exc:
         if budget is not None:
-            budget.used_bytes -= len(encoded)
+            budget.used_bytes -= size
             budget.used_pixels -= width * height
         raise Rejected(f"could not be stored on the host ({exc.strerror or exc})") from None
-
-
-def _write_new(dest_dir: Path, base: str, encoded: bytes) -> Path:
-    """`base`.png in dest_dir, or base-2.png, ... (never overwriting anything)."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 1000):
-        dest = dest_dir / (f"{base}.png" if k == 1 else f"{base}-{k}.png")
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encoded)
-        return dest
-    raise Rejected("too many images with the same name")
+    store.submit(out, dest)
+    return dest
 
 
 def _png_mode(im: Image.Image) -> Image.Image:
-    """The same picture in one of the four 8-bit modes encode_png writes."""
+    """The same picture in one of the four 8-bit modes stored as PNG (L, LA, RGB, RGBA)."""
     if im.mode in ("L", "LA", "RGB", "RGBA"):
         return im
     if im.mode == "P":
@@ -239,41 +223,6 @@ def _png_mode(im: Image.Image) -> Image.Image:
     if im.mode in ("1", "I;16", "I", "F"):
         return im.convert("L")
     return im.convert("RGBA" if "A" in im.mode else "RGB")
-
-
-_PNG_COLOR_TYPE = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(im: Image.Image) -> bytes:
-    """A minimal PNG (IHDR, one IDAT, IEND; 8-bit, no filter) of an L/LA/RGB/RGBA image.
-
-    Written by hand because it is several times faster than Pillow's encoder (which tries every
-    row filter), and this sits on the path of every step: only the pixels we decoded go out.
-    """
-    width, height = im.size
-    raw = im.tobytes()
-    stride = len(raw) // height
-    rows = bytearray((stride + 1) * height)  # each row: filter byte 0, then the pixels
-    view = memoryview(raw)
-    for y in range(height):
-        start = y * (stride + 1) + 1
-        rows[start : start + stride] = view[y * stride : (y + 1) * stride]
-    if len(rows) <= STORE_BYTES:
-        comp = zlib.compressobj(0)
-    else:
-        comp = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = comp.compress(rows) + comp.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPE[im.mode], 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def safe_stem(name: str) -> str:

@@ -33,9 +33,9 @@ class Limits:
     # What the images of a step / a question may add up to on the host: pixels decoded, bytes
     # stored (checked before decoding / writing; the rest is skipped with a note).
     step_image_pixels: int = 100_000_000
-    step_image_bytes: int = 128 * MiB
+    step_image_bytes: int = 256 * MiB
     question_image_pixels: int = 400_000_000
-    question_image_bytes: int = 512 * MiB
+    question_image_bytes: int = 1024 * MiB
     max_code_bytes: int = 1 * MiB  # largest code step accepted
     start_timeout_s: float = 60.0  # worker start (imports) on a loaded machine
     cv2_threads: int = 2  # OpenCV's thread pool (threads count against nproc)

@@ -229,6 +229,9 @@ class WorkerSandbox:
         self._closed = True
         self._drop_worker()
         remove_stage(self._stage)
+        from thyme_cli.sandbox import store
+
+        store.flush()  # the question's images are on disk when its sandbox is closed
 
     def __enter__(self) -> WorkerSandbox:
         return self
