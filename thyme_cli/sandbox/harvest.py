@@ -190,8 +190,10 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget
         if width <= 0 or height <= 0 or width * height > max_pixels:
             im.close()
             raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+        size = width * height * _stored_bands(im)  # what the decoded, stored pixels will take
         if budget is not None:
             budget.take_pixels(width * height)
+            budget.take_bytes(size, width * height)
         try:
             im.seek(0)
             im.load()
@@ -199,10 +201,8 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget
         except Exception as exc:
             if budget is not None:
                 budget.used_pixels -= width * height
+                budget.used_bytes -= size
             raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
-    size = store.raw_size(out)
-    if budget is not None:
-        budget.take_bytes(size, width * height)
     try:
         dest = store.reserve(dest_dir, base)
     except OSError as exc:
@@ -212,6 +212,17 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget
         raise Rejected(f"could not be stored on the host ({exc.strerror or exc})") from None
     store.submit(out, dest)
     return dest
+
+
+def _stored_bands(im: Image.Image) -> int:
+    """Bands of the image _png_mode will make of `im`, known from its header (before decoding)."""
+    if im.mode in ("L", "LA", "RGB", "RGBA"):
+        return len(im.mode)
+    if im.mode == "P":
+        return 4 if "transparency" in im.info else 3
+    if im.mode in ("1", "I;16", "I", "F"):
+        return 1
+    return 4 if "A" in im.mode else 3
 
 
 def _png_mode(im: Image.Image) -> Image.Image:
