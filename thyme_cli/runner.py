@@ -87,13 +87,17 @@ class QuestionSettings:
     sandbox: str = "auto"
     step_timeout_s: float = 30.0
     limits: Limits | None = None  # sandbox limits (None: the defaults)
+    keep_images: str = "all"  # batch/eval: which step images a run dir keeps (run_storage.KEEP_CHOICES)
     agent: AgentOptions = field(default_factory=AgentOptions)
 
 
-def prepare_input(image: Path | bytes, run_dir: Path, *, label: str | None, remove_on_error: bool) -> InputImage:
-    """Check and save the input image before anything expensive; a bad image leaves no run dir."""
+def prepare_input(
+    image: Path | bytes, run_dir: Path, *, label: str | None, remove_on_error: bool, link: bool = False
+) -> InputImage:
+    """Check and save the input image before anything expensive; a bad image leaves no run dir.
+    With `link` (batch), an input thyme does not change is linked into the run dir, not copied."""
     try:
-        return load_input_image(image, run_dir, label=label)
+        return load_input_image(image, run_dir, label=label, link=link)
     except ThymeError:
         if remove_on_error:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -29,6 +29,12 @@ class Backend(StrEnum):
     openai = "openai"
 
 
+class KeepImages(StrEnum):
+    all = "all"
+    final = "final"
+    none = "none"
+
+
 class OnError(StrEnum):
     show = "show"
     retry = "retry"
@@ -94,6 +100,12 @@ QuestionImagesOpt = Annotated[
     typer.Option("--question-images", metavar="PIXELS,BYTES",
                  help="The same for all the steps of one question, e.g. 400MP,1GB (default).",
                  rich_help_panel=SANDBOX_PANEL),
+]
+KeepImagesOpt = Annotated[
+    KeepImages,
+    typer.Option("--keep-images", help="Step images each item's run directory keeps: all, final (those of the "
+                 "last step that made any) or none. The input is linked, not copied, when thyme does not "
+                 "change it.", rich_help_panel=OUTPUT_PANEL),
 ]
 OnErrorOpt = Annotated[
     OnError,
