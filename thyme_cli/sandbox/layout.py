@@ -149,22 +149,15 @@ def _site_dirs(ro_dirs: list[str]) -> list[str]:
 
 
 def _requirement_name(requirement: str) -> str | None:
-    """The distribution a Requires-Dist line needs unconditionally here, or None (an extra, or a
-    marker that does not hold on this interpreter)."""
-    try:
-        from packaging.requirements import InvalidRequirement, Requirement
-    except ImportError:  # no packaging: keep every non-extra requirement (a wider view, not a broken one)
-        if "extra ==" in requirement.replace(" ", "").replace("extra==", "extra =="):
-            return None
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-        return match.group(1) if match else None
-    try:
-        req = Requirement(requirement)
-    except InvalidRequirement:
+    """The distribution a Requires-Dist line names, or None for an optional one (an extra).
+    Other markers (python_version, ...) are not evaluated: a requirement for another interpreter
+    is simply not installed, and at worst the view shows a package more (packaging is not
+    imported for this: it costs more than the rest of the layout)."""
+    name, _, marker = requirement.partition(";")
+    if re.search(r"\bextra\s*==", marker):
         return None
-    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-        return None
-    return req.name
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
+    return match.group(1) if match else None
 
 
 def needed_site_entries() -> dict[str, set[str]]:
@@ -186,10 +179,17 @@ def needed_site_entries() -> dict[str, set[str]]:
         except metadata.PackageNotFoundError:
             continue
         base = os.path.realpath(str(dist.locate_file("")))
+        found = entries.setdefault(base, set())
         for file in dist.files or ():
             parts = file.parts
             if parts and parts[0] not in ("..", "__pycache__") and not parts[0].endswith(".pth"):
-                entries.setdefault(base, set()).add(parts[0])
+                found.add(parts[0])
+        if dist.files is None:  # no RECORD (e.g. a Debian package): its top-level names instead
+            meta_dir = getattr(dist, "_path", None)
+            if isinstance(meta_dir, Path):
+                found.add(meta_dir.name)
+            for top in (dist.read_text("top_level.txt") or "").split():
+                found.update(n for n in (top, f"{top}.py") if os.path.exists(os.path.join(base, n)))
         for requirement in dist.requires or ():
             needed = _requirement_name(requirement)
             if needed:
