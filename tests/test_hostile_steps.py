@@ -125,3 +125,66 @@ def test_hostile_frames_through_batch(run_thyme: RunThyme, tmp_path: Path, jail:
     for record in records:
         assert record["answer"] == "survived" and record["error"] is None
         _check_steps(record["steps"], 1)
+
+
+# The other host-side attacks, as steps of one question: empty files past the file limit,
+# a FIFO left in processed_path for later steps, reading what else site-packages holds.
+FILES_BOMB = (
+    "<code>\n```python\nn = 0\ntry:\n    for i in range(2000000):\n        open(f'/tmp/e{i}', 'w').close()\n"
+    "        n += 1\nfinally:\n    print(n)\n```\n</code>"
+)
+FIFO = (
+    "<code>\n```python\nos.mkfifo('/mnt/data/temp_processed_images/f.png')\n"
+    "processed_path = '/mnt/data/temp_processed_images/f.png'\nprint('fifo')\n```\n</code>"
+)
+QUIET = "<code>\n```python\nprint('nothing new', processed_path)\n```\n</code>"
+SITE = (
+    "<code>\n```python\nimport sys\nfound = []\nfor p in sys.path:\n    if p.endswith('-packages'):\n"
+    "        found += [n for n in os.listdir(p) if n in ('typer', 'rich', 'pytest', 'hypothesis', 'llama_cpp')]\n"
+    "print('unrelated:', found)\n```\n</code>"
+)
+
+
+def _check_other_attacks(steps: list[dict[str, object]], backend: str) -> None:
+    files, fifo, quiet1, crop, site = steps
+    if backend == "bwrap":
+        assert files["error"] == "the step made more than 4096 files in /tmp", files
+    else:
+        assert "No space left" in str(files["error"]), files
+    assert str(fifo["stderr"]).count("f.png: not a regular file") == 1
+    for later in (quiet1, crop, site):  # reported once, in the step that made it
+        assert "f.png" not in str(later.get("stderr", "")), later
+    assert crop["error"] is None and crop["images"]
+    assert str(site["stdout"]).strip() == "unrelated: []", site
+
+
+def test_other_host_attacks_through_ask_replay_and_batch(run_thyme: RunThyme, tmp_path: Path, jail: str) -> None:
+    replies = [FILES_BOMB, FIFO, QUIET, CROP, SITE]
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([*replies, ANSWER]))
+    image = _photo(tmp_path / "in.png")
+    out = tmp_path / "run"
+    result = run_thyme("ask", str(image), "q", "--script", str(script), "--sandbox", jail, "--out", str(out),
+                       "--max-turns", str(len(replies) + 1), "--json", timeout=600)
+    assert result.returncode == 0, result.stderr
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["answer"] == "survived"
+    _check_other_attacks(trace["steps"], jail)
+
+    again = run_thyme("replay", str(out), "--sandbox", jail, "--json", "--out", str(tmp_path / "replay"), timeout=600)
+    assert again.returncode == 1, again.stderr  # the file bomb failed; every later step ran
+    _check_other_attacks(json.loads(again.stdout)["steps"], jail)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        _photo(photos / f"p{i}.png")
+    results = tmp_path / "results.jsonl"
+    batch = run_thyme("batch", str(photos), "-q", "q", "--script", str(script), "--sandbox", jail,
+                      "--max-turns", str(len(replies) + 1), "-o", str(results), timeout=600)
+    assert batch.returncode == 0, batch.stderr
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        assert record["answer"] == "survived"
+        _check_other_attacks(json.loads((Path(record["run_dir"]) / "trace.json").read_text())["steps"], jail)
