@@ -10,8 +10,12 @@ per_item_overhead_ms: the batch loop's wall time minus the model compute its rec
 (image encoding + prefill + decode), per item. It includes image checks, the sandbox (boot, code
 steps, harvesting), traces and the JSONL journal.
 speedup_vs_ask: wall time of 50 separate `thyme ask` processes / wall time of one `thyme batch`.
+run_dir_bytes_per_item: what each item's run directory adds to the disk (trace, compressed step
+images; the input is linked, so it adds nothing), for a real photograph (scikit-learn's sample
+JPEGs) with two crops per item; uncompressed_bytes_per_item: the same item's input copy and crops
+as raw pixels (what a copied input plus uncompressed crops would take). Sizes, not timings.
 
-Usage: .venv/bin/python benchmarks/batch_bench.py [--items 50]
+Usage: .venv/bin/python benchmarks/batch_bench.py [--items 50] [--storage-only]
 The last line is one JSON object; the headline keys are the worse of the two engines.
 """
 
@@ -99,9 +103,80 @@ def measure(name: str, engine_args: list[str], images: list[Path], work: Path, e
     return figures
 
 
+STORAGE_SCRIPT = [
+    "<code>\n```python\nimg = Image.open(image_path)\nw, h = img.size\n"
+    "img.crop((0, 0, w // 2, h // 2)).save('/mnt/data/temp_processed_images/top_left.png')\n"
+    "print('/mnt/data/temp_processed_images/top_left.png')\n```\n</code>",
+    "<code>\n```python\nimg = Image.open(image_path)\nw, h = img.size\n"
+    "img.crop((w // 4, h // 4, 3 * w // 4, 3 * h // 4)).save('/mnt/data/temp_processed_images/middle.png')\n"
+    "print('/mnt/data/temp_processed_images/middle.png')\n```\n</code>",
+    "<answer>a photo</answer>",
+]
+
+
+def sample_photos() -> list[Path]:
+    """Real photographs: the JPEGs scikit-learn ships (china.jpg, flower.jpg, 640x427)."""
+    import sklearn.datasets
+
+    folder = Path(sklearn.datasets.__file__).parent / "images"
+    return sorted(folder.glob("*.jpg"))
+
+
+def added_bytes(run_dir: Path, source: Path) -> int:
+    """Bytes a run directory adds to the disk: its regular files, except a hard link to the
+    input's own bytes (a symlink adds only its inode)."""
+    src = source.stat()
+    total = 0
+    for path in run_dir.rglob("*"):
+        st = path.lstat()
+        if path.is_symlink() or not path.is_file() or (st.st_ino, st.st_dev) == (src.st_ino, src.st_dev):
+            continue
+        total += st.st_size
+    return total
+
+
+def raw_bytes(path: Path) -> int:
+    with Image.open(path) as im:
+        return im.width * im.height * len(im.getbands())
+
+
+def measure_storage(work: Path, env: dict[str, str], n: int) -> dict[str, float]:
+    photos = sample_photos()
+    folder = work / "photos"
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"photo{i:02d}.jpg").write_bytes(photos[i % len(photos)].read_bytes())
+    script = work / "storage-script.json"
+    script.write_text(json.dumps(STORAGE_SCRIPT))
+    out = work / "storage.jsonl"
+    _, result = thyme(["batch", str(folder), "-q", "what is this?", "-o", str(out), "--script", str(script),
+                       "--runs", str(work / "storage-runs")], env)
+    if result.returncode != 0:
+        raise SystemExit(f"storage batch failed:\n{result.stderr}")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    run_bytes = uncompressed = 0
+    for record in records:
+        run_dir, source = Path(record["run_dir"]), Path(record["image"])
+        crops = [run_dir / rel for step in record["steps"] for rel in step["images"]]
+        assert len(crops) == 2, record
+        run_bytes += added_bytes(run_dir, source)
+        uncompressed += raw_bytes(source) + sum(raw_bytes(c) for c in crops)
+    figures = {
+        "photos": [p.name for p in photos],
+        "run_dir_bytes_per_item": round(run_bytes / len(records)),
+        "uncompressed_bytes_per_item": round(uncompressed / len(records)),
+        "run_dir_over_uncompressed": round(run_bytes / uncompressed, 3),
+    }
+    print(f"\nstorage: {len(records)} items, a real photograph and two crops each")
+    for key, value in figures.items():
+        print(f"  {key:>28}: {value}")
+    return figures  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=50)
+    parser.add_argument("--storage-only", action="store_true", help="only the run-directory sizes (fast)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="thyme-batch-bench-") as tmp:
         work = Path(tmp)
@@ -113,6 +188,10 @@ def main() -> None:
         assert added.returncode == 0, added.stderr
         script = work / "script.json"
         script.write_text(json.dumps(SCRIPT))
+        storage = measure_storage(work, env, min(args.items, 10))
+        if args.storage_only:
+            print(json.dumps({k: v for k, v in storage.items() if k != "photos"}))
+            return
         images = make_images(work / "images", args.items)
         results = {
             "scripted": measure("scripted", ["--script", str(script)], images, work, env),
@@ -122,6 +201,8 @@ def main() -> None:
         "items": args.items,
         "per_item_overhead_ms": max(r["per_item_overhead_ms"] for r in results.values()),
         "speedup_vs_ask": min(r["speedup_vs_ask"] for r in results.values()),
+        "run_dir_bytes_per_item": storage["run_dir_bytes_per_item"],
+        "uncompressed_bytes_per_item": storage["uncompressed_bytes_per_item"],
         "by_engine": results,
     }
     print(json.dumps(summary))

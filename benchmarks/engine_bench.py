@@ -39,7 +39,6 @@ from PIL import Image
 
 from thyme_cli.devtools.tiny_gguf import write_qwen25vl_projector, write_text_model
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.sandbox.harvest import encode_png
 
 SYSTEM = (
     "You are a helpful assistant. Solve the user's problem step by step. You may write Python code to "
@@ -139,9 +138,9 @@ def write_images(out: Path) -> list[Path]:
         if i == 0:  # the user's photo: a JPEG, as photos are
             path = out / "image0.jpg"
             Image.fromarray(noisy).save(path, "JPEG", quality=90)
-        else:  # a crop: written by the sandbox's host side, exactly as thyme hands crops to the engine
+        else:  # a crop: a compressed PNG, as the sandbox's host side stores it
             path = out / f"image{i}.png"
-            path.write_bytes(encode_png(Image.fromarray(noisy)))
+            Image.fromarray(noisy).save(path, "PNG", compress_level=6)
         paths.append(path)
     return paths
 

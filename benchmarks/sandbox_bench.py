@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/sandbox_bench.py [--quick]
 
 For each backend that starts here: worker start (spawn -> ready), a trivial step and a
-crop+rotate+contrast+save step on a 1280x960 image (host-side image harvest and PNG re-encode
-included: that is what the agent loop waits for; the same step saving outside the output dir shows
+crop+rotate+contrast+save step on a 1280x960 image (host-side image harvest included: the host
+decodes and checks the image on the step's path, and its compressed PNG is written by a background
+thread while the next step runs; that is what the agent loop waits for; the same step saving outside the output dir shows
 the jail's own cost without it). Medians are printed; the LAST line is one line
 of JSON. Headline keys take the WORST backend, so a target met there is met by either backend.
 

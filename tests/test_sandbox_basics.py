@@ -16,7 +16,7 @@ from tests.test_sandbox_helpers import (
     wait_until_gone,
 )
 from thyme_cli.errors import ThymeError
-from thyme_cli.sandbox import open_sandbox
+from thyme_cli.sandbox import open_sandbox, store
 from thyme_cli.sandbox.limits import Limits
 from thyme_cli.sandbox.session import RESTART_NOTE, WorkerSandbox
 
@@ -152,6 +152,7 @@ def test_image_from_upstream_output_path_and_processed_path(sb: WorkerSandbox) -
     assert [p.name for p in res.images] == [f"step{res.step}-zoomed_sign.png"]
     host = res.images[0]
     assert host.parent == sb.images_dir
+    store.wait(host)  # compressed in the background, off the step's critical path
     with Image.open(host) as im:
         assert im.format == "PNG" and im.size == (64, 64)
 
@@ -167,6 +168,7 @@ def test_numpy_slice_crop_live_and_printed_path(sb: WorkerSandbox) -> None:
     res = sb.run(code)
     assert res.ok, res.error
     assert len(res.images) == 1
+    store.wait(res.images[0])
     with Image.open(res.images[0]) as im:
         assert im.size == (64, 64)  # clamped to the image and widened to 64 x 64
 

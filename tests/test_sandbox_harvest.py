@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.test_sandbox_helpers import write_png_bomb
+from thyme_cli.sandbox import store
 from thyme_cli.sandbox.harvest import (
     HarvestRequest,
     Rejected,
@@ -140,6 +141,7 @@ def test_reencoded_as_png_with_step_names(out: Path, root_fd: int, tmp_path: Pat
     names = sorted(p.name for p in got.images)
     assert names == ["step1-cmyk.png", "step1-palette_image.png"]
     for p in got.images:
+        store.wait(p)  # written in the background
         with Image.open(p) as im:
             assert im.format == "PNG" and im.mode in ("RGB", "RGBA")
     again = harvest(request(root_fd, images))  # a second harvest does not overwrite the first
@@ -185,21 +187,41 @@ def test_files_outside_the_step_dir_need_to_be_new(out: Path, root_fd: int, tmp_
 
 
 @pytest.mark.parametrize(("mode", "size"), [("L", (31, 7)), ("LA", (5, 9)), ("RGB", (64, 48)), ("RGBA", (3, 3)),
-                                            ("RGB", (2000, 1500))])  # fmt: skip
-def test_encode_png_round_trips(mode: str, size: tuple[int, int]) -> None:
-    """Our PNG writer: stored for small images, run-length deflate for large ones; pixels exact."""
+                                            ("RGB", (2000, 1500)), ("P", (40, 30)), ("I;16", (9, 4))])  # fmt: skip
+def test_stored_pngs_are_lossless_and_compressed(mode: str, size: tuple[int, int], tmp_path: Path) -> None:
+    """The host's copy: Pillow's PNG encoder, written in the background; pixels exact, and until
+    it is written the decoded pixels are what the engine gets."""
     import io
 
     import numpy as np
 
-    from thyme_cli.sandbox.harvest import encode_png
+    from thyme_cli.sandbox import store
 
-    bands = len(mode)
-    pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
-    im = Image.fromarray(pixels[:, :, 0] if bands == 1 else pixels)
-    assert im.mode == mode
-    data = encode_png(im)
-    with Image.open(io.BytesIO(data)) as back:
+    rng = np.random.default_rng(1)
+    if mode in ("P", "I;16"):
+        im = Image.fromarray(rng.integers(0, 200, (size[1], size[0]), dtype=np.uint8)).convert(mode)
+    else:
+        bands = len(mode)
+        pixels = rng.integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
+        im = Image.fromarray(pixels[:, :, 0] if bands == 1 else pixels)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    dest = reencode_png(buf.getvalue(), tmp_path / "images", "step1-x", 10_000_000)
+    held = store.pending_image(dest)
+    store.wait(dest)
+    assert store.pending_image(dest) is None and store.write_error(dest) is None
+    with Image.open(dest) as back:
         back.load()
-        assert back.format == "PNG" and back.mode == mode and back.size == size
-        assert back.tobytes() == im.tobytes()
+        assert back.format == "PNG" and back.size == size
+        expected = im if mode not in ("P", "I;16") else im.convert("RGB" if mode == "P" else "L")
+        assert back.mode == expected.mode and back.tobytes() == expected.tobytes()
+        if held is not None:
+            assert held.tobytes() == back.tobytes()
+    assert not list((tmp_path / "images").glob(".*.part"))
+    if mode == "RGB" and size == (2000, 1500):  # random noise does not compress; a gradient does
+        flat = Image.linear_gradient("L").resize(size).convert("RGB")
+        out = io.BytesIO()
+        flat.save(out, "PNG")
+        grad = reencode_png(out.getvalue(), tmp_path / "images", "step1-g", 10_000_000)
+        store.wait(grad)
+        assert grad.stat().st_size < store.raw_size(flat) / 10

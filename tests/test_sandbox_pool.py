@@ -33,6 +33,7 @@ from tests.test_sandbox_helpers import (
     require_backend,
     wait_until_gone,
 )
+from thyme_cli.sandbox import store
 from thyme_cli.sandbox.limits import Limits, MiB
 from thyme_cli.sandbox.pool import POOL_ENV, PerQuestionPool, PooledSandbox, SandboxPool, open_pool
 from thyme_cli.sandbox.session import RESTART_NOTE, WorkerSandbox
@@ -153,6 +154,7 @@ def test_steps_keep_variables_and_images_come_back(pool: SandboxPool, images: li
         assert res.ok, res.error
         assert res.stdout.strip() == "42 (64, 64)"  # the repairs ran: real path, crop widened
         assert [p.name for p in res.images] == ["step2-zoom.png"]
+        store.wait(res.images[0])  # compressed in the background
         with Image.open(res.images[0]) as im:
             assert im.format == "PNG" and im.size == (64, 64)
         assert box.run("print('nothing new')").images == []

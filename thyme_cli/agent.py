@@ -142,6 +142,9 @@ def _run_step(
 
 def _observe(conv: Conversation, generic: bool, result: ExecResult, images: list[Path]) -> None:
     text = proto.observation(n_images=len(images), stdout=result.stdout, error=result.error)
+    if result.notes:  # images the host left out (budgets): the model must not think they are shown
+        head, tag, tail = text.rpartition("</sandbox_output>")
+        text = head + "\n" + "\n".join(result.notes) + tag + tail
     if generic:
         conv.feed_user(text, images)
     else:

@@ -24,6 +24,7 @@ from thyme_cli.batch_inputs import Item
 from thyme_cli.batch_journal import Journal
 from thyme_cli.errors import BackendUnavailable, ThymeError
 from thyme_cli.images import InputImage
+from thyme_cli.run_storage import prune_step_images
 from thyme_cli.runner import (
     LoadedModel,
     QuestionSettings,
@@ -32,7 +33,7 @@ from thyme_cli.runner import (
     open_sandbox_pool,
     prepare_input,
 )
-from thyme_cli.trace import Trace
+from thyme_cli.trace import Trace, write_trace
 
 if TYPE_CHECKING:
     from thyme_cli.sandbox.pool import PerQuestionPool, SandboxPool
@@ -118,7 +119,7 @@ def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings, pool: 
         from thyme_cli.pdf import page_source
 
         source, label = page_source(item.image)  # a PDF page (doc.pdf#p3) is rendered first
-        prepared.image = prepare_input(source, run_dir, label=label, remove_on_error=False)
+        prepared.image = prepare_input(source, run_dir, label=label, remove_on_error=False, link=True)
         prepared.sandbox = open_question_sandbox(prepared.image, run_dir, settings, pool)
     except ThymeError as e:
         prepared.error = e.message
@@ -138,6 +139,8 @@ def finish_item(model: LoadedModel, prepared: PreparedItem, settings: QuestionSe
                             sandbox=prepared.sandbox)
             if trace.stop_reason == "error":
                 error = trace.stop_detail
+            if prune_step_images(trace, prepared.run_dir, settings.keep_images):
+                write_trace(trace, prepared.run_dir)
         except BackendUnavailable:
             prepared.discard()
             shutil.rmtree(prepared.run_dir, ignore_errors=True)

@@ -45,8 +45,11 @@ def read_stdin_image(stream: IO[bytes]) -> bytes:
     return data
 
 
-def load_input_image(source: Path | bytes, dest_dir: Path, *, label: str | None = None) -> InputImage:
-    """Validate, orient, maybe downscale and save the user's image as dest_dir/input.<ext>."""
+def load_input_image(
+    source: Path | bytes, dest_dir: Path, *, label: str | None = None, link: bool = False
+) -> InputImage:
+    """Validate, orient, maybe downscale and save the user's image as dest_dir/input.<ext>.
+    With `link`, an image thyme does not change is linked, not copied (run_storage.link_or_copy)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = label or (str(source) if isinstance(source, Path) else "-")
@@ -90,7 +93,7 @@ def load_input_image(source: Path | bytes, dest_dir: Path, *, label: str | None 
             orientation = img.getexif().get(0x0112, 1)
             rotated = orientation not in (0, 1)
             work = ImageOps.exif_transpose(img) if rotated else img
-            return _save(work, fmt, source, dest_dir, name, rotated)
+            return _save(work, fmt, source, dest_dir, name, rotated, link)
     except Image.DecompressionBombError as e:
         raise UsageError(
             f"{name}: refused as a possible decompression bomb ({e})", hint="downscale the image first"
@@ -104,7 +107,9 @@ def load_input_image(source: Path | bytes, dest_dir: Path, *, label: str | None 
         raise UsageError(f"{name}: cannot decode the image ({message})") from None
 
 
-def _save(img: object, fmt: str, source: Path | bytes, dest_dir: Path, name: str, rotated: bool) -> InputImage:
+def _save(
+    img: object, fmt: str, source: Path | bytes, dest_dir: Path, name: str, rotated: bool, link: bool = False
+) -> InputImage:
     from PIL import Image
 
     assert isinstance(img, Image.Image)
@@ -127,7 +132,12 @@ def _save(img: object, fmt: str, source: Path | bytes, dest_dir: Path, name: str
     if untouched:
         dest = dest_dir / f"input{SUPPORTED_FORMATS[fmt]}"
         assert isinstance(source, Path)
-        shutil.copyfile(source, dest)
+        if link:
+            from thyme_cli.run_storage import link_or_copy
+
+            link_or_copy(source, dest)
+        else:
+            shutil.copyfile(source, dest)
     elif fmt in ("JPEG", "MPO") and img.mode != "RGBA":
         dest = dest_dir / "input.jpg"
         img.convert("RGB").save(dest, "JPEG", quality=95)

@@ -109,10 +109,15 @@ class LiveRenderer:
     def _show_image(self, path: Path) -> None:
         from rich.text import Text
 
-        size = image_size(path)
-        dims = f"{size[0]}x{size[1]}, " if size else ""
-        self.console.print(Text.assemble(("image: ", "magenta"), str(path), f" ({dims}{human_size(_file_size(path))})"))
+        from thyme_cli.sandbox import store
+
+        held = store.pending_image(path)  # still being compressed in the background: do not wait
+        size = held.size if held is not None else image_size(path)
+        dims = f"{size[0]}x{size[1]}" if size else ""
+        stored = "" if held is not None else human_size(_file_size(path))
+        self.console.print(Text.assemble(("image: ", "magenta"), str(path), f" ({', '.join(p for p in (dims, stored) if p)})"))
         if self.previews:
+            store.wait(path)
             from thyme_cli.term_images import show
 
             show(self.console, path, self.previews)

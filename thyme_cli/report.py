@@ -22,6 +22,9 @@ figcaption{font-size:.85em;color:#555}
 
 
 def _data_uri(path: Path) -> str | None:
+    from thyme_cli.sandbox import store
+
+    store.wait(path)
     try:
         data = path.read_bytes()
     except OSError:

@@ -18,6 +18,7 @@ from thyme_cli.registry import ModelSpec, Registry
 from thyme_cli.trace import Trace, write_trace
 
 if TYPE_CHECKING:
+    from thyme_cli.sandbox.limits import Limits
     from thyme_cli.sandbox.pool import PerQuestionPool, SandboxPool
     from thyme_cli.sandbox.session import WorkerSandbox
 
@@ -93,13 +94,18 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
 class QuestionSettings:
     sandbox: str = "auto"
     step_timeout_s: float = 30.0
+    limits: Limits | None = None  # sandbox limits (None: the defaults)
+    keep_images: str = "all"  # batch/eval: which step images a run dir keeps (run_storage.KEEP_CHOICES)
     agent: AgentOptions = field(default_factory=AgentOptions)
 
 
-def prepare_input(image: Path | bytes, run_dir: Path, *, label: str | None, remove_on_error: bool) -> InputImage:
-    """Check and save the input image before anything expensive; a bad image leaves no run dir."""
+def prepare_input(
+    image: Path | bytes, run_dir: Path, *, label: str | None, remove_on_error: bool, link: bool = False
+) -> InputImage:
+    """Check and save the input image before anything expensive; a bad image leaves no run dir.
+    With `link` (batch), an input thyme does not change is linked into the run dir, not copied."""
     try:
-        return load_input_image(image, run_dir, label=label)
+        return load_input_image(image, run_dir, label=label, link=link)
     except ThymeError:
         if remove_on_error:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -118,7 +124,7 @@ def open_sandbox_pool(settings: QuestionSettings) -> SandboxPool | PerQuestionPo
     question, or one jail per question where that is off (THYME_SANDBOX_POOL=0) or cannot start."""
     from thyme_cli.sandbox.pool import open_pool
 
-    return open_pool(settings.sandbox, timeout_s=settings.step_timeout_s)
+    return open_pool(settings.sandbox, timeout_s=settings.step_timeout_s, limits=settings.limits)
 
 
 def open_question_sandbox(
@@ -133,7 +139,7 @@ def open_question_sandbox(
     from thyme_cli.sandbox.factory import open_sandbox
 
     return open_sandbox(settings.sandbox, image=input_image.path, images_dir=run_dir / "images",
-                        timeout_s=settings.step_timeout_s)
+                        timeout_s=settings.step_timeout_s, limits=settings.limits)
 
 
 def ask_one(

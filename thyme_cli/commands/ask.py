@@ -27,6 +27,8 @@ def ask(
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
+    step_images: o.StepImagesOpt = None,
+    question_images: o.QuestionImagesOpt = None,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
     max_tokens: o.MaxTokensOpt = 2048,
@@ -120,6 +122,7 @@ def ask(
     question_settings = QuestionSettings(
         sandbox=sandbox.value,
         step_timeout_s=step_timeout,
+        limits=o.sandbox_limits(step_images, question_images),
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
     )
     try:

@@ -107,6 +107,9 @@ def batch(
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
+    step_images: o.StepImagesOpt = None,
+    question_images: o.QuestionImagesOpt = None,
+    keep_images: o.KeepImagesOpt = o.KeepImages.all,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
     max_tokens: o.MaxTokensOpt = 2048,
@@ -142,6 +145,7 @@ def batch(
     )
     question_settings = QuestionSettings(
         sandbox=sandbox.value, step_timeout_s=step_timeout,
+        limits=o.sandbox_limits(step_images, question_images), keep_images=keep_images.value,
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
     )
     summary = execute_batch(

@@ -87,6 +87,9 @@ def run(
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
+    step_images: o.StepImagesOpt = None,
+    question_images: o.QuestionImagesOpt = None,
+    keep_images: o.KeepImagesOpt = o.KeepImages.all,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
     max_tokens: o.MaxTokensOpt = 2048,
@@ -143,6 +146,7 @@ def run(
     )
     question_settings = QuestionSettings(
         sandbox=sandbox.value, step_timeout_s=step_timeout,
+        limits=o.sandbox_limits(step_images, question_images), keep_images=keep_images.value,
         agent=agent_options(no_tools=no_tools, max_turns=max_turns, max_tokens=max_tokens, on_error=on_error.value),
     )
     batch_items = [Item(item.id, item.image, item.prompt, item.answer) for item in items]

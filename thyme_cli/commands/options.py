@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from thyme_cli.sandbox.limits import Limits
 
 MODEL_PANEL = "Model"
 SANDBOX_PANEL = "Sandbox"
@@ -24,6 +27,12 @@ class SandboxChoice(StrEnum):
 class Backend(StrEnum):
     local = "local"
     openai = "openai"
+
+
+class KeepImages(StrEnum):
+    all = "all"
+    final = "final"
+    none = "none"
 
 
 class OnError(StrEnum):
@@ -81,6 +90,24 @@ SandboxOpt = Annotated[
 StepTimeoutOpt = Annotated[
     float, typer.Option("--step-timeout", min=0.5, help="Seconds one code step may run.", rich_help_panel=SANDBOX_PANEL)
 ]
+StepImagesOpt = Annotated[
+    str | None,
+    typer.Option("--step-images", metavar="PIXELS,BYTES",
+                 help="Most that one code step's images may add up to on the host, e.g. 100MP,256MB "
+                 "(default; bytes counted uncompressed); the rest are skipped with a note.", rich_help_panel=SANDBOX_PANEL),
+]
+QuestionImagesOpt = Annotated[
+    str | None,
+    typer.Option("--question-images", metavar="PIXELS,BYTES",
+                 help="The same for all the steps of one question, e.g. 400MP,1GB (default).",
+                 rich_help_panel=SANDBOX_PANEL),
+]
+KeepImagesOpt = Annotated[
+    KeepImages,
+    typer.Option("--keep-images", help="Step images each item's run directory keeps: all, final (those of the "
+                 "last step that made any) or none. The input is linked, not copied, when thyme does not "
+                 "change it.", rich_help_panel=OUTPUT_PANEL),
+]
 OnErrorOpt = Annotated[
     OnError,
     typer.Option("--on-error", help="A failed code step: show the error to the model, or discard the step and retry.",
@@ -125,3 +152,51 @@ def warn_if_unsandboxed(sandbox: SandboxChoice) -> None:
         from thyme_cli.console import warn
 
         warn("--sandbox none: the model's code runs WITHOUT isolation, with your user's rights")
+
+
+def parse_image_budget(text: str, option: str) -> tuple[int | None, int | None]:
+    """'100MP,128MB' -> (pixels, bytes); either part may be left out. Units: MP, KP, P (pixels)
+    and GB, MB, KB, B (bytes, powers of 1024)."""
+    from thyme_cli.errors import UsageError
+
+    units = {"gp": 10**9, "mp": 10**6, "kp": 10**3, "p": 1,
+             "gb": 1024**3, "mb": 1024**2, "kb": 1024, "b": 1}  # fmt: skip
+    pixels: int | None = None
+    size: int | None = None
+    for part in (p.strip().lower() for p in text.split(",")):
+        number = part.rstrip("gmkpb ")
+        unit = part[len(number):].strip()
+        try:
+            value = float(number)
+        except ValueError:
+            value = -1.0
+        if unit not in units or value <= 0:
+            raise UsageError(f"{option} {text!r}: expected something like 100MP,128MB",
+                             hint="pixels in MP (megapixels), bytes in MB; both must be positive")
+        amount = max(1, int(value * units[unit]))
+        if unit.endswith("p"):
+            pixels = amount
+        else:
+            size = amount
+    return pixels, size
+
+
+def sandbox_limits(step_images: str | None, question_images: str | None) -> Limits | None:
+    """The sandbox limits with the image budgets asked for (None: all defaults)."""
+    if step_images is None and question_images is None:
+        return None
+    import dataclasses
+
+    from thyme_cli.sandbox.limits import Limits
+
+    changes: dict[str, int] = {}
+    for text, option, scope in ((step_images, "--step-images", "step"),
+                                (question_images, "--question-images", "question")):  # fmt: skip
+        if text is None:
+            continue
+        pixels, size = parse_image_budget(text, option)
+        if pixels is not None:
+            changes[f"{scope}_image_pixels"] = pixels
+        if size is not None:
+            changes[f"{scope}_image_bytes"] = size
+    return dataclasses.replace(Limits(), **changes)

@@ -21,6 +21,8 @@ def replay(
     ] = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
+    step_images: o.StepImagesOpt = None,
+    question_images: o.QuestionImagesOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Where to put the new images (default: a new run directory).")
     ] = None,
@@ -38,6 +40,7 @@ def replay(
     from thyme_cli.sandbox.factory import open_sandbox
     from thyme_cli.trace import Step, new_run_dir, prepare_out_dir, read_trace
 
+    limits = o.sandbox_limits(step_images, question_images)
     trace = read_trace(trace_path)
     run_of_trace = trace_path if trace_path.is_dir() else trace_path.parent
     source = image.expanduser() if image else run_of_trace / trace.image
@@ -48,7 +51,7 @@ def replay(
     events = QuietEvents() if as_json else LiveRenderer(run_dir)
     results: list[Step] = []
     with open_sandbox(sandbox.value, image=input_image.path, images_dir=run_dir / "images",
-                      timeout_s=step_timeout) as box:
+                      timeout_s=step_timeout, limits=limits) as box:
         for old in trace.steps:
             events.step_started(old.index, old.code)
             result = box.run(old.code)

@@ -124,11 +124,18 @@ def load_image(path: Path, sizing: ImageSizing) -> PreparedImage:
     """Read an image file and size it for the projector; errors name the file."""
     from PIL import Image
 
+    from thyme_cli.sandbox import store
+
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            original = (opened.width, opened.height)
-            rgb = _to_rgb(opened)
+        held = store.pending_image(path)  # a step's image still being compressed: its pixels as decoded
+        if held is not None:
+            original = (held.width, held.height)
+            rgb = _to_rgb(held)
+        else:
+            with Image.open(path) as opened:
+                opened.load()
+                original = (opened.width, opened.height)
+                rgb = _to_rgb(opened)
     except FileNotFoundError:
         raise EngineError(f"image not found: {path}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -22,6 +22,9 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 
 def image_data_uri(path: Path, *, max_tokens: int | None = None) -> str:
     """``data:image/...;base64,...`` for the image file at ``path``."""
+    from thyme_cli.sandbox import store
+
+    store.wait(path)  # a step's image may still be being written
     try:
         data = Path(path).read_bytes()
     except OSError as e:

@@ -131,6 +131,19 @@ class Backend:
     def plan(self, spec: WorkerSpec) -> LaunchPlan:
         raise NotImplementedError
 
+    @staticmethod
+    def site_mounts(spec: WorkerSpec) -> list[tuple[str, str]]:
+        """Read-only binds, in order, that hide every site-packages dir behind a view showing only
+        what the worker imports (layout.make_site_view); the views live in the stage dir."""
+        lay = L.runtime_layout()
+        mounts: list[tuple[str, str]] = []
+        for i, (site_dir, names) in enumerate(lay.site_dirs):
+            view = spec.stage.root / f"site{i}"
+            binds = L.make_site_view(view, site_dir, names)
+            mounts.append((_check_path(str(view)), _check_path(lay.jail_path(site_dir))))
+            mounts += [(_check_path(host), _check_path(jail)) for host, jail in binds]
+        return mounts
+
 
 def _ancestors(paths: list[str]) -> list[str]:
     """Every proper parent directory of `paths` (not /), parents before children."""
@@ -190,6 +203,8 @@ class NsjailBackend(Backend):
             argv += ["-R", f"{_check_path(d)}:{_check_path(lay.jail_path(d))}"]
         for target, link in lay.symlinks:
             argv += ["-s", f"{_check_path(target)}:{_check_path(link)}"]
+        for src, dst in self.site_mounts(spec):
+            argv += ["-R", f"{src}:{dst}"]
         argv += ["-R", f"{_check_path(lay.package_dir)}:{lay.jail_package_dir}"]
         argv += ["-R", f"{_check_path(str(spec.stage.input_dir))}:{L.JAIL_INPUT_DIR}"]
         argv += ["-m", f"none:{L.JAIL_TMP}:tmpfs:size={lim.tmp_mb * MiB},nr_inodes={lim.inodes},mode=1777"]
@@ -248,6 +263,8 @@ class BwrapBackend(Backend):
             argv += ["--ro-bind", d, lay.jail_path(d)]
         for target, link in lay.symlinks:
             argv += ["--symlink", target, link]
+        for src, dst in self.site_mounts(spec):
+            argv += ["--ro-bind", src, dst]
         argv += ["--ro-bind", lay.package_dir, lay.jail_package_dir]
         argv += ["--ro-bind", str(spec.stage.input_dir), L.JAIL_INPUT_DIR]
         argv += ["--size", str(lim.tmp_mb * MiB), "--perms", "1777", "--tmpfs", L.JAIL_TMP]

@@ -20,6 +20,7 @@ class ExecResult:
     step: int = 0  # 1-based number of the step within the question
     restarted: bool = False  # the worker was replaced after this step: earlier variables are gone
     crops: list[dict[str, Any]] = field(default_factory=list)  # boxes of the input image the code cropped
+    notes: list[str] = field(default_factory=list)  # images the host left out (budgets): the model is told
 
     @property
     def ok(self) -> bool:

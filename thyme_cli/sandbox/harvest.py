@@ -6,7 +6,8 @@ every path is resolved one component at a time from the directory fd the worker 
 before any model code ran (O_NOFOLLOW on each, so nothing leads outside); only regular files
 (lstat, then O_NOFOLLOW|O_NONBLOCK and fstat again) up to a size cap are read; the bytes are
 decoded by Pillow from memory with an explicit pixel limit and a short format allow-list; and
-the picture is re-encoded by us as PNG into the host's images_dir before anyone else sees it.
+the picture is re-encoded by us as a compressed PNG into the host's images_dir (in the background:
+store.py) before anyone else sees it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import os
 import posixpath
 import re
 import stat
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,20 +32,21 @@ _PRINTED_PATH = re.compile(r"(/[^\s'\"<>|*?,;:()\[\]{}]+)", re.ASCII)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 MTIME_SLACK_NS = 50_000_000  # tmpfs timestamps use a coarse clock
-# The host's PNGs are written for speed (this is on the path of every step): images up to
-# STORE_BYTES of pixels (about 2.8 MP RGB, more than Thyme's vision input) go uncompressed, which
-# also makes them faster for the engine to load; larger ones get fast run-length deflate.
-STORE_BYTES = 8 * 1024 * 1024
 
 
 class Rejected(Exception):
     """This candidate is not an image we will take (the reason goes back to the model)."""
 
+    def __init__(self, reason: str, st: os.stat_result | None = None) -> None:
+        super().__init__(reason)
+        self.st = st  # the entry's lstat, when it exists (so the refusal is reported only once)
+
 
 @dataclass
 class Harvest:
     images: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the user (the step's stderr, the trace)
+    model_notes: list[str] = field(default_factory=list)  # images left out: the model is told too
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,42 @@ class HarvestRequest:
     max_pixels: int
     seen: dict[tuple[int, int], tuple[int, int]] = field(
         default_factory=dict
-    )  # shown before: (dev, ino) -> (mtime, size)
+    )  # shown (or refused) before: (dev, ino) -> (mtime, size)
+    budget: Budget | None = None  # what this step may still leave on the host (None: no cap)
+    reported: set[str] = field(default_factory=set)  # notes given in earlier steps of the question
+
+
+@dataclass
+class Budget:
+    """Pixels decoded and bytes stored that a step may still use: the smaller of the step's own
+    budget and what is left of the question's. Checked BEFORE decoding (the pixel count comes from
+    the image header) and before writing (the encoded size), never after."""
+
+    pixels: int
+    bytes: int
+    used_pixels: int = 0
+    used_bytes: int = 0
+    skipped: int = 0  # images left out because the budget was used up
+    limits_text: str = ""  # the budgets, for the note that says some images were skipped
+
+    def take_pixels(self, n: int) -> None:
+        if n > self.pixels - self.used_pixels:
+            raise BudgetExceeded(f"{n / 1e6:.1f} MP would exceed the image budget ({_left(self)} left)")
+        self.used_pixels += n
+
+    def take_bytes(self, n: int, pixels: int) -> None:
+        if n > self.bytes - self.used_bytes:
+            self.used_pixels -= pixels  # nothing was stored: the pixels are not spent either
+            raise BudgetExceeded(f"{n / 1e6:.1f} MB would exceed the image budget ({_left(self)} left)")
+        self.used_bytes += n
+
+
+def _left(b: Budget) -> str:
+    return f"{max(0, b.pixels - b.used_pixels) / 1e6:.1f} MP, {max(0, b.bytes - b.used_bytes) / 1e6:.1f} MB"
+
+
+class BudgetExceeded(Rejected):
+    """The image is fine, but the step or question has used up its image budget."""
 
 
 def printed_paths(text: str, out_root: str) -> list[str]:
@@ -101,7 +136,7 @@ def open_beneath(root_fd: int, parts: list[str]) -> int:
         name = parts[-1]
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
-            raise Rejected("not a regular file")
+            raise Rejected("not a regular file", st)
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except Rejected:
         raise
@@ -111,7 +146,7 @@ def open_beneath(root_fd: int, parts: list[str]) -> int:
         os.close(dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Rejected("not a regular file")
+            raise Rejected("not a regular file", st)
     except BaseException:
         os.close(fd)
         raise
@@ -133,9 +168,15 @@ def read_capped(fd: int, max_bytes: int) -> bytes:
     return bytes(chunks)
 
 
-def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int) -> Path:
-    """Decode untrusted bytes with limits and write our own PNG; returns the new file."""
+def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget: Budget | None = None) -> Path:
+    """Decode untrusted bytes with limits and store our own PNG; returns the new file.
+
+    The pixel count (from the header) is checked against `max_pixels` and the budget before
+    anything is decoded, the decoded size against the budget before anything is written. The file
+    is compressed in the background (store.py): until then the engine takes the decoded pixels."""
     from PIL import Image
+
+    from thyme_cli.sandbox import store
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -145,31 +186,47 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int) -> Pat
             raise Rejected(f"larger than the {max_pixels} pixel limit ({exc})") from None
         except Exception as exc:
             raise Rejected(f"not a readable image ({type(exc).__name__})") from None
-        with im:
-            width, height = im.size
-            if width <= 0 or height <= 0 or width * height > max_pixels:
-                raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
-            try:
-                im.seek(0)
-                im.load()
-                out = _png_mode(im)
-            except Exception as exc:
-                raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 1000):
-        dest = dest_dir / (f"{base}.png" if k == 1 else f"{base}-{k}.png")
+        width, height = im.size
+        if width <= 0 or height <= 0 or width * height > max_pixels:
+            im.close()
+            raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+        size = width * height * _stored_bands(im)  # what the decoded, stored pixels will take
+        if budget is not None:
+            budget.take_pixels(width * height)
+            budget.take_bytes(size, width * height)
         try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encode_png(out))
-        return dest
-    raise Rejected("too many images with the same name")
+            im.seek(0)
+            im.load()
+            out = _png_mode(im)
+        except Exception as exc:
+            if budget is not None:
+                budget.used_pixels -= width * height
+                budget.used_bytes -= size
+            raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
+    try:
+        dest = store.reserve(dest_dir, base)
+    except OSError as exc:
+        if budget is not None:
+            budget.used_bytes -= size
+            budget.used_pixels -= width * height
+        raise Rejected(f"could not be stored on the host ({exc.strerror or exc})") from None
+    store.submit(out, dest)
+    return dest
+
+
+def _stored_bands(im: Image.Image) -> int:
+    """Bands of the image _png_mode will make of `im`, known from its header (before decoding)."""
+    if im.mode in ("L", "LA", "RGB", "RGBA"):
+        return len(im.mode)
+    if im.mode == "P":
+        return 4 if "transparency" in im.info else 3
+    if im.mode in ("1", "I;16", "I", "F"):
+        return 1
+    return 4 if "A" in im.mode else 3
 
 
 def _png_mode(im: Image.Image) -> Image.Image:
-    """The same picture in one of the four 8-bit modes encode_png writes."""
+    """The same picture in one of the four 8-bit modes stored as PNG (L, LA, RGB, RGBA)."""
     if im.mode in ("L", "LA", "RGB", "RGBA"):
         return im
     if im.mode == "P":
@@ -177,41 +234,6 @@ def _png_mode(im: Image.Image) -> Image.Image:
     if im.mode in ("1", "I;16", "I", "F"):
         return im.convert("L")
     return im.convert("RGBA" if "A" in im.mode else "RGB")
-
-
-_PNG_COLOR_TYPE = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(im: Image.Image) -> bytes:
-    """A minimal PNG (IHDR, one IDAT, IEND; 8-bit, no filter) of an L/LA/RGB/RGBA image.
-
-    Written by hand because it is several times faster than Pillow's encoder (which tries every
-    row filter), and this sits on the path of every step: only the pixels we decoded go out.
-    """
-    width, height = im.size
-    raw = im.tobytes()
-    stride = len(raw) // height
-    rows = bytearray((stride + 1) * height)  # each row: filter byte 0, then the pixels
-    view = memoryview(raw)
-    for y in range(height):
-        start = y * (stride + 1) + 1
-        rows[start : start + stride] = view[y * stride : (y + 1) * stride]
-    if len(rows) <= STORE_BYTES:
-        comp = zlib.compressobj(0)
-    else:
-        comp = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = comp.compress(rows) + comp.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPE[im.mode], 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def safe_stem(name: str) -> str:
@@ -255,9 +277,8 @@ def harvest(req: HarvestRequest) -> Harvest:
     candidates += _step_listing(req)
     seen: set[tuple[int, int]] = set()
     seen_paths: set[str] = set()
+    over_count = 0
     for path in candidates:
-        if len(result.images) >= req.max_images:
-            break
         normal = posixpath.normpath(path)
         if normal in seen_paths:
             continue
@@ -266,28 +287,58 @@ def harvest(req: HarvestRequest) -> Harvest:
         if parts is None:
             continue  # not in the output directory: not a new image
         display = "/".join(parts)
+        in_step_dir = len(parts) >= 2 and parts[0] == req.step_dir
         try:
             fd = open_beneath(req.root_fd, parts)
         except Rejected as why:
-            result.notes.append(f"[thyme: skipped {display}: {why}]")
+            if why.st is None:  # it does not exist (or cannot be reached): say so once per question
+                _note_once(result, req, f"[thyme: skipped {display}: {why}]")
+            elif _is_new(req, why.st, in_step_dir):
+                req.seen[(why.st.st_dev, why.st.st_ino)] = (why.st.st_mtime_ns, why.st.st_size)
+                result.notes.append(f"[thyme: skipped {display}: {why}]")
             continue
         try:
             st = os.fstat(fd)
             key, signature = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
-            in_step_dir = len(parts) >= 2 and parts[0] == req.step_dir
-            if req.seen.get(key) == signature:
-                continue  # shown after an earlier step and unchanged since
-            if not in_step_dir and st.st_mtime_ns < req.since_ns - MTIME_SLACK_NS:
-                continue  # an image from an earlier step
-            if key in seen:
+            if not _is_new(req, st, in_step_dir) or key in seen:
                 continue
             seen.add(key)
+            if len(result.images) >= req.max_images:
+                over_count += 1
+                req.seen[key] = signature
+                continue
+            req.seen[key] = signature  # refused or taken, it is reported in this step only
             data = read_capped(fd, req.max_bytes)
             base = f"step{req.step}-{safe_stem(parts[-1])}"
-            result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels))
-            req.seen[key] = signature
+            result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels, req.budget))
+        except BudgetExceeded:
+            assert req.budget is not None
+            req.budget.skipped += 1
         except Rejected as why:
             result.notes.append(f"[thyme: skipped {display}: {why}]")
         finally:
             os.close(fd)
+    if over_count:
+        result.model_notes.append(
+            f"[thyme: skipped {over_count} more image(s): at most {req.max_images} are kept per step]"
+        )
+    if req.budget is not None and req.budget.skipped:
+        result.model_notes.append(
+            f"[thyme: skipped {req.budget.skipped} image(s): the image budget is used up "
+            f"({req.budget.limits_text})]"
+        )
+    result.notes += result.model_notes
     return result
+
+
+def _is_new(req: HarvestRequest, st: os.stat_result, in_step_dir: bool) -> bool:
+    """Made or changed by this step: not shown or refused before unchanged, not an old file."""
+    if req.seen.get((st.st_dev, st.st_ino)) == (st.st_mtime_ns, st.st_size):
+        return False  # shown or refused after an earlier step and unchanged since
+    return in_step_dir or st.st_mtime_ns >= req.since_ns - MTIME_SLACK_NS
+
+
+def _note_once(result: Harvest, req: HarvestRequest, note: str) -> None:
+    if note not in req.reported:
+        req.reported.add(note)
+        result.notes.append(note)

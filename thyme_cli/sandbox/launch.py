@@ -68,6 +68,12 @@ def _prctl_pdeathsig() -> None:  # pragma: no cover - runs in the forked child
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class Launched:
     """A started worker: the launcher process, our end of the socket, and its stderr file."""
 
@@ -109,20 +115,16 @@ class Launched:
         self.hello: dict[str, Any] | None = None
         self.ready_at: float | None = None
 
-    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], int | None]:
-        """The worker's first frame; raises protocol errors (died, timed out) to the caller."""
+    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]:
+        """The worker's first frame and the fds it passed (its output dir, its /tmp); raises
+        protocol errors (died, timed out) to the caller."""
         msg, fds = self.reader.read(time.monotonic() + timeout_s, want_fds=want_fd)
-        root_fd = fds[0] if fds else None
-        for extra in fds[1:]:
-            with contextlib.suppress(OSError):
-                os.close(extra)
         if msg.get("op") != "hello":
-            if root_fd is not None:
-                os.close(root_fd)
+            close_fds(fds)
             raise protocol.ProtocolError(str(msg.get("error") or f"unexpected first frame {msg.get('op')!r}"))
         self.hello = msg
         self.ready_at = time.monotonic()
-        return msg, root_fd
+        return msg, fds
 
     def alive(self) -> bool:
         return self.proc.poll() is None

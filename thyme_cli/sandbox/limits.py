@@ -30,10 +30,21 @@ class Limits:
     max_image_bytes: int = 32 * MiB  # largest image file the host will read
     max_image_pixels: int = 50_000_000  # largest image the host will decode
     max_images: int = 8  # images picked up per step
+    # What the images of a step / a question may add up to on the host: pixels decoded, bytes
+    # stored (checked before decoding / writing; the rest is skipped with a note).
+    step_image_pixels: int = 100_000_000
+    step_image_bytes: int = 256 * MiB
+    question_image_pixels: int = 400_000_000
+    question_image_bytes: int = 1024 * MiB
     max_code_bytes: int = 1 * MiB  # largest code step accepted
     start_timeout_s: float = 60.0  # worker start (imports) on a loaded machine
     cv2_threads: int = 2  # OpenCV's thread pool (threads count against nproc)
     nice: int = 10  # scheduling priority below the model's threads (0 = as the host)
+
+    def budget_text(self) -> str:
+        """The image budgets in words (for the note when images are skipped)."""
+        return (f"{self.step_image_pixels / 1e6:g} MP / {self.step_image_bytes / MiB:g} MB per step, "
+                f"{self.question_image_pixels / 1e6:g} MP / {self.question_image_bytes / MiB:g} MB per question")
 
     def rlimits(self, *, jailed: bool) -> dict[str, int]:
         """What the worker sets as hard limits on itself. Without a jail, RLIMIT_NPROC would count
@@ -52,7 +63,8 @@ class Limits:
     def validate(self) -> None:
         from thyme_cli.errors import UsageError
 
-        for name in ("memory_mb", "cpu_s", "nproc", "file_size_mb", "nofile", "output_mb", "tmp_mb"):
+        for name in ("memory_mb", "cpu_s", "nproc", "file_size_mb", "nofile", "output_mb", "tmp_mb",
+                     "step_image_pixels", "step_image_bytes", "question_image_pixels", "question_image_bytes"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
         if self.memory_mb < 768:

@@ -44,7 +44,7 @@ from thyme_cli.errors import UsageError
 from thyme_cli.sandbox import protocol
 from thyme_cli.sandbox.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.factory import _check_hello, open_sandbox, select_backend
-from thyme_cli.sandbox.launch import Launched
+from thyme_cli.sandbox.launch import Launched, close_fds
 from thyme_cli.sandbox.limits import Limits
 from thyme_cli.sandbox.session import STAGE_PREFIX, WorkerSandbox, remove_stage
 
@@ -241,7 +241,7 @@ class PooledChild:
     def jail(self) -> ZygoteJail | None:
         return self._jail
 
-    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], int | None]:
+    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]:
         self.started = time.monotonic()
         deadline = self.started + timeout_s
         while True:
@@ -270,19 +270,14 @@ class PooledChild:
             msg, fds = self._reader.read(deadline, want_fds=want_fd)
         except OSError as exc:
             raise protocol.ProtocolError(f"the sandbox child could not start: {exc}") from None
-        root_fd = fds[0] if fds else None
-        for extra in fds[1:]:
-            with contextlib.suppress(OSError):
-                os.close(extra)
         problem = None if msg.get("op") == "hello" else str(msg.get("error") or f"unexpected frame {msg.get('op')!r}")
         problem = problem or _check_hello(msg)
         if problem:
-            if root_fd is not None:
-                os.close(root_fd)
+            close_fds(fds)
             raise protocol.ProtocolError(problem)
         self.hello = msg
         self.ready_at = time.monotonic()
-        return msg, root_fd
+        return msg, fds
 
     def idle_ok(self) -> bool:
         if self._jail is None or self._sock is None or not self._jail.alive():

@@ -27,6 +27,10 @@ class FrameTimeout(ProtocolError):
     """No complete frame arrived before the deadline."""
 
 
+class ConnectionClosed(ProtocolError):
+    """The other side closed its end (for a worker: it died)."""
+
+
 def encode(message: dict[str, Any]) -> bytes:
     data = json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass")
     if len(data) > MAX_FRAME_BYTES:
@@ -35,13 +39,30 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def decode(payload: bytes) -> dict[str, Any]:
+    """A frame's JSON object. ANY failure is a ProtocolError: deep nesting (RecursionError), a
+    number with too many digits, invalid UTF-8, memory exhaustion - the host must never crash on
+    what a worker sends, it replaces the worker."""
     try:
         message = json.loads(payload.decode("utf-8", "surrogatepass"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"malformed frame: {exc}") from None
+    except (RecursionError, MemoryError) as exc:
+        raise ProtocolError(f"malformed frame: {type(exc).__name__}") from None
+    except Exception as exc:  # UnicodeDecodeError, ValueError (digits limit), anything else json raises
+        raise ProtocolError(f"malformed frame: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
     return message
+
+
+def clean_text(value: object) -> str:
+    """A string field of an untrusted frame, safe to print, store and encode as UTF-8 (JSON's
+    \\ud800 escapes and surrogatepass decoding both produce lone surrogates): '' for non-strings."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -111,7 +132,7 @@ class FrameReader:
             if not data:
                 for fd in fds:
                     _close_quietly(fd)
-                raise ProtocolError("the worker closed the connection")
+                raise ConnectionClosed("the worker closed the connection")
             self._buf += data
 
     def _take_frame(self) -> bytes | None:

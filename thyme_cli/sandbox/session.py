@@ -23,13 +23,18 @@ from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.sandbox import protocol
 from thyme_cli.sandbox.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.base import ExecResult
-from thyme_cli.sandbox.harvest import HarvestRequest, harvest
-from thyme_cli.sandbox.launch import Launched
+from thyme_cli.sandbox.harvest import Budget, HarvestRequest, harvest
+from thyme_cli.sandbox.launch import Launched, close_fds
 from thyme_cli.sandbox.layout import safe_image_name
 from thyme_cli.sandbox.limits import Limits
 from thyme_cli.sandbox.worker import TRUNCATION_NOTE
 
 RESTART_NOTE = "[thyme: the sandbox was restarted; variables from earlier steps are gone]"
+FILE_CHECK_S = 0.02  # how often the jail's file count is checked while a step runs
+
+
+class TooManyFiles(Exception):
+    """A step went over the file-count limit (Limits.inodes): the jail is replaced."""
 
 
 STAGE_PREFIX = "thyme-sandbox-"
@@ -116,7 +121,7 @@ class WorkerHandle(Protocol):
     @property
     def ready_at(self) -> float | None: ...
 
-    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], int | None]: ...
+    def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]: ...
     def idle_ok(self) -> bool: ...
     def kill(self) -> None: ...
     def close(self) -> None: ...
@@ -144,8 +149,12 @@ class WorkerSandbox:
         self._out_root = backend.out_root(self._stage)
         self._worker: WorkerHandle | None = None
         self._root_fd: int | None = None
+        self._tmp_fd: int | None = None  # the jail's /tmp: the host counts the files of both
         self._step = 0
         self._seen: dict[tuple[int, int], tuple[int, int]] = {}
+        self._reported: set[str] = set()  # harvest notes already given (each is given once)
+        self.image_pixels_used = 0  # over the whole question, against the question's budget
+        self.image_bytes_used = 0
         self._closed = False
         self.restarts = 0
         self._spawns = 0
@@ -170,10 +179,8 @@ class WorkerSandbox:
         return f"{WORKER_MARKER}{self.tag}-{self._spawns}"
 
     def _drop_worker(self) -> None:
-        if self._root_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._root_fd)
-            self._root_fd = None
+        close_fds([fd for fd in (self._root_fd, self._tmp_fd) if fd is not None])
+        self._root_fd = self._tmp_fd = None
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -193,7 +200,7 @@ class WorkerSandbox:
             assert self.worker_start_s is not None
             return self.worker_start_s
         try:
-            _hello, root_fd = worker.wait_hello(self.limits.start_timeout_s, want_fd=True)
+            _hello, fds = worker.wait_hello(self.limits.start_timeout_s, want_fd=True)
         except protocol.ProtocolError as exc:
             detail = _start_failure(worker, exc)
             self._drop_worker()
@@ -201,10 +208,11 @@ class WorkerSandbox:
                 f"the {self.backend} sandbox could not start: {detail}",
                 hint="run `thyme doctor` to check the sandbox backends",
             ) from None
-        if root_fd is None or not stat.S_ISDIR(os.fstat(root_fd).st_mode):
+        if len(fds) != 2 or not all(stat.S_ISDIR(os.fstat(fd).st_mode) for fd in fds):
+            close_fds(fds)
             self._drop_worker()
-            raise ThymeError(f"the {self.backend} sandbox did not hand over its output directory")
-        self._root_fd = root_fd
+            raise ThymeError(f"the {self.backend} sandbox did not hand over its output and /tmp directories")
+        self._root_fd, self._tmp_fd = fds
         assert worker.ready_at is not None
         self.worker_start_s = worker.ready_at - worker.started
         return self.worker_start_s
@@ -227,6 +235,9 @@ class WorkerSandbox:
         self._closed = True
         self._drop_worker()
         remove_stage(self._stage)
+        from thyme_cli.sandbox import store
+
+        store.flush()  # the question's images are on disk when its sandbox is closed
 
     def __enter__(self) -> WorkerSandbox:
         return self
@@ -268,25 +279,42 @@ class WorkerSandbox:
             worker.sock.settimeout(self.timeout_s)  # a stopped worker must not block the host
             protocol.send(worker.sock, {"op": "run", "step": step, "code": code, "out_dir": out_dir})
             worker.sock.settimeout(None)
-            msg, _ = worker.reader.read(started + self.timeout_s)
+            msg = self._read_reply(worker, started + self.timeout_s)
+            for _stale in range(4):  # a step's code forged its reply: the real one arrives late
+                if not _is_stale(msg, step):
+                    break
+                msg = self._read_reply(worker, started + self.timeout_s)
             if msg.get("op") != "result" or msg.get("step") != step:
-                raise protocol.ProtocolError(f"unexpected reply {str(msg.get('op'))[:40]!r}")
+                raise protocol.ProtocolError(f"unexpected reply {protocol.clean_text(str(msg.get('op')))[:40]!r}")
+            self._check_files()
         except protocol.FrameTimeout:
             return self._restart_after(step, started, f"timed out after {self.timeout_s:g} s", timed_out=True)
+        except TooManyFiles as exc:
+            return self._restart_after(step, started, str(exc))
         except (protocol.ProtocolError, OSError) as exc:
             worker.kill()
+            if isinstance(exc, protocol.ProtocolError) and not isinstance(exc, protocol.ConnectionClosed):
+                # it sent garbage: broken, or the step's code wrote to the worker's socket
+                detail = protocol.clean_text(str(exc))[:200]
+                return self._restart_after(step, started, f"the sandbox worker sent an invalid reply ({detail})")
             reason = _death_reason(worker, exc)
             return self._restart_after(step, started, f"the sandbox process died ({reason})")
-        stdout = cap_text(_as_str(msg.get("stdout")), self.limits.max_output_bytes)
-        stderr = cap_text(_as_str(msg.get("stderr")), self.limits.max_output_bytes)
+        stdout = cap_text(protocol.clean_text(msg.get("stdout")), self.limits.max_output_bytes)
+        stderr = cap_text(protocol.clean_text(msg.get("stderr")), self.limits.max_output_bytes)
         processed = msg.get("processed_path")
+        lim = self.limits
+        budget = Budget(
+            pixels=min(lim.step_image_pixels, lim.question_image_pixels - self.image_pixels_used),
+            bytes=min(lim.step_image_bytes, lim.question_image_bytes - self.image_bytes_used),
+            limits_text=lim.budget_text(),
+        )
         found = harvest(
             HarvestRequest(
                 root_fd=root_fd,
                 out_root=self._out_root,
                 step=step,
                 step_dir=step_dir,
-                processed_path=processed if isinstance(processed, str) else None,
+                processed_path=processed if isinstance(processed, str) and len(processed) < 4096 else None,
                 stdout=stdout,
                 since_ns=since_ns,
                 images_dir=self.images_dir,
@@ -294,8 +322,12 @@ class WorkerSandbox:
                 max_bytes=self.limits.max_image_bytes,
                 max_pixels=self.limits.max_image_pixels,
                 seen=self._seen,
+                budget=budget,
+                reported=self._reported,
             )
         )
+        self.image_pixels_used += budget.used_pixels
+        self.image_bytes_used += budget.used_bytes
         notes = ([restart_note] if restart_note else []) + found.notes
         if notes:
             stderr = (stderr + "\n" if stderr and not stderr.endswith("\n") else stderr) + "\n".join(notes)
@@ -303,13 +335,43 @@ class WorkerSandbox:
         return ExecResult(
             stdout=stdout,
             stderr=stderr,
-            error=cap_text(error, 8192) if isinstance(error, str) else None,
+            error=cap_text(protocol.clean_text(error), 8192) if isinstance(error, str) else None,
             images=found.images,
             duration_s=time.monotonic() - started,
             step=step,
             restarted=bool(restart_note),
             crops=crop_boxes.from_worker(msg.get("crops")),
+            notes=found.model_notes,
         )
+
+    def _read_reply(self, worker: WorkerHandle, deadline: float) -> dict[str, Any]:
+        """The worker's next frame; meanwhile, the jail's file count is checked every few ms."""
+        while True:
+            try:
+                msg, _ = worker.reader.read(min(deadline, time.monotonic() + FILE_CHECK_S))
+                return msg
+            except protocol.FrameTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                self._check_files()
+
+    def _check_files(self) -> None:
+        """Files (inodes) in the jail's output dir and /tmp, against Limits.inodes. nsjail sets
+        nr_inodes on its tmpfs mounts and the kernel stops the step's code (ENOSPC); bwrap cannot,
+        so a step that goes over is stopped here (it could otherwise pin gigabytes of kernel
+        memory in empty files before its timeout)."""
+        if not self._backend.jailed:  # unjailed, both are dirs on a host filesystem: not ours to count
+            return
+        for fd, where in ((self._root_fd, "the output directory"), (self._tmp_fd, "/tmp")):
+            if fd is None:
+                continue
+            try:
+                st = os.fstatvfs(fd)
+            except OSError:
+                continue
+            used = st.f_files - st.f_ffree
+            if st.f_files and used > self.limits.inodes + 1:  # + the tmpfs root itself
+                raise TooManyFiles(f"the step made more than {self.limits.inodes} files in {where}")
 
     def _restart_after(self, step: int, started: float, error: str, *, timed_out: bool = False) -> ExecResult:
         """Kill the worker (the whole jail), start a fresh one for the next step, report the step."""
@@ -327,8 +389,10 @@ class WorkerSandbox:
         )
 
 
-def _as_str(value: object) -> str:
-    return value if isinstance(value, str) else ""
+def _is_stale(msg: dict[str, Any], step: int) -> bool:
+    """The reply to an earlier step (sent after the code of that step forged one)."""
+    earlier = msg.get("step")
+    return msg.get("op") == "result" and type(earlier) is int and 0 < earlier < step
 
 
 def _last_meaningful_line(text: str) -> str:

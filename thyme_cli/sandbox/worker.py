@@ -440,8 +440,10 @@ def main(raw_config: str) -> NoReturn:
 
             zygote_mod.serve(sock, cfg, modules, hello)
         root_fd = os.open(cfg["out_root"], os.O_RDONLY | os.O_DIRECTORY)
-        protocol.send(sock, hello, fds=[root_fd])
+        tmp_fd = os.open(cfg["tmp_dir"], os.O_RDONLY | os.O_DIRECTORY)  # the host counts its files
+        protocol.send(sock, hello, fds=[root_fd, tmp_fd])
         os.close(root_fd)
+        os.close(tmp_fd)
         runner = Runner(cfg, modules)
     except BaseException:
         _fatal(sock, traceback.format_exc())

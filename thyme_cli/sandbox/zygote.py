@@ -332,8 +332,10 @@ def _question_child(control: socket.socket, fd: int, cfg: dict[str, Any], module
             "out_root": own["out_root"],
         }
         root_fd = os.open(own["out_root"], os.O_RDONLY | os.O_DIRECTORY)
-        protocol.send(qsock, hello, fds=[root_fd])
+        tmp_fd = os.open(str(own["tmp_dir"]), os.O_RDONLY | os.O_DIRECTORY)  # the host counts its files
+        protocol.send(qsock, hello, fds=[root_fd, tmp_fd])
         os.close(root_fd)
+        os.close(tmp_fd)
         runner = worker.Runner(own, modules)
     except BaseException:
         import traceback
