@@ -76,10 +76,15 @@ def ask(
 
     if not question.strip():
         raise UsageError("the question is empty")
+    from thyme_cli.crash_guard import announce_run_dir, guard
+
+    guard("ask")
     source: Path | bytes = read_stdin_image(sys.stdin.buffer) if image == "-" else Path(image).expanduser()
     registry = load_registry()
     created = out is None or not out.exists()
     run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), question)
+    if created:
+        announce_run_dir(run_dir)
     input_image = prepare_input(source, run_dir, label=image, remove_on_error=created)
     o.warn_if_unsandboxed(sandbox)
     settings = ModelSettings(

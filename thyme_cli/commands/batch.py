@@ -176,10 +176,12 @@ def execute_batch(
     from thyme_cli.batch import outcome, run_batch
     from thyme_cli.batch_inputs import in_shard, parse_shard
     from thyme_cli.batch_journal import Journal
+    from thyme_cli.crash_guard import announce_run_dir, guard
     from thyme_cli.registry import load_registry
     from thyme_cli.runner import check_sandbox, load_model
     from thyme_cli.trace import new_run_dir
 
+    guard(command)
     if shard:
         index, total = parse_shard(shard)
         items = [item for item in items if in_shard(item.id, index, total)]
@@ -189,6 +191,8 @@ def execute_batch(
         runs_root = runs or out_path.with_name(out_path.name.removesuffix(".jsonl") + ".runs")
     else:
         runs_root = runs or new_run_dir(paths.runs_dir(), command)
+    if not runs_root.exists() or not any(runs_root.iterdir()):
+        announce_run_dir(runs_root)  # removed after a native crash if no item finished
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")

@@ -217,6 +217,37 @@ def write_tiny_pair(out_dir: Path, *, prefix: str = "tiny", chat_template: str =
     return TinyPair(model=model, mmproj=mmproj)
 
 
+# llama_ftype ids (llama.h) of the quantizations the quantized tiny pair can take.
+QUANT_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
+    """Quantize with llama.cpp's own llama_model_quantize (what `thyme models convert` uses)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_FTYPES[quant]
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama_model_quantize could not make {quant} from {src}")
+    return dst
+
+
+def write_quantized_pair(out_dir: Path, quant: str = "Q4_K_M", *, prefix: str = "tiny-quant",
+                         chat_template: str = CHATML_TEMPLATE) -> TinyPair:
+    """A quantized tiny pair: every width a multiple of 256, so K-quants (Q4_K, Q6_K) apply to all
+    the matrices and the suite runs llama.cpp's quantized CPU kernels (and their buffer types)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f32 = write_text_model(out_dir / f"{prefix}-f32.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512,
+                           chat_template=chat_template)
+    model = quantize_gguf(f32, out_dir / f"{prefix}-qwen2vl-{quant}.gguf", quant)
+    f32.unlink()
+    mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf", proj_dim=256)
+    return TinyPair(model=model, mmproj=mmproj)
+
+
 if __name__ == "__main__":
     pair = write_tiny_pair(Path(sys.argv[1] if len(sys.argv) > 1 else "."))
     print(pair.model)

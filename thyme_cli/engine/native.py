@@ -24,6 +24,7 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
+from thyme_cli.engine import cpu_probe
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.gguf_meta import read_gguf_keys
 from thyme_cli.engine.images import PreparedImage
@@ -193,6 +194,12 @@ class Native:
         self.n_gpu_layers = layers
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = _ALL_LAYERS if layers < 0 else layers
+        # Off only where a child process saw quantized kernels crash with them (cpu_probe).
+        self.cpu_probe = cpu_probe.decide()
+        mp.use_extra_bufts = self.cpu_probe.extra_bufts
+        if options.verbose:
+            sys.stderr.write(f"thyme: extra buffer types {'on' if mp.use_extra_bufts else 'off'} "
+                             f"({self.cpu_probe.source}: {self.cpu_probe.detail})\n")
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mp)
         if not self.model:
             raise EngineError(f"llama.cpp could not load the model {model_path}{_detail()}",
