@@ -285,6 +285,11 @@ class LlamaConversation:
             self._open.text += tail
             self._live.note_text(tail)
 
+    def use_fences(self, on: bool) -> None:
+        """Treat a ```python fence as a code block (the generic protocol): sampled as code, and its
+        closing ``` ends the turn as ``</code>`` does."""
+        self._scanner.fences = on
+
     # --- generation --------------------------------------------------------------------------------
 
     def generate(self, *, max_tokens: int, on_text: Callable[[str], None] | None = None) -> Generation:
