@@ -165,7 +165,11 @@ def parse_reply(text: str, *, lenient_fences: bool = False) -> Reply:
     if open_answer:
         partial = open_answer.group(1).strip()
         return Reply(think=_think(text[: open_answer.start()]), answer=partial or None, answer_truncated=True)
-    open_code = _OPEN_CODE_RE.search(text)
+    blanked = text
+    for m in reversed([m for m in _CODE_RE.finditer(text) if _is_inline(text, m)]):
+        # an inline mention is not an unclosed block either
+        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end():]
+    open_code = _OPEN_CODE_RE.search(blanked)
     return Reply(think=_think(text), code_truncated=open_code is not None)
 
 
