@@ -37,7 +37,7 @@ from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
 from thyme_cli.engine.sampling import AtsSamplers
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
-from thyme_cli.errors import EngineError
+from thyme_cli.errors import EngineError, UsageError
 
 __all__ = ["EngineOptions", "LlamaConversation", "LlamaCounters", "LlamaEngine", "SamplingOptions"]
 
@@ -54,6 +54,19 @@ class LlamaCounters(Counters):
     native_s: float = 0.0  # seconds inside llama.cpp / libmtmd calls (the rest is Python)
     image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
     rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
+
+
+def _read_template(path: Path) -> str:
+    """A --chat-template file's text; UsageError when it cannot be read."""
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"chat template {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"chat template {path}: cannot read it ({e})") from None
+    if not text.strip():
+        raise UsageError(f"chat template {path} is empty")
+    return text
 
 
 def _image_sizing(projector: ProjectorInfo, options: EngineOptions) -> ImageSizing:
@@ -113,6 +126,13 @@ class LlamaEngine:
         qwen = native.projector.projector_type in _CHATML_PROJECTORS
         chatml_tokens = len(native.tokenize("<|im_start|>")) == 1 and len(native.tokenize("<|im_end|>")) == 1
         fmt = options.chat_format
+        if options.chat_template_file is not None:
+            return TemplateRenderer(_read_template(options.chat_template_file), bos_token=native.bos_text,
+                                    eos_token=native.eos_text)
+        if fmt not in ("auto", "chatml", "template"):
+            from thyme_cli.engine.builtin_chat import BuiltinRenderer
+
+            return BuiltinRenderer(fmt)
         if fmt == "auto":
             template = native.chat_template
             speaks_chatml = chatml_tokens and (template is None or "<|im_start|>" in template)
@@ -124,7 +144,8 @@ class LlamaEngine:
             return ChatMLRenderer(QWEN_DEFAULT_SYSTEM if qwen else None)
         if native.chat_template is None:
             raise EngineError("the model has no chat template and does not speak ChatML",
-                              hint="use a GGUF that carries tokenizer.chat_template")
+                              hint="name its prompt format with --chat-format (e.g. gemma, llama3, mistral-v7) "
+                                   "or pass a Jinja template with --chat-template FILE")
         return TemplateRenderer(native.chat_template, bos_token=native.bos_text, eos_token=native.eos_text)
 
     # --- the Engine protocol --------------------------------------------------------------------
