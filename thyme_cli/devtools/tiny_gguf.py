@@ -202,6 +202,66 @@ def write_qwen25vl_projector(
     return path
 
 
+def write_gemma3_projector(
+    path: Path,
+    *,
+    proj_dim: int = 640,
+    image_size: int = 224,
+    patch: int = 14,
+    merge: int = 4,
+    v_embd: int = 32,
+    v_ff: int = 48,
+    v_layers: int = 2,
+    v_heads: int = 2,
+    seed: int = 2,
+    std: float = 0.2,
+) -> Path:
+    """A `gemma3` clip projector (SigLIP tower, average pool by ``merge``, RMS norm, projection) of
+    any text width: paired with a Gemma 3 language model (``proj_dim`` = its embedding length, 640
+    for Gemma 3 270M). A 224 px image is 16x16 patches, pooled to 4x4 = 16 image tokens."""
+    import gguf
+
+    w = _Weights(seed, std)
+    n_patches = (image_size // patch) ** 2
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type("gemma3")
+    writer.add_vision_projection_dim(proj_dim)
+    writer.add_vision_image_size(image_size)
+    writer.add_vision_patch_size(patch)
+    writer.add_vision_embedding_length(v_embd)
+    writer.add_vision_feed_forward_length(v_ff)
+    writer.add_vision_block_count(v_layers)
+    writer.add_vision_head_count(v_heads)
+    writer.add_vision_attention_layernorm_eps(1e-6)
+    writer.add_vision_image_mean([0.5, 0.5, 0.5])
+    writer.add_vision_image_std([0.5, 0.5, 0.5])
+    writer.add_vision_use_gelu(True)
+    writer.add_vision_projector_scale_factor(merge)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tensor("v.patch_embd.weight", w.rand(v_embd, 3, patch, patch))
+    writer.add_tensor("v.patch_embd.bias", w.rand(v_embd))
+    writer.add_tensor("v.position_embd.weight", w.rand(n_patches, v_embd))
+    for i in range(v_layers):
+        p = f"v.blk.{i}."
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(p + norm + ".weight", w.ones(v_embd))
+            writer.add_tensor(p + norm + ".bias", w.rand(v_embd))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(p + name + ".weight", w.rand(v_embd, v_embd))
+            writer.add_tensor(p + name + ".bias", w.rand(v_embd))
+        writer.add_tensor(p + "ffn_up.weight", w.rand(v_ff, v_embd))
+        writer.add_tensor(p + "ffn_up.bias", w.rand(v_ff))
+        writer.add_tensor(p + "ffn_down.weight", w.rand(v_embd, v_ff))
+        writer.add_tensor(p + "ffn_down.bias", w.rand(v_embd))
+    writer.add_tensor("v.post_ln.weight", w.ones(v_embd))
+    writer.add_tensor("v.post_ln.bias", w.rand(v_embd))
+    writer.add_tensor("mm.soft_emb_norm.weight", w.ones(v_embd))
+    writer.add_tensor("mm.input_projection.weight", w.rand(v_embd, proj_dim))
+    _finish(writer)
+    return path
+
+
 def _finish(writer: Any) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thyme_cli.engine.base import Conversation, Counters, Engine, Generation, StopReason
+from thyme_cli.engine.base import IMAGE_MARKER, Conversation, Counters, Engine, Generation, StopReason
 from thyme_cli.engine.chat import (
     QWEN_DEFAULT_SYSTEM,
     ChatMLRenderer,
@@ -259,16 +259,14 @@ class LlamaConversation:
             self._finish_text()
             messages.append(self._open)
         first_turn = len(messages) == 1 and messages[0].role == "system"
-        if first_turn and isinstance(self._renderer, ChatMLRenderer):
-            # Evaluate the system prompt as its own unit (it ends in a special token, so tokenizing it
-            # apart changes nothing), so that the next question can keep it in the KV cache; the
-            # images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
-            system = self._renderer.render(messages, add_generation_prompt=False)
+        system = self._system_prefix(messages, text) if first_turn else ""
+        if system:
+            # Evaluate the system prompt as its own unit, so that the next question can keep it in
+            # the KV cache; the images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thyme-image") as pool:
                 decoding = pool.submit(self._prepare, images)
-                if system and count_markers(system) == 0:
-                    self._live.sync(system, [])
-                    self._live.mark_prefix()
+                self._live.sync(system, [])
+                self._live.mark_prefix()
                 prepared = decoding.result()
         else:
             prepared = self._prepare(images)
@@ -279,6 +277,26 @@ class LlamaConversation:
         self._messages = messages
         self._open = Message("assistant", "")
         self._scanner.reset()
+
+    def _system_prefix(self, messages: list[Message], user_text: str) -> str:
+        """The rendered text every question on this model starts with (the system prompt), when it
+        can be evaluated apart without changing the tokens: for ChatML it ends in a special token;
+        for a chat template it is what the template renders before any user text, and is kept only
+        when the user text then starts with an image (libmtmd tokenizes the text around an image
+        separately)."""
+        if isinstance(self._renderer, ChatMLRenderer):
+            system = self._renderer.render(messages, add_generation_prompt=False)
+            return system if system and count_markers(system) == 0 else ""
+        if not user_text.startswith(IMAGE_MARKER):
+            return ""
+        a, b = (self._renderer.render([*messages, Message("user", probe)], add_generation_prompt=True)
+                for probe in ("a", "b"))
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        target = self._renderer.render([*messages, Message("user", user_text)], add_generation_prompt=True)
+        prefix = a[:n]
+        if not prefix or count_markers(prefix) or not target.startswith(prefix + IMAGE_MARKER):
+            return ""
+        return prefix
 
     def feed_assistant(self, text: str, images: Sequence[Path] = ()) -> None:
         """Append text (and images) inside the open assistant turn, e.g. a sandbox observation."""
