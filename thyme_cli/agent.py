@@ -123,6 +123,8 @@ def answer_question(
             retries += 1
             events.note(f"step failed; discarding it and retrying ({retries}/{options.max_retries})")
             trace.turns[-1].discarded = True
+            trace.notes.append(f"turn {len(trace.turns)}: its step failed and was discarded; the model was asked "
+                               f"again (--on-error retry {retries}/{options.max_retries})")
             rewind.rollback(mark)
             continue
         trace.steps.append(step)
