@@ -54,6 +54,7 @@ def test_the_probe_gives_a_conclusive_answer_and_a_fix_that_works(probe: cpu_pro
     else:  # a crash with extra buffer types: the same model must run without them
         assert probe.crashed and probe.crashed.startswith("SIG")
         assert probe.plain_ok is True, probe.detail
+        assert isinstance(probe.repack_ok, bool)
 
 
 def test_decide_caches_per_library_and_cpu_and_honours_the_override(
@@ -129,3 +130,27 @@ def test_a_native_crash_during_ask_is_one_line_and_leaves_no_run_directory(
                       env={"THYME_EXTRA_BUFTS": "1"})
     assert batch.returncode == 1 and "crashed inside native code" in batch.stderr.splitlines()[-1], batch.stderr
     assert not (isolated_home / "out.runs").exists()
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_M", "Q4_0"])
+def test_the_buffer_types_the_engine_picks_give_the_logits_of_plain_cpu(
+    quant_pairs: dict[str, TinyPair], monkeypatch: pytest.MonkeyPatch, quant: str
+) -> None:
+    import numpy as np
+
+    from thyme_cli.engine.llama import EngineOptions, LlamaEngine
+
+    def logits() -> tuple[str, np.ndarray]:
+        engine = LlamaEngine.load(quant_pairs[quant].model, quant_pairs[quant].mmproj, options=EngineOptions(n_ctx=1024))
+        try:
+            conv = engine.open()
+            conv.feed_user("what is in the picture? " * 4)  # a batch: the matrix-matrix kernels
+            return engine.native.buffer_types, conv.logits()
+        finally:
+            engine.close()
+
+    picked, fast = logits()
+    monkeypatch.setenv("THYME_EXTRA_BUFTS", "0")
+    plain_name, plain = logits()
+    assert plain_name == "plain CPU"
+    assert np.abs(fast - plain).max() <= 0.02 * np.abs(plain).max(), picked

@@ -11,7 +11,11 @@ prompt-sized batch plus a few single tokens. If the child dies by a signal, mode
 extra buffer types. The answer is cached per (llama.cpp library build, CPU flags) under the user
 cache dir; ``THYME_EXTRA_BUFTS=0|1`` overrides it either way.
 
-``python -m thyme_cli.engine.cpu_probe child MODEL 0|1`` is the child.
+After a crash the child runs twice more: without extra buffer types (the fix), and with only the
+CPU_REPACK buffer type given to its Q4_0 / Q4_K layer matrices (``repack_ok``): where that runs,
+the engine keeps those repacked layouts (faster decoding) and leaves out only what crashed.
+
+``python -m thyme_cli.engine.cpu_probe child MODEL extra|plain|repack`` is the child.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ENV_OVERRIDE = "THYME_EXTRA_BUFTS"
 ENV_CACHE_DIR = "THYME_CACHE_DIR"
 PROBE_TIMEOUT_S = 180.0
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 # ggml type id -> (elements per block, bytes per block, byte offsets of fp16 scales in a block).
 _Q4_0, _Q8_0, _Q4_K, _Q6_K, _F32 = 2, 8, 12, 14, 0
@@ -55,6 +60,7 @@ class ProbeResult:
     detail: str  # one line for people (doctor, --verbose)
     crashed: str | None = None  # the signal that killed the child with extra buffer types, if one did
     plain_ok: bool | None = None  # whether the child without extra buffer types then ran (after a crash)
+    repack_ok: bool | None = None  # whether only the CPU_REPACK buffer type, for Q4_0 / Q4_K layers, ran then
 
 
 def cache_dir() -> Path:
@@ -162,12 +168,13 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def _run_child(model: Path, extra: bool) -> subprocess.CompletedProcess[str] | None:
+def _run_child(model: Path, mode: str) -> subprocess.CompletedProcess[str] | None:
+    """mode: "extra" (llama.cpp's default buffer types), "plain" (none), "repack" (CPU_REPACK only)."""
     env = {**os.environ}
     env.pop(ENV_OVERRIDE, None)
     try:
         return subprocess.run(
-            [sys.executable, "-m", "thyme_cli.engine.cpu_probe", "child", str(model), "1" if extra else "0"],
+            [sys.executable, "-m", "thyme_cli.engine.cpu_probe", "child", str(model), mode],
             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -185,20 +192,84 @@ def run_probe() -> ProbeResult:
     """Run the child with extra buffer types; after a crash, once more without them."""
     with tempfile.TemporaryDirectory(prefix="thyme-cpu-probe-") as tmp:
         model = write_probe_model(Path(tmp) / "probe-quant.gguf")
-        proc = _run_child(model, extra=True)
+        proc = _run_child(model, "extra")
         if proc is not None and proc.returncode == 0:
             return ProbeResult(True, "probe", "a quantized model (Q4_0, Q8_0, Q4_K, Q6_K) runs with "
                                               "llama.cpp's extra buffer types (repacked / AMX weights)")
         if proc is None or proc.returncode > 0:
             return ProbeResult(True, "inconclusive", f"the quantized-model probe failed: {_why(proc)}")
         sig = _signal_name(proc.returncode)
-        plain = _run_child(model, extra=False)
+        plain = _run_child(model, "plain")
         plain_ok = plain is not None and plain.returncode == 0
+        repack = _run_child(model, "repack") if plain_ok else None
+        repack_ok = repack is not None and repack.returncode == 0
         detail = (f"a quantized model dies with {sig} when llama.cpp uses its extra buffer types "
                   f"(AMX / repacked weights) on this CPU; thyme loads models without them")
+        if repack_ok:
+            detail += " but keeps the repacked Q4_0 / Q4_K layers (CPU_REPACK), which run here"
         if not plain_ok:
             detail += f", but it fails without them too: {_why(plain)}"
-        return ProbeResult(False, "probe", detail, crashed=sig, plain_ok=plain_ok)
+        return ProbeResult(False, "probe", detail, crashed=sig, plain_ok=plain_ok, repack_ok=repack_ok)
+
+
+# --- repacked weights without AMX: llama.cpp's CPU_REPACK buffer type for chosen tensors ---------
+
+# ggml types the probe model checks in the CPU_REPACK buffer (its Q4_0 and Q4_K layer matrices).
+REPACK_TYPES = frozenset({_Q4_0, _Q4_K})
+
+
+def repack_tensor_names(types: dict[str, int]) -> list[str]:
+    """The layer matrices (blk.N.*.weight, used only in matrix products) of a repackable type."""
+    return sorted(n for n, t in types.items() if n.startswith("blk.") and n.endswith(".weight") and t in REPACK_TYPES
+                  and not n.endswith(("norm.weight", "_norm.weight")))
+
+
+def repack_overrides(names: list[str]) -> Any:
+    """A NULL-terminated llama_model_tensor_buft_override array putting ``names`` in CPU_REPACK
+    (keep the returned object alive while the model loads); None where this build has no CPU_REPACK."""
+    import ctypes
+    import re
+
+    import llama_cpp
+
+    if not names:
+        return None
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    try:
+        ggml = ctypes.CDLL(str(next(lib.glob("libggml.so*"))))
+        base = ctypes.CDLL(str(next(lib.glob("libggml-base.so*"))))
+    except (StopIteration, OSError):
+        return None
+    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    if not dev:
+        return None
+    addr = ggml.ggml_backend_reg_get_proc_address(ggml.ggml_backend_dev_backend_reg(dev),
+                                                  b"ggml_backend_dev_get_extra_bufts")
+    if not addr:
+        return None
+    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
+    repack = None
+    i = 0
+    while bufts and bufts[i]:
+        if base.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
+            repack = bufts[i]
+        i += 1
+    if repack is None:
+        return None
+
+    class Override(ctypes.Structure):
+        _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+    pattern = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+    return (Override * 2)(Override(pattern.encode(), repack), Override(None, None))
 
 
 # --- the probe model: a tiny `llama` GGUF with quantized matrices, written without the gguf package ---
@@ -286,7 +357,7 @@ def write_probe_model(path: Path, seed: int = 0) -> Path:
 # --- the child -------------------------------------------------------------------------------------
 
 
-def _child(model_path: str, extra: bool) -> int:
+def _child(model_path: str, mode: str) -> int:
     import ctypes
     import math
 
@@ -300,7 +371,16 @@ def _child(model_path: str, extra: bool) -> int:
     llama_cpp.llama_backend_init()
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = 0
-    mp.use_extra_bufts = extra
+    mp.use_extra_bufts = mode == "extra"
+    overrides = None
+    if mode == "repack":
+        from thyme_cli.engine.gguf_meta import read_tensor_types
+
+        overrides = repack_overrides(repack_tensor_names(read_tensor_types(Path(model_path))))
+        if overrides is None:
+            print("this llama.cpp build has no CPU_REPACK buffer type")
+            return 1
+        mp.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp)
     if not model:
         print("llama.cpp could not load the probe model")
@@ -337,11 +417,11 @@ def _child(model_path: str, extra: bool) -> int:
     llama_cpp.llama_batch_free(batch)
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(model)
-    print(json.dumps({"ok": True, "extra_bufts": extra}))
+    print(json.dumps({"ok": True, "mode": mode}))
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "child":
-        sys.exit(_child(sys.argv[2], sys.argv[3] == "1"))
+        sys.exit(_child(sys.argv[2], sys.argv[3]))
     print(json.dumps(asdict(decide(refresh="--refresh" in sys.argv))))
