@@ -169,3 +169,11 @@ def test_no_empty_model_turn_before_the_final_request(tmp_path: Path, photo: Pat
     assert kinds == ["system", "user", "generated", "user", "assistant", "generated"]
     assert fed[3].text.startswith("<sandbox_output>width 640") and fed[3].text.endswith(FINAL_ANSWER_REQUEST)
     assert trace.answer == "640"
+
+
+def test_an_answer_ended_by_the_end_of_turn_token_without_its_tag_is_taken(
+    tmp_path: Path, photo: Path, sandbox_backend: str
+) -> None:
+    trace, _ = _ask(tmp_path, photo, ["<answer>640 pixels"], protocol="generic", sandbox=sandbox_backend)
+    assert trace.answer == "640 pixels" and trace.stop_reason == "answered"
+    assert trace.turns[0].stop_reason == "end_of_turn"

@@ -78,9 +78,13 @@ def answer_question(
     conv.feed_system(proto.system_prompt(trace.protocol, tools=options.tools))
     if not options.tools:
         conv.feed_user(proto.direct_prompt(trace.question), [image.path])
-        reply = proto.parse_reply(_generate(conv, trace, options, events).text)
+        gen = _generate(conv, trace, options, events)
+        reply = proto.parse_reply(gen.text)
         if reply.answer is not None:
-            return _finish(trace, "answered", reply.answer, started, conv)
+            if reply.answer_truncated and gen.stop_reason == "max_tokens":
+                return _truncated(trace, reply.answer, gen, started, conv)
+            if (answer := clean_answer(reply.answer)) is not None:
+                return _finish(trace, "answered", answer, started, conv)
         return _final_answer(conv, trace, options, events, started, generic)
     conv.feed_user(proto.user_prompt(trace.question, sandbox.image_path, image.width, image.height), [image.path])
     if generic and hasattr(conv, "use_fences"):
@@ -93,7 +97,7 @@ def answer_question(
         gen = _generate(conv, trace, options, events, lenient_fences=generic)
         reply = proto.parse_reply(gen.text, lenient_fences=generic)
         if reply.answer is not None:
-            if reply.answer_truncated:
+            if reply.answer_truncated and gen.stop_reason == "max_tokens":
                 return _truncated(trace, reply.answer, gen, started, conv)
             if (answer := clean_answer(reply.answer)) is not None:
                 return _finish(trace, "answered", answer, started, conv)
