@@ -11,8 +11,8 @@ under ~/.cache/thyme-bench. Each mode runs in a child process, so a crash is a r
 
 - ``off``: no extra buffer types (what thyme uses where the probe saw a crash);
 - ``on``: llama.cpp's default (AMX first, then repacked layouts);
-- ``repack``: only the CPU_REPACK buffer type, given to the layer matrices whose type it repacks
-  (Q4_0, Q4_K, IQ4_NL) through ``tensor_buft_overrides`` -- what a repack-without-AMX fix would give.
+- ``repack``: only the CPU_REPACK buffer type, given to the Q4_0 / Q4_K layer matrices through
+  ``tensor_buft_overrides`` -- what thyme uses where the probe saw AMX crash and repack run.
 
 The last line of output is one JSON object.
 """
@@ -30,7 +30,6 @@ from typing import Any
 
 CACHE = Path.home() / ".cache" / "thyme-bench"
 MODES = ("off", "on", "repack")
-REPACK_TYPES = {"Q4_0", "Q4_K", "IQ4_NL"}
 
 
 def build_model(quant: str, layers: int) -> Path:
@@ -51,18 +50,15 @@ def build_model(quant: str, layers: int) -> Path:
     return out
 
 
-def repack_pattern(model: Path) -> str:
-    """An exact-name regex of the layer matrices whose type the repack buffer handles."""
-    import gguf
+def repack_names(model: Path) -> list[str]:
+    """The layer matrices thyme puts in CPU_REPACK after an AMX crash (engine/cpu_probe)."""
+    from thyme_cli.engine.cpu_probe import repack_tensor_names
+    from thyme_cli.engine.gguf_meta import read_tensor_types
 
-    reader = gguf.GGUFReader(str(model))
-    names = [t.name for t in reader.tensors
-             if t.name.startswith("blk.") and t.name.endswith(".weight") and t.tensor_type.name in REPACK_TYPES
-             and len(t.shape) == 2]
-    return "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$" if names else ""
+    return repack_tensor_names(read_tensor_types(model))
 
 
-def child(model: str, mode: str, pattern: str, threads: int, n_prompt: int, n_gen: int) -> None:
+def child(model: str, mode: str, names: str, threads: int, n_prompt: int, n_gen: int) -> None:
     import ctypes
 
     import llama_cpp
@@ -78,38 +74,14 @@ def child(model: str, mode: str, pattern: str, threads: int, n_prompt: int, n_ge
     mp.use_extra_bufts = mode == "on"
     keep: list[Any] = []
     if mode == "repack":
-        lib = Path(llama_cpp.__file__).parent / "lib"
-        ggml = ctypes.CDLL(str(lib / "libggml.so"))
-        base = ctypes.CDLL(str(lib / "libggml-base.so"))
-        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-        ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-        ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        base.ggml_backend_buft_name.restype = ctypes.c_char_p
-        base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-        dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-        reg = ggml.ggml_backend_dev_backend_reg(dev)
-        addr = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
-        get = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)
-        bufts = get(dev)
-        repack = None
-        i = 0
-        while bufts[i]:
-            if base.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
-                repack = bufts[i]
-            i += 1
-        if repack is None or not pattern:
+        from thyme_cli.engine.cpu_probe import repack_overrides
+
+        overrides = repack_overrides(names.split(",") if names else [])
+        if overrides is None:
             print(json.dumps({"mode": mode, "unavailable": "no CPU_REPACK buffer type or no repackable matrix"}))
             return
-
-        class Override(ctypes.Structure):
-            _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
-
-        arr = (Override * 2)(Override(pattern.encode(), repack), Override(None, None))
-        keep.append(arr)
-        mp.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
+        keep.append(overrides)
+        mp.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
     t0 = time.perf_counter()
     model_p = llama_cpp.llama_model_load_from_file(model.encode(), mp)
     load_s = time.perf_counter() - t0
@@ -137,8 +109,8 @@ def child(model: str, mode: str, pattern: str, threads: int, n_prompt: int, n_ge
                       "decode_tok_s": round(n_gen / gen_s, 2)}))
 
 
-def run_mode(model: Path, mode: str, pattern: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", str(model), mode, pattern, str(args.threads), str(args.prompt),
+def run_mode(model: Path, mode: str, names: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", str(model), mode, names, str(args.threads), str(args.prompt),
            str(args.gen)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode < 0:
@@ -166,8 +138,8 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {}
     for quant in args.quant:
         model = build_model(quant, args.layers)
-        pattern = repack_pattern(model)
-        results[quant] = [run_mode(model, mode, pattern, args) for mode in MODES]
+        names = ",".join(repack_names(model))
+        results[quant] = [run_mode(model, mode, names, args) for mode in MODES]
         for r in results[quant]:
             figures = (f"crashed ({r['crashed']})" if "crashed" in r else r.get("failed") or r.get("unavailable")
                        or f"prompt {r['prompt_tok_s']:8.1f} tok/s   decode {r['decode_tok_s']:6.2f} tok/s   "
