@@ -58,4 +58,4 @@ def upstream_box(x1: float, y1: float, x2: float, y2: float, width: float, heigh
 
 
 def rounded(values: list[float]) -> list[int]:
-    return [int(round(v)) for v in values]
+    return [round(v) for v in values]

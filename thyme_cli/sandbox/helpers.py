@@ -42,7 +42,7 @@ def thyme_slice(obj: Any, y1: Any, y2: Any, x1: Any, x2: Any) -> Any:
     if not all(_real(v) for v in (top, bottom, left, right)):
         return obj[plain]
     original = [float(v) for v in (left, top, right, bottom)]
-    box = boxrule.upstream_box(*original, width, height)
+    box = boxrule.upstream_box(original[0], original[1], original[2], original[3], width, height)
     if boxrule.rounded(box) == boxrule.rounded(original):
         return obj[plain]
     nl, nt, nr, nb = boxrule.rounded(box)

@@ -47,7 +47,8 @@ class LiteralBoxFixer(_Fixer):
         if any(v is None for v in raw):
             return
         numbers = [float(v) for v in raw if v is not None]
-        box = boxrule.upstream_box(*numbers, self.width, self.height)
+        x1, y1, x2, y2 = numbers
+        box = boxrule.upstream_box(x1, y1, x2, y2, self.width, self.height)
         if boxrule.rounded(box) != boxrule.rounded(numbers):
             value.elts = [ast.copy_location(ast.Constant(v), e) for v, e in zip(boxrule.rounded(box), value.elts, strict=True)]
             self.changed = True
