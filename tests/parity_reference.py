@@ -10,12 +10,12 @@ the real Qwen2.5-VL ones (vocab.json, merges.txt, tokenizer_config.json, chat_te
 preprocessor_config.json from ../shared/data/qwen2.5-vl), so the converter meets the real
 pre-tokenizer and the model has the real vocabulary (151,936 rows).
 
-`conversation` builds a Thyme conversation exactly as upstream's evaluation does
-(vlmeval/vlm/thyme/model.py: messages [system, user[image, text], assistant[text,
+`conversation` builds a Thyme conversation exactly as upstream's evaluation does after each of
+its turns (vlmeval/vlm/thyme/model.py: messages [system, user[image, text], assistant[text,
 "<sandbox_output>", image, "</sandbox_output>", text]], `apply_chat_template(tokenize=False)` with
 the trailing "<|im_end|>\\n" of the open assistant turn removed, `Qwen2_5_VLProcessor(text,
 images)` with the given min/max pixels), or a generic one (the observation as a user turn), and
-writes its input_ids, the M-RoPE positions of `get_rope_index`, and the logits after every turn.
+writes for each state its input_ids, the M-RoPE positions of `get_rope_index` and the last logits.
 """
 
 from __future__ import annotations
@@ -79,26 +79,36 @@ def build(out: Path, data: Path, seed: int = 0) -> None:
     print(json.dumps({"out": str(out), "special_ids": ids}))
 
 
-def _messages(req: dict[str, Any]) -> list[dict[str, Any]]:
-    """Upstream's message list for the request (images by path, in order)."""
-    image = {"type": "image", "image": req["images"][0]}
+def _messages(req: dict[str, Any], state: int) -> tuple[list[dict[str, Any]], bool, int]:
+    """Upstream's message list after turn ``state`` (1: user turn, 2: + code segment, 3: + the
+    sandbox output with its image, 4: + the final answer); also whether a generation prompt ends
+    it and how many images it holds."""
+    image1 = {"type": "image", "image": req["images"][0]}
+    image2 = {"type": "image", "image": req["images"][1]}
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": req["system"]},
-        {"role": "user", "content": [image, {"type": "text", "text": req["user"]}]},
+        {"role": "user", "content": [image1, {"type": "text", "text": req["user"]}]},
     ]
-    if req["protocol"] == "thyme":
-        content: list[dict[str, Any]] = [{"type": "text", "text": req["assistant"][0]}]
-        content += [{"type": "text", "text": "<sandbox_output>"}, {"type": "image", "image": req["images"][1]},
-                    {"type": "text", "text": "</sandbox_output>"}]
-        content += [{"type": "text", "text": t} for t in req["assistant"][1:]]
+    if state == 1:
+        return messages, True, 1
+    segment1, segment2 = req["assistant"]
+    observation = [{"type": "text", "text": "<sandbox_output>"}, image2, {"type": "text", "text": "</sandbox_output>"}]
+    if req["protocol"] == "thyme":  # the observation inside the same assistant turn
+        content: list[dict[str, Any]] = [{"type": "text", "text": segment1}]
+        if state >= 3:
+            content += observation
+        if state >= 4:
+            content.append({"type": "text", "text": segment2})
         messages.append({"role": "assistant", "content": content})
-    else:  # generic: the observation comes back as a user turn
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": req["assistant"][0]}]})
-        messages.append({"role": "user", "content": [{"type": "text", "text": "<sandbox_output>"},
-                                                     {"type": "image", "image": req["images"][1]},
-                                                     {"type": "text", "text": "</sandbox_output>"}]})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": t} for t in req["assistant"][1:]]})
-    return messages
+        return messages, False, 1 if state == 2 else 2
+    messages.append({"role": "assistant", "content": [{"type": "text", "text": segment1}]})
+    if state == 2:
+        return messages, False, 1
+    messages.append({"role": "user", "content": observation})
+    if state == 3:
+        return messages, True, 2
+    messages.append({"role": "assistant", "content": [{"type": "text", "text": segment2}]})
+    return messages, False, 2
 
 
 def _processor(tf: Any, ckpt: Path, min_pixels: int, max_pixels: int) -> Any:
@@ -129,27 +139,31 @@ def conversation(ckpt: Path, request_path: Path, out_path: Path) -> None:
     image_mod = _import("PIL.Image")
     req = json.loads(request_path.read_text(encoding="utf-8"))
     processor = _processor(tf, ckpt, req["min_pixels"], req["max_pixels"])
-    messages = _messages(req)
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-    if text.endswith("<|im_end|>\n"):  # upstream continues the open assistant turn
-        text = text[: -len("<|im_end|>\n")]
-    images = [image_mod.open(p).convert("RGB") for p in req["images"]]
-    inputs = processor(text=[text], images=images, return_tensors="pt")
-    ids = inputs["input_ids"]
-    results: dict[str, Any] = {"input_ids": ids[0].numpy(), "image_grid_thw": inputs["image_grid_thw"].numpy()}
     model = tf.Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
-    image_id = model.config.image_token_id
-    types = (ids == image_id).long()
-    with torch.no_grad():
-        rope = model.model.get_rope_index(ids, inputs["image_grid_thw"], None, attention_mask=inputs["attention_mask"])
-        positions = rope[0] if isinstance(rope, tuple) else rope
-        results["positions"] = positions[:, 0, :].numpy()
-        out = model(input_ids=ids, attention_mask=inputs["attention_mask"], mm_token_type_ids=types,
-                    pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
-        results["logits"] = out.logits[0].float().numpy()
-    results["text"] = np.array(text)
+    all_images = [image_mod.open(p).convert("RGB") for p in req["images"]]
+    results: dict[str, Any] = {}
+    for state in range(1, 5):
+        messages, generation_prompt, n_images = _messages(req, state)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        if not generation_prompt and text.endswith("<|im_end|>\n"):  # upstream continues the open turn
+            text = text[: -len("<|im_end|>\n")]
+        inputs = processor(text=[text], images=all_images[:n_images], return_tensors="pt")
+        ids = inputs["input_ids"]
+        types = (ids == model.config.image_token_id).long()
+        with torch.no_grad():
+            kwargs = {"input_ids": ids, "mm_token_type_ids": types, "image_grid_thw": inputs["image_grid_thw"],
+                      "attention_mask": inputs["attention_mask"]}
+            accepted = _import("inspect").signature(model.model.get_rope_index).parameters
+            rope = model.model.get_rope_index(**{k: v for k, v in kwargs.items() if k in accepted})  # 4.57 and 5.x
+            positions = rope[0] if isinstance(rope, tuple) else rope
+            out = model(input_ids=ids, attention_mask=inputs["attention_mask"], mm_token_type_ids=types,
+                        pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+        results[f"input_ids_{state}"] = ids[0].numpy()
+        results[f"positions_{state}"] = positions[:, 0, :].numpy()
+        results[f"logits_{state}"] = out.logits[0, -1].float().numpy()
+        results[f"text_{state}"] = np.array(text)
     np.savez(out_path, **results)
-    print(json.dumps({"saved": str(out_path), "n_tokens": int(ids.shape[1])}))
+    print(json.dumps({"saved": str(out_path), "n_tokens": int(results["input_ids_4"].shape[0])}))
 
 
 def main(argv: list[str]) -> int:

@@ -52,7 +52,7 @@ SEGMENT_1 = (
 SEGMENT_2 = "\nThe zoomed plate reads S QT 911, which is option A.</think>\n<answer>A</answer>"
 
 
-def _images(tmp: Path) -> list[Path]:
+def make_images(tmp: Path) -> list[Path]:
     from PIL import Image
 
     rng = np.random.default_rng(3)
@@ -85,7 +85,7 @@ def _convert(run_thyme: RunThyme, ckpt: Path) -> tuple[Path, Path, str]:
     return model, mmproj, result.stdout + result.stderr
 
 
-def _thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> dict[str, Any]:
+def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> dict[str, Any]:
     """Feed the conversation through thyme's engine as the agent loop does; record tokens,
     positions (as llama.cpp was given and returned them) and logits after every turn."""
     from thyme_cli import protocol as proto
@@ -113,14 +113,30 @@ def _thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) ->
         assert new == pos + max(nx, ny)  # what llama.cpp returned as the next position
         return new
 
+    plain_rm = native.seq_rm
+
+    def seq_rm(p0: int) -> None:  # llama.cpp drops the cells at positions >= p0 (their t component)
+        positions[:] = [block[:, block[0] < p0] for block in positions]
+        plain_rm(p0)
+
     native.decode_tokens, native.decode_image = decode_tokens, decode_image  # type: ignore[method-assign]
+    native.seq_rm = seq_rm  # type: ignore[method-assign]
     try:
         conv = engine.open()
-        logits, ends = [], []
+        pad = native.tokenize("<|image_pad|>")
+        assert len(pad) == 1
+        states: list[dict[str, Any]] = []
 
         def mark() -> None:
-            logits.append(conv.logits().copy())
-            ends.append(sum(p.shape[1] for p in positions))
+            """The state after a turn: tokens (images as their pads), positions, next-token logits."""
+            ids: list[int] = []
+            for item in conv.token_stream():
+                if isinstance(item, PreparedImage):
+                    ids += pad * ((item.width // 28) * (item.height // 28))
+                else:
+                    ids.append(int(item))
+            states.append({"ids": ids, "positions": np.concatenate(positions, axis=1),
+                           "logits": conv.logits().copy()})
 
         conv.feed_system(proto.system_prompt(protocol))
         from PIL import Image
@@ -140,25 +156,24 @@ def _thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) ->
         mark()
         conv.feed_assistant(SEGMENT_2)
         mark()
-        stream = conv.token_stream()
-        pad = native.tokenize("<|image_pad|>")
-        assert len(pad) == 1
-        ids: list[int] = []
-        for item in stream:
-            if isinstance(item, PreparedImage):
-                ids += pad * ((item.width // 28) * (item.height // 28))
-            else:
-                ids.append(int(item))
         sizing = engine.image_sizing
         conv.close()
     finally:
         engine.close()
-    return {"ids": ids, "positions": np.concatenate(positions, axis=1), "logits": logits, "ends": ends,
+    return {"states": states,
             "user_text": user.replace(proto.IMAGE_MARKER, "", 1),
             "system": proto.system_prompt(protocol), "min_pixels": sizing.min_pixels, "max_pixels": sizing.max_pixels}
 
 
-def _reference(python: Path, ckpt: Path, request: dict[str, Any], tmp: Path) -> Any:
+def reference_request(protocol: str, ours: dict[str, Any], images: list[Path]) -> dict[str, Any]:
+    return {
+        "protocol": protocol, "system": ours["system"], "user": ours["user_text"],
+        "assistant": [SEGMENT_1, SEGMENT_2], "images": [str(p) for p in images],
+        "min_pixels": ours["min_pixels"], "max_pixels": ours["max_pixels"],
+    }
+
+
+def reference(python: Path, ckpt: Path, request: dict[str, Any], tmp: Path) -> Any:
     req, out = tmp / "request.json", tmp / "reference.npz"
     req.write_text(json.dumps(request))
     result = subprocess.run([str(python), "-I", str(REFERENCE), "conversation", str(ckpt), str(req), str(out)],
@@ -167,19 +182,27 @@ def _reference(python: Path, ckpt: Path, request: dict[str, Any], tmp: Path) -> 
     return np.load(out)
 
 
-def _compare(ours: dict[str, Any], ref: Any, label: str) -> float:
-    want = [int(t) for t in ref["input_ids"]]
-    if ours["ids"] != want:
-        first = next(i for i, (a, b) in enumerate(zip(ours["ids"] + [-1], want + [-1], strict=False)) if a != b)
-        raise AssertionError(f"{label}: tokens differ from position {first}: thyme {ours['ids'][first:first + 8]} "
-                             f"transformers {want[first:first + 8]} (lengths {len(ours['ids'])}, {len(want)})")
-    assert np.array_equal(ours["positions"], ref["positions"]), f"{label}: M-RoPE positions differ"
-    diffs = [float(np.abs(lg - ref["logits"][end - 1]).max()) for lg, end in zip(ours["logits"], ours["ends"], strict=True)]
-    print(f"{label}: {len(want)} tokens equal, positions equal, logits max|diff| per turn {['%.1e' % d for d in diffs]}")
-    assert np.abs(ref["logits"]).max() > 2.0  # not a flat model: the tolerance means something
-    for lg, end in zip(ours["logits"], ours["ends"], strict=True):
-        assert lg.argmax() == ref["logits"][end - 1].argmax()
-    return max(diffs)
+def parity_figures(ours: dict[str, Any], ref: Any) -> dict[str, Any]:
+    """Token, position and next-token logit agreement between thyme and transformers after every
+    turn (each state compared with transformers' own build of the conversation up to there)."""
+    tokens_equal, positions_equal, diffs, argmax, first_diff = [], [], [], [], None
+    scale = 0.0
+    for k, state in enumerate(ours["states"], 1):
+        want = [int(t) for t in ref[f"input_ids_{k}"]]
+        same = state["ids"] == want
+        tokens_equal.append(same)
+        if not same and first_diff is None:
+            i = next(i for i, (a, b) in enumerate(zip([*state["ids"], -1], [*want, -1], strict=False)) if a != b)
+            first_diff = {"state": k, "at": i, "thyme": state["ids"][i:i + 8], "transformers": want[i:i + 8]}
+        positions_equal.append(same and np.array_equal(state["positions"], ref[f"positions_{k}"]))
+        diffs.append(float(np.abs(state["logits"] - ref[f"logits_{k}"]).max()))
+        argmax.append(bool(state["logits"].argmax() == ref[f"logits_{k}"].argmax()))
+        scale = max(scale, float(np.abs(ref[f"logits_{k}"]).max()))
+    return {
+        "tokens_equal": all(tokens_equal), "n_tokens": [len(s["ids"]) for s in ours["states"]],
+        "first_difference": first_diff, "positions_equal": all(positions_equal),
+        "logits_max_abs_diff_per_turn": diffs, "argmax_equal": argmax, "logits_scale": scale,
+    }
 
 
 def test_real_tokenizer_converts_without_fallback(real_vocab_model: dict[str, Path], converter: Path,
@@ -210,13 +233,13 @@ def test_conversation_tokens_positions_and_logits_match_transformers(
     protocol: str, real_vocab_model: dict[str, Path], converter: Path, run_thyme: RunThyme, tmp_path: Path
 ) -> None:
     model, mmproj, _log = _convert(run_thyme, real_vocab_model["ckpt"])
-    images = _images(tmp_path)
-    ours = _thyme_side(model, mmproj, images, protocol)
-    request = {
-        "protocol": protocol, "system": ours["system"], "user": ours["user_text"],
-        "assistant": [SEGMENT_1, SEGMENT_2], "images": [str(p) for p in images],
-        "min_pixels": ours["min_pixels"], "max_pixels": ours["max_pixels"],
-    }
-    ref = _reference(converter, real_vocab_model["ckpt"], request, tmp_path)
-    worst = _compare(ours, ref, protocol)
-    assert worst < LOGITS_TOL
+    images = make_images(tmp_path)
+    ours = thyme_side(model, mmproj, images, protocol)
+    request = reference_request(protocol, ours, images)
+    ref = reference(converter, real_vocab_model["ckpt"], request, tmp_path)
+    fig = parity_figures(ours, ref)
+    print(f"{protocol}: {json.dumps(fig)}")
+    assert fig["tokens_equal"], fig
+    assert fig["positions_equal"], "M-RoPE positions differ"
+    assert fig["logits_scale"] > 2.0  # not a flat model: the tolerance means something
+    assert all(fig["argmax_equal"]) and max(fig["logits_max_abs_diff_per_turn"]) < LOGITS_TOL, fig
