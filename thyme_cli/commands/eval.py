@@ -87,7 +87,7 @@ def run(
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
     step_timeout: o.StepTimeoutOpt = 30.0,
-    on_error: o.OnErrorOpt = o.OnError.show,
+    on_error: o.OnErrorOpt = o.OnError.retry,  # the paper's evaluation discards failed steps (eval/paper.py)
     max_turns: o.MaxTurnsOpt = 5,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
@@ -128,7 +128,9 @@ def run(
     meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
             "fingerprint": fingerprint(items), "tools": not no_tools, "items": len(items), "limit": limit,
             "model": model or (f"scripted:{script.name}" if script else api_model), "shard": shard,
-            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": {"tools": not no_tools, "max_turns": max_turns, "max_tokens": max_tokens,
+                         "temperature": temperature, "on_error": on_error.value, "max_image_tokens": max_image_tokens}}
     if resume:
         check_resumable(paths, items, tools=not no_tools)
     write_side_table(paths, items, meta)
@@ -176,14 +178,20 @@ def _benchmark_name(path: Path) -> str:
 
 
 def _score_and_save(paths: EvalPaths) -> RunScore:
+    from thyme_cli.eval.paper import settings_markdown
     from thyme_cli.eval.report import markdown
     from thyme_cli.eval.score import item_rows, score_run
     from thyme_cli.eval.store import read_results, read_side_table, write_json, write_lines
 
-    run_score = score_run(read_results(paths.results), read_side_table(paths))
+    side = read_side_table(paths)
+    run_score = score_run(read_results(paths.results), side)
     write_lines(paths.scored, item_rows(run_score))
     write_json(paths.summary, run_score.to_dict())
-    paths.report.write_text(markdown([run_score], f"thyme eval: {run_score.benchmark}"), encoding="utf-8")
+    report = markdown([run_score], f"thyme eval: {run_score.benchmark}")
+    settings = side.meta.get("settings")
+    if isinstance(settings, dict):
+        report += "\n".join(settings_markdown(settings)) + "\n"
+    paths.report.write_text(report, encoding="utf-8")
     return run_score
 
 

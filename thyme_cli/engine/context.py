@@ -86,6 +86,7 @@ class LiveContext:
         self.logits_valid = False
         self.broken = False
         self.rollbacks = 0
+        self.retokenized = 0  # cells dropped and evaluated again by append's re-tokenization
         self.prefix_mark: int | None = None
 
     # --- state -----------------------------------------------------------------------------------
@@ -176,6 +177,7 @@ class LiveContext:
         index, tokens = joined
         self._check_room(self.marks[index][_CELLS], len(tokens), [])
         dropped = self.text[self.marks[index][_CHARS]:]  # re-evaluated below, with head
+        self.retokenized += self.cells - self.marks[index][_CELLS]
         self.broken = True
         self._cut(index)
         self._push_tokens(tokens, dropped + head)
