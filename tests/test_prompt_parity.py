@@ -22,6 +22,7 @@ Skips without the converter environment (`thyme models convert --setup`, as .ci/
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from tests.hub_fixtures import converter_fixture, converter_python_fixture  # no
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-QWEN_DATA = REPO.parent / "shared" / "data" / "qwen2.5-vl"
+# The real tokenizer/processor files (not in the repository: ~4 MB); THYME_QWEN_DATA moves them.
+QWEN_DATA = Path(os.environ.get("THYME_QWEN_DATA", REPO.parent / "shared" / "data" / "qwen2.5-vl"))
 REFERENCE = Path(__file__).resolve().parent / "parity_reference.py"
 # F32 weights, an F32 KV cache and no flash attention on both sides: only summation order
 # differs. Measured on a 2-core CPU: max |diff| 1.4e-3 to 1.8e-3 per turn (logits up to ~8), so
