@@ -29,7 +29,7 @@ class _Fixer(ast.NodeTransformer):
 
 def _number(node: ast.expr | None) -> float | None:
     """A literal int/float (upstream's `_get_numeric_value`: bools count, as isinstance says)."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, complex):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
         return node.value
     return None
 
