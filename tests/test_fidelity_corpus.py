@@ -7,7 +7,8 @@ data/fidelity_expected.json were obtained ONCE by running upstream's own
 versions recorded in the file) in a scratch virtualenv outside this project on the same synthetic
 images, with upstream's code regex extracting the code from the same reply text, one
 temp_output_dir per question and the execution context carried between steps. Upstream's code is
-not part of thyme. Every case runs here through the real jail (the backend `auto` picks).
+not part of thyme; data/record_upstream_expected.py is the recording script (run outside the
+project). Every case runs here through the real jail (the backend `auto` picks).
 Cases marked `improvement` are where thyme deliberately differs (docs/sandbox.md lists them).
 """
 
