@@ -170,8 +170,10 @@ class LiveContext:
         self._check()
         plan = self._checked(SyncPlan(-1, text, list(images)))
         head = text.split(IMAGE_MARKER, 1)[0]
+        t0 = time.perf_counter()
         joined = self._joined_tail(head) if head else None
         if joined is None:
+            self.counters.prefill_s += time.perf_counter() - t0
             self.apply(plan)
             return
         index, tokens = joined
@@ -182,6 +184,7 @@ class LiveContext:
         self._cut(index)
         self._push_tokens(tokens, dropped + head)
         self.broken = False
+        self.counters.prefill_s += time.perf_counter() - t0
         rest = text[len(head):]
         if rest:
             self.apply(self._checked(SyncPlan(-1, rest, list(images))))
