@@ -7,7 +7,7 @@ so line numbers in tracebacks still match the model's code.
 Repairs, in order:
 1. indentation (first line aligned to the second, dedent, tabs, re-indent by block structure);
 2. `image_path = "<not a real file>"` -> the true input path;
-3. `/mnt/data/temp_processed_images/...` -> the step's output directory (subdirectories created);
+3. `/mnt/data/temp_processed_images/...` -> the question's output folder (subdirectories created);
 4. `cv.`/`cv3.`/`cv4.`/`CV.` -> `cv2.` (and `import cv3/cv4` -> cv2);
 5. literal crop boxes, `:.Nf}` format specs and numpy slices of the input image, exactly as
    upstream Thyme rewrites them (repair_upstream.py, boxrule.py);
@@ -270,7 +270,7 @@ class _ImagePathFixer(_Fixer):
 
 
 class _OutputDirFixer(_Fixer):
-    """Every string literal under /mnt/data/temp_processed_images points at the step's output dir."""
+    """Every string literal under /mnt/data/temp_processed_images points at the question's output folder."""
 
     def __init__(self, output_dir: str, make_dirs: list[str]) -> None:
         self.output_dir = output_dir.rstrip("/")
