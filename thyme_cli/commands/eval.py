@@ -125,12 +125,16 @@ def run(
                          hint="add --resume to continue that eval, or choose another -o")
     wanted = (lambda item_id: in_shard(item_id, *shard_pos)) if shard_pos else None
     items = load_benchmark(benchmark, paths.images.resolve(), wanted, limit=limit)
+    from thyme_cli.eval.paper import paper_min_image_tokens
+
+    min_image_tokens = paper_min_image_tokens(_benchmark_name(benchmark))  # OCRBench: larger images, as the paper
     meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
             "fingerprint": fingerprint(items), "tools": not no_tools, "items": len(items), "limit": limit,
             "model": model or (f"scripted:{script.name}" if script else api_model), "shard": shard,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "settings": {"tools": not no_tools, "max_turns": max_turns, "max_tokens": max_tokens,
-                         "temperature": temperature, "on_error": on_error.value, "max_image_tokens": max_image_tokens}}
+            "settings": {"benchmark": _benchmark_name(benchmark), "tools": not no_tools, "max_turns": max_turns,
+                         "max_tokens": max_tokens, "temperature": temperature, "on_error": on_error.value,
+                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens}}
     if resume:
         check_resumable(paths, items, tools=not no_tools)
     write_side_table(paths, items, meta)
@@ -140,7 +144,7 @@ def run(
         o.warn_if_unsandboxed(sandbox)
     model_settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
-        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        max_image_tokens=max_image_tokens, min_image_tokens=min_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(
