@@ -81,8 +81,10 @@ def test_incremental_conversation_equals_evaluating_its_stream_from_scratch(
     conv = exact.open(no_eog(exact))
     thyme_conversation(conv, images)
     c = conv.counters
-    # Nothing was evaluated twice: every cell in the KV cache was computed exactly once.
-    assert c.tokens_evaluated + c.tokens_generated == conv.n_tokens
+    # Every cell in the KV cache was computed once, except the few generated tokens evaluated
+    # again when an observation joined them into other tokens (whole-conversation tokenization).
+    assert c.tokens_evaluated + c.tokens_generated == conv.n_tokens + c.retokenized
+    assert c.retokenized <= 16
     assert c.tokens_generated == 32
     assert c.images_encoded == 3
     incremental, stream = conv.logits(), conv.token_stream()

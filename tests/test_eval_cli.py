@@ -64,6 +64,11 @@ def test_eval_file_runs_every_item_and_scores_per_category(
     assert {c["name"]: c["accuracy"] for c in summary["categories"]} == {"word": 75.0, "number": 33.3}
     assert summary["tool_use"]["code_share"] == 100.0 and summary["tool_use"]["steps_per_item"] == 1.0
     assert summary["tools"] is True and summary["failed"] == 0
+    # run with the paper's evaluation settings unless told otherwise, and say so in the report
+    settings = json.loads((work / "meta.json").read_text())["settings"]
+    assert settings == {"benchmark": "synth", "tools": True, "max_turns": 5, "max_tokens": 2048, "temperature": 0.0,
+                        "on_error": "retry", "max_image_tokens": None, "min_image_tokens": None}
+    assert "All settings are those of the paper's evaluation." in (work / "report.md").read_text()
     scored = _lines(work / "scored.jsonl")
     assert [s["correct"] for s in scored] == [t.answer == "B" for t in truth]
     assert "| **accuracy** | 57.1 (4/7) |" in (work / "report.md").read_text()
@@ -265,8 +270,13 @@ def test_routed_model_zooms_per_item_and_tools_beat_direct_answers(
         {"match": _options_block(n3), "replies": ["<answer>A or B</answer>"]},
     ]
     tools = _script(tmp_path, "routes.json", {"routes": routes})
-    result = _invoke(["eval", str(path), "--script", str(tools)], tmp_path)
+    # --on-error show: this run checks how a failed step that the model saw is counted (the
+    # default, as in the paper's evaluation, discards it and regenerates)
+    result = _invoke(["eval", str(path), "--script", str(tools), "--on-error", "show"], tmp_path)
     assert result.exit_code == 0, result.output
+    report = (tmp_path / "synth.tools.eval" / "report.md").read_text()
+    assert "## Settings" in report and "| failed code step | show (differs) |" in report
+    assert "| code steps per question | 5 | 5 (max_iterations) |" in report
     summary = json.loads((tmp_path / "synth.tools.eval" / "summary.json").read_text())
     assert (summary["correct"], summary["scored"]) == (5, 7)
     assert {c["name"]: (c["correct"], c["scored"]) for c in summary["categories"]} == {"word": (4, 4), "number": (1, 3)}

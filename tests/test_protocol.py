@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -123,3 +124,21 @@ def test_parser_never_crashes_and_only_returns_parts_of_the_input(text: str) -> 
 def test_a_closed_answer_is_always_found(prefix: str, answer: str) -> None:
     text = prefix.replace("<", "(") + "<answer>" + answer.replace("<", "(") + "</answer>"
     assert parse_reply(text).answer == answer.replace("<", "(").strip()
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ("<code>\npyramid_volume = 3\nprint(pyramid_volume)\n</code>", "pyramid_volume = 3\nprint(pyramid_volume)"),
+        ("<code>\npy = 3\n</code>", "py = 3"),
+        ("<code>\npython_version = 3\n</code>", "python_version = 3"),
+        ("<code>\n```python\npython_version = 3\n```\n</code>", "python_version = 3"),
+        ("<code>\n```py\npy = 3\n```\n</code>", "py = 3"),
+        ("<code>\n```\npyx = 1\n```\n</code>", "pyx = 1"),
+        ("<code>```pyramid = 1```</code>", "pyramid = 1"),
+        ("<code>\npython\nx = 2\n</code>", "x = 2"),
+    ],
+)
+def test_only_a_fence_language_tag_is_dropped(reply: str, code: str) -> None:
+    assert parse_reply(reply).code == code
+    assert parse_reply(reply.removesuffix("</code>").rstrip("`\n")).code_truncated

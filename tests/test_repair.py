@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from thyme_cli.sandbox import helpers, repair
+from thyme_cli.sandbox import boxrule, helpers, repair, repair_upstream
 from thyme_cli.sandbox.repair import RepairContext, fix_indentation
 
 OUT = "/mnt/data/output/step3"
@@ -178,38 +178,65 @@ def test_repaired_tree_keeps_original_line_numbers() -> None:
     assert call.lineno == 3
 
 
-# -- crop boxes -----------------------------------------------------------------------------------
+# -- crop boxes: upstream's literal-box rule, nothing at run time ---------------------------------
+# (tests/test_fidelity_corpus.py checks the same rules against upstream's recorded results)
+
+
+
+def sized_ctx(w: int = 400, h: int = 300) -> RepairContext:
+    return RepairContext(image_path=INPUT, output_dir=OUT, is_file=lambda p: p == INPUT, image_size=(w, h))
+
+
+def run_sized(code: str, extra: dict[str, Any] | None = None, size: tuple[int, int] = (400, 300)) -> dict[str, Any]:
+    fixed = repair.repair(code, sized_ctx(*size))
+    assert fixed.tree is not None, fixed.syntax_error
+    ns: dict[str, Any] = {
+        repair.CROP_HELPER: helpers.thyme_crop,
+        repair.SLICE_HELPER: helpers.thyme_slice,
+        "Image": Image,
+        "np": np,
+        "image_path": INPUT,
+        **(extra or {}),
+    }
+    exec(compile(fixed.tree, "<string>", "exec"), ns)
+    return ns
 
 
 def make_image(w: int = 400, h: int = 300) -> Image.Image:
     return Image.new("RGB", (w, h), (10, 20, 30))
 
 
-def test_pil_crop_small_box_is_widened_to_64() -> None:
-    ns = run_repaired("c = img.crop((100, 100, 110, 105))", {"img": make_image()})
-    assert ns["c"].size == (64, 64)
+def test_readme_box_is_extended_from_its_top_left() -> None:
+    fixed = repair.repair("x1, y1, x2, y2 = 1250, 1030, 1360, 1070", sized_ctx(2496, 1392))
+    assert fixed.unparse() == "x1, y1, x2, y2 = (1250, 1030, 1360, 1094)"
+    assert "literal_box" in fixed.applied
 
 
-def test_pil_crop_reversed_and_out_of_bounds_box_is_ordered_and_clamped() -> None:
-    ns = run_repaired("c = img.crop((500, 350, -20, 100))", {"img": make_image()})
-    assert ns["c"].size == (400, 200)
+def test_literal_box_names_and_shapes() -> None:
+    code = (
+        "crop_box = (10, 10, 20, 20)\nbbox = [10, 10, 20, 20]\nplate = (10, 10, 20, 20)\n"
+        "left, top, right, bottom = 390, 290, 395, 295\nx1, y1, x2, y2 = -5, 0, 10, 10\n"
+        "a, b, c, d = 1, 2, 3, 4\nx1, y1, x2, y2 = w, 0, 10, 10"
+    )
+    ns = run_sized(code, {"w": 3})
+    assert ns["crop_box"] == (10, 10, 74, 74)
+    assert ns["bbox"] == [10, 10, 20, 20]  # a list: upstream leaves it
+    assert ns["plate"] == (10, 10, 20, 20)  # not one of upstream's names
+    assert (ns["left"], ns["top"], ns["right"], ns["bottom"]) == (336, 236, 400, 300)  # shifted back inside
+    assert (ns["a"], ns["b"], ns["c"], ns["d"]) == (1, 2, 3, 4)
+    assert (ns["x1"], ns["x2"]) == (3, 10)  # computed: untouched (and -5 is not a literal number)
 
 
-def test_pil_crop_computed_box_and_keyword_box() -> None:
-    code = "x1, y1 = 390, 290\nbox = [x1, y1, x1 + 30, y1 + 30]\nc = img.crop(box)\nd = img.crop(box=(0, 0, 5, 5))"
-    ns = run_repaired(code, {"img": make_image()})
-    assert ns["c"].size == (64, 64)  # clamped into the image, then widened inside it
-    assert ns["d"].size == (64, 64)
+def test_literal_box_without_image_size_is_left_alone() -> None:
+    fixed = repair.repair("crop_box = (10, 10, 20, 20)", ctx())
+    assert "literal_box" not in fixed.applied
 
 
-def test_pil_crop_of_small_image_is_the_whole_image() -> None:
-    ns = run_repaired("c = img.crop((1, 1, 2, 2))", {"img": make_image(40, 30)})
-    assert ns["c"].size == (40, 30)
-
-
-def test_valid_crop_is_unchanged() -> None:
-    ns = run_repaired("c = img.crop((10.0, 20, 210, 120))", {"img": make_image()})
-    assert ns["c"].size == (200, 100)
+def test_pil_crop_runs_as_pillow_runs_it() -> None:
+    code = "cx, cy = 200, 150\nc = img.crop((cx - 5, cy - 5, cx + 5, cy + 5))\nd = img.crop(box=(390, 290, 410, 310))"
+    ns = run_sized(code, {"img": make_image()})
+    assert ns["c"].size == (10, 10)
+    assert ns["d"].size == (20, 20) and ns["d"].getpixel((19, 19)) == (0, 0, 0)  # outside: black
 
 
 def test_crop_on_a_non_image_is_left_alone() -> None:
@@ -217,57 +244,68 @@ def test_crop_on_a_non_image_is_left_alone() -> None:
         def crop(self, box: Any) -> Any:
             return ("cropped", box)
 
-    ns = run_repaired("r = obj.crop((5, 5, 1, 1))", {"obj": Cropper()})
+    ns = run_sized("r = obj.crop((5, 5, 1, 1))", {"obj": Cropper()})
     assert ns["r"] == ("cropped", (5, 5, 1, 1))
 
 
-def test_numpy_slice_crop_is_fixed() -> None:
-    arr = np.zeros((300, 400, 3), dtype=np.uint8)
-    ns = run_repaired("y1, y2, x1, x2 = 120, 100, 390, 420\nroi = arr[y1:y2, x1:x2]", {"arr": arr})
-    assert ns["roi"].shape == (64, 64, 3)
+def test_numpy_slice_of_the_input_image_gets_upstreams_rule() -> None:
+    pixels = np.zeros((300, 400, 3), dtype=np.uint8)
+
+    class FakeCv2:  # cv2.imread of the input path, as the jail would return it
+        @staticmethod
+        def imread(path: str) -> Any:
+            assert path == INPUT
+            return pixels
+
+    code = "img = cv2.imread(image_path)\nroi = img[100:120, 390:420]\nbig = img[10:200, 10:300]\nsub = roi[0:10, 0:10]"
+    ns = run_sized(code, {"cv2": FakeCv2})
+    assert ns["roi"].shape == (64, 64, 3)  # 100..164, and 390..454 shifted back to 336..400
+    assert ns["big"].shape == (190, 290, 3)
+    assert ns["sub"].shape == (64, 64, 3)  # a crop of the input is still the input's pixels
 
 
-def test_numpy_slice_with_channel_index_and_negative_start() -> None:
-    arr = np.zeros((300, 400, 3), dtype=np.uint8)
-    ns = run_repaired("roi = arr[-10:50, 10:200, 0]", {"arr": arr})
-    assert ns["roi"].shape == (64, 190)
+def test_numpy_slices_of_other_arrays_are_untouched() -> None:
+    code = (
+        "M = np.array([[2, 1, 3], [0, 4, 5], [1, 0, 6]])\nm = M[1:3, 1:3]\n"
+        "img = np.array(Image.open(image_path))\ncorner = img[-120:-20, -200:-20]\n"
+        "cy = 50\nvar = img[cy:cy + 8, 0:8]\nimg = np.zeros((300, 400))\nafter = img[0:5, 0:5]"
+    )
+    fixed = repair.repair(code, sized_ctx())
+    text = fixed.unparse()
+    assert text.count(repair.SLICE_HELPER) == 0, text
 
 
-def test_numpy_slice_of_non_image_and_stores_are_untouched() -> None:
-    data = np.arange(10 * 10 * 7).reshape(10, 10, 7)  # 7 channels: not an image
-    arr = np.zeros((100, 100), dtype=np.uint8)
-    code = "part = data[0:2, 0:3]\narr[0:2, 0:2] = 255\ntotal = int(arr.sum())\nm = arr[5:6, 5:6].mean()"
-    ns = run_repaired(code, {"data": data, "arr": arr})
-    assert ns["part"].shape == (2, 3, 7)
-    assert ns["total"] == 4 * 255  # the store was not widened
-    assert ns["m"] == 0.0  # not an assignment of a bare slice: left alone
-
-
-def test_slice_and_crop_are_rewritten_in_the_tree() -> None:
-    fixed = repair.repair("a = img.crop(b)\nc = arr[1:2, 3:4]", ctx())
+def test_image_slice_is_rewritten_in_the_tree() -> None:
+    fixed = repair.repair("a = img.crop(b)\narr = cv2.imread(image_path)\nc = arr[1:2, 3:]", sized_ctx())
     text = fixed.unparse()
     assert f"{repair.CROP_HELPER}(img, b)" in text
-    assert f"{repair.SLICE_HELPER}(arr, 1, 2, 3, 4)" in text
-    assert "crop" in fixed.applied
+    assert f"{repair.SLICE_HELPER}(arr, 1, 2, 3, None)" in text
+    assert "image_slice" in fixed.applied
+
+
+def test_format_spec_rewrite() -> None:
+    code = 'r = 2 / 3\na = f"{r:.2f}"\nb = "{:.1f} {:.3f}".format(r, r)\nc = f"{r:.10f} {r:.2%}"\nd = "%.2f" % r'
+    ns = run_sized(code)
+    assert ns["a"] == "0.66666667"
+    assert ns["b"] == f"{2 / 3:.8f} {2 / 3:.8f}"
+    assert ns["c"] == f"{2 / 3:.10f} {2 / 3:.2%}"
+    assert ns["d"] == "0.67"
 
 
 @given(
     st.floats(-5000, 5000), st.floats(-5000, 5000), st.floats(-5000, 5000), st.floats(-5000, 5000),
     st.integers(1, 3000), st.integers(1, 3000),
 )  # fmt: skip
-def test_fix_box_always_valid(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> None:
-    box = helpers.fix_box((x1, y1, x2, y2), w, h)
-    assert box is not None
-    left, upper, right, lower = box
-    assert 0 <= left < right <= w and 0 <= upper < lower <= h
-    assert right - left >= min(64, w) and lower - upper >= min(64, h)
+def test_upstream_box_is_inside_and_at_least_64(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> None:
+    left, top, right, bottom = boxrule.upstream_box(x1, y1, x2, y2, w, h)
+    assert 0 <= left < right <= w and 0 <= top < bottom <= h
+    assert right - left >= min(64, w) - 1e-9 and bottom - top >= min(64, h) - 1e-9
 
 
-def test_fix_box_rejects_non_boxes() -> None:
-    assert helpers.fix_box((1, 2, 3), 100, 100) is None
-    assert helpers.fix_box(("a", 2, 3, 4), 100, 100) is None
-    assert helpers.fix_box(None, 100, 100) is None
-    assert helpers.fix_box((1, 2, float("nan"), 4), 100, 100) is None
+def test_upstream_box_extends_from_the_top_left() -> None:
+    assert boxrule.upstream_box(100, 100, 110, 105, 400, 300) == [100, 100, 164, 164]
+    assert boxrule.upstream_box(500, 350, -20, 100, 400, 300) == [0, 100, 400, 300]
+    assert boxrule.upstream_box(1, 1, 2, 2, 40, 30) == [0, 0, 40, 30]
 
 
 def test_repair_module_is_stdlib_only() -> None:
@@ -280,4 +318,14 @@ def test_repair_module_is_stdlib_only() -> None:
         if isinstance(n, ast.Import | ast.ImportFrom)
         for a in n.names
     }
-    assert imported <= {"__future__", "ast", "os", "posixpath", "textwrap", "collections", "dataclasses"}
+    allowed = {"__future__", "ast", "os", "posixpath", "re", "textwrap", "collections", "dataclasses"}
+    assert imported <= allowed | {"thyme_cli"}
+    for module in (repair_upstream, boxrule):  # the project modules it uses are stdlib-only too
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {
+            (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+            for n in tree.body
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+        assert names <= allowed | {"thyme_cli"}

@@ -140,7 +140,8 @@ def test_image_from_upstream_output_path_and_processed_path(sb: WorkerSandbox) -
     code = (
         "image_path = '/path/that/does/not/exist.jpg'\n"
         "img = Image.open(image_path)\n"
-        "crop = img.crop((600, 400, 610, 405))\n"
+        "x1, y1, x2, y2 = 600, 400, 610, 405\n"
+        "crop = img.crop((x1, y1, x2, y2))\n"
         "processed_path = '/mnt/data/temp_processed_images/zoomed_sign.png'\n"
         "crop.save(processed_path)\n"
         "print(processed_path, crop.size)\n"

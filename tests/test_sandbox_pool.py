@@ -147,12 +147,13 @@ def test_steps_keep_variables_and_images_come_back(pool: SandboxPool, images: li
         res = box.run(
             "counter = bump(counter)\n"
             "image_path = '/path/that/does/not/exist.jpg'\n"
-            "crop = Image.open(image_path).crop((5, 5, 20, 20))\n"
+            "x1, y1, x2, y2 = 5, 5, 20, 20\n"
+            "crop = Image.open(image_path).crop((x1, y1, x2, y2))\n"
             "crop.save('/mnt/data/temp_processed_images/zoom.png')\n"
             "print(counter, crop.size)\n"
         )
         assert res.ok, res.error
-        assert res.stdout.strip() == "42 (64, 64)"  # the repairs ran: real path, crop widened
+        assert res.stdout.strip() == "42 (64, 64)"  # the repairs ran: real path, literal box extended
         assert [p.name for p in res.images] == ["step2-zoom.png"]
         store.wait(res.images[0])  # compressed in the background
         with Image.open(res.images[0]) as im:
@@ -341,7 +342,7 @@ def test_files_in_tmp_and_output_do_not_reach_the_next_question(
     with ask(pool, images[0], tmp_path, "a") as a:
         res = a.run(textwrap.dedent("""
             import socket, stat
-            for root in ('/tmp', '/mnt/data/output', os.getcwd()):
+            for root in sorted({'/tmp', '/mnt/data/output', os.getcwd()}):
                 os.makedirs(f'{root}/deep/er/est', exist_ok=True)
                 open(f'{root}/deep/er/est/secret.txt', 'w').write('A was here')
                 open(f'{root}/.hidden', 'w').write('A')
@@ -367,8 +368,8 @@ def test_files_in_tmp_and_output_do_not_reach_the_next_question(
             free = {d: os.statvfs(d).f_bfree * os.statvfs(d).f_bsize for d in ('/tmp', '/mnt/data/output')}
             print(json.dumps({'found': sorted(found), 'free': free}))
             """)  # fmt: skip
-        step = "/mnt/data/output/step1"
-        assert out["found"] == sorted(["/tmp/.thyme-stderr", "/tmp/.thyme-stdout", step, f"/mnt/data/input/{images[1].name}"])
+        # (the output dir is the question's own folder, no per-step subfolder: nothing of A's is left)
+        assert out["found"] == sorted(["/tmp/.thyme-stderr", "/tmp/.thyme-stdout", f"/mnt/data/input/{images[1].name}"])
         free = out["free"]
         assert isinstance(free, dict)
         assert free["/tmp"] > (DEFAULTS.tmp_mb - 1) * MiB and free["/mnt/data/output"] > (DEFAULTS.output_mb - 1) * MiB

@@ -12,7 +12,10 @@ It drives llama.cpp's own converter (``convert_hf_to_gguf.main``) with three adj
   gets it at the top level in memory, so the projector export can find the architecture;
 - a BPE pre-tokenizer the converter does not know by hash falls back to ``qwen2`` only when the
   tokenizer.json declares exactly Qwen2's pre-tokenizer (so the fallback is right by construction),
-  or to the name the caller forces with ``--pre-tokenizer``.
+  or to the name the caller forces with ``--pre-tokenizer``;
+- the chat template written is the PROCESSOR's (chat_template.jinja / chat_template.json) when the
+  checkpoint has one: that is the template transformers renders image conversations with, while
+  Qwen2.5-VL's tokenizer_config.json carries a text-only one (which the converter would prefer).
 
 Every failure ends as one ``@@thyme {"event": "error", ...}`` line and exit status 1.
 """
@@ -120,6 +123,30 @@ def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
             return fallback
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+
+    special_vocab = _import("gguf.vocab").SpecialVocab
+    original_special_load = special_vocab._load
+
+    def load_special(self: Any, path: Path) -> None:
+        original_special_load(self, path)
+        template = processor_chat_template(Path(path))
+        if template is not None:
+            self.chat_template = template
+
+    special_vocab._load = load_special
+
+
+def processor_chat_template(model_dir: Path) -> str | None:
+    """The processor's chat template (what transformers renders images with), if the checkpoint has one."""
+    jinja = model_dir / "chat_template.jinja"
+    try:
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        data = json.loads((model_dir / "chat_template.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    return template if isinstance(template, str) else None
 
 
 class UnknownPreTokenizer(Exception):

@@ -40,9 +40,12 @@ FINAL_ANSWER_REQUEST = (
     "wrapped as <answer>...</answer>."
 )
 
-# Upstream's code-block pattern, plus tolerance for a language tag other than "python".
-_CODE_RE = re.compile(r"<code>\s*(?:```\s*)?(?:python\s*|py\s*)?([\s\S]*?)\s*(?:```\s*)?</code>", re.IGNORECASE)
-_OPEN_CODE_RE = re.compile(r"<code>\s*(?:```\s*)?(?:python\s*|py\s*)?([\s\S]*)$", re.IGNORECASE)
+# Upstream's code-block pattern, except that a language tag is dropped only where it is one: after
+# a fence, or alone on the first line. Upstream's `(?:python\s*)?` also eats the start of code such
+# as `python_version = 3`, and `py` must never be cut from `pyramid_volume = ...` or `py = 3`.
+_LANG_TAG = r"(?:```[ \t]*(?:(?:python3?|py)(?![\w.]))?[ \t]*\n?|(?:python3?|py)[ \t]*\n)?"
+_CODE_RE = re.compile(r"<code>\s*" + _LANG_TAG + r"([\s\S]*?)\s*(?:```\s*)?</code>", re.IGNORECASE)
+_OPEN_CODE_RE = re.compile(r"<code>\s*" + _LANG_TAG + r"([\s\S]*)$", re.IGNORECASE)
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py)[ \t]*\n([\s\S]*?)```", re.IGNORECASE)
 _ANSWER_RE = re.compile(r"<answer>([\s\S]*?)</answer>", re.IGNORECASE)
 _OPEN_ANSWER_RE = re.compile(r"<answer>([\s\S]*)$", re.IGNORECASE)

@@ -34,6 +34,7 @@ class ModelSettings:
     seed: int = 0
     n_ctx: int | None = None
     max_image_tokens: int | None = None
+    min_image_tokens: int | None = None  # None: the registry's (eval raises it for OCRBench, as the paper did)
     gpu_layers: int | None = None
     threads: int | None = None
     flash_attn: bool | None = None  # None: llama.cpp decides
@@ -81,11 +82,12 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
     files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
     from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions
 
+    extra = {"image_min_tokens": settings.min_image_tokens} if settings.min_image_tokens else {}
     options = EngineOptions.from_spec(
         spec, n_ctx=settings.n_ctx, max_image_tokens=settings.max_image_tokens,
         n_gpu_layers=settings.gpu_layers, n_threads=settings.threads, flash_attn=settings.flash_attn,
         chat_format=settings.chat_format or spec.chat_format or "auto",
-        chat_template_file=settings.chat_template or spec.chat_template,
+        chat_template_file=settings.chat_template or spec.chat_template, **extra,
     )
     sampling = SamplingOptions(
         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed

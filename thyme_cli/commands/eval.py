@@ -90,7 +90,7 @@ def run(
     step_images: o.StepImagesOpt = None,
     question_images: o.QuestionImagesOpt = None,
     keep_images: o.KeepImagesOpt = o.KeepImages.all,
-    on_error: o.OnErrorOpt = o.OnError.show,
+    on_error: o.OnErrorOpt = o.OnError.retry,  # the paper's evaluation discards failed steps (eval/paper.py)
     max_turns: o.MaxTurnsOpt = 5,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
@@ -130,10 +130,16 @@ def run(
                          hint="add --resume to continue that eval, or choose another -o")
     wanted = (lambda item_id: in_shard(item_id, *shard_pos)) if shard_pos else None
     items = load_benchmark(benchmark, paths.images.resolve(), wanted, limit=limit)
+    from thyme_cli.eval.paper import paper_min_image_tokens
+
+    min_image_tokens = paper_min_image_tokens(_benchmark_name(benchmark))  # OCRBench: larger images, as the paper
     meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
             "fingerprint": fingerprint(items), "tools": not no_tools, "items": len(items), "limit": limit,
             "model": model or (f"scripted:{script.name}" if script else api_model), "shard": shard,
-            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": {"benchmark": _benchmark_name(benchmark), "tools": not no_tools, "max_turns": max_turns,
+                         "max_tokens": max_tokens, "temperature": temperature, "on_error": on_error.value,
+                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens}}
     if resume:
         check_resumable(paths, items, tools=not no_tools)
     write_side_table(paths, items, meta)
@@ -143,7 +149,8 @@ def run(
         o.warn_if_unsandboxed(sandbox)
     model_settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
-        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        max_image_tokens=max_image_tokens, min_image_tokens=min_image_tokens,
+        gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
         chat_format=chat_format, chat_template=chat_template,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
@@ -183,14 +190,20 @@ def _benchmark_name(path: Path) -> str:
 
 
 def _score_and_save(paths: EvalPaths) -> RunScore:
+    from thyme_cli.eval.paper import settings_markdown
     from thyme_cli.eval.report import markdown
     from thyme_cli.eval.score import item_rows, score_run
     from thyme_cli.eval.store import read_results, read_side_table, write_json, write_lines
 
-    run_score = score_run(read_results(paths.results), read_side_table(paths))
+    side = read_side_table(paths)
+    run_score = score_run(read_results(paths.results), side)
     write_lines(paths.scored, item_rows(run_score))
     write_json(paths.summary, run_score.to_dict())
-    paths.report.write_text(markdown([run_score], f"thyme eval: {run_score.benchmark}"), encoding="utf-8")
+    report = markdown([run_score], f"thyme eval: {run_score.benchmark}")
+    settings = side.meta.get("settings")
+    if isinstance(settings, dict):
+        report += "\n".join(settings_markdown(settings)) + "\n"
+    paths.report.write_text(report, encoding="utf-8")
     return run_score
 
 

@@ -86,6 +86,7 @@ class LiveContext:
         self.logits_valid = False
         self.broken = False
         self.rollbacks = 0
+        self.retokenized = 0  # cells dropped and evaluated again by append's re-tokenization
         self.prefix_mark: int | None = None
 
     # --- state -----------------------------------------------------------------------------------
@@ -160,9 +161,78 @@ class LiveContext:
         self.apply(self.plan(target, images))
 
     def append(self, text: str, images: Sequence[PreparedImage]) -> None:
-        """Evaluate ``text`` right after what is there (no diff: the caller knows it extends)."""
+        """Evaluate ``text`` right after what is there (no diff: the caller knows it extends).
+
+        The tokens are those of the whole conversation tokenized at once (what transformers'
+        processor gives): text fed after text can merge with it (``</code>`` + ``<sandbox_output>``
+        has the token ``><``), so the tail is re-tokenized with it and re-evaluated where it differs.
+        """
         self._check()
-        self.apply(self._checked(SyncPlan(-1, text, list(images))))
+        plan = self._checked(SyncPlan(-1, text, list(images)))
+        head = text.split(IMAGE_MARKER, 1)[0]
+        t0 = time.perf_counter()
+        joined = self._joined_tail(head) if head else None
+        if joined is None:
+            self.counters.prefill_s += time.perf_counter() - t0
+            self.apply(plan)
+            return
+        index, tokens = joined
+        self._check_room(self.marks[index][_CELLS], len(tokens), [])
+        dropped = self.text[self.marks[index][_CHARS]:]  # re-evaluated below, with head
+        self.retokenized += self.cells - self.marks[index][_CELLS]
+        self.broken = True
+        self._cut(index)
+        self._push_tokens(tokens, dropped + head)
+        self.broken = False
+        self.counters.prefill_s += time.perf_counter() - t0
+        rest = text[len(head):]
+        if rest:
+            self.apply(self._checked(SyncPlan(-1, rest, list(images))))
+
+    def _safe_mark(self, head: str) -> int | None:
+        """The latest clean mark after the last image where tokenizing may restart: right after a
+        control token, or after a newline that non-space text follows (Qwen2/GPT-style
+        pre-tokenizers never join across either)."""
+        text = self.text
+        following = text + head[:1]
+        for index in range(len(self.marks) - 1, -1, -1):
+            m = self.marks[index]
+            if m[_IMAGES] != len(self.images):
+                return None
+            if not m[_CLEAN]:
+                continue
+            if m[_STREAM] == 0:
+                return index
+            before = self.stream[m[_STREAM] - 1]
+            if isinstance(before, int) and self.native.is_control(before):
+                return index
+            nxt = following[m[_CHARS] : m[_CHARS] + 1]
+            if text[m[_CHARS] - 1 : m[_CHARS]] == "\n" and nxt and not nxt.isspace():
+                return index
+        return None
+
+    def _joined_tail(self, head: str) -> tuple[int, list[int]] | None:
+        """(mark to cut back to, tokens to evaluate after it) when ``head`` joins the text before it
+        differently than tokenizing it alone; None when appending it as is gives the same tokens."""
+        if not self.stream or not isinstance(self.stream[-1], int):
+            return None
+        start = self._safe_mark(head)
+        if start is None:
+            return None
+        m = self.marks[start]
+        tail_text = self.text[m[_CHARS]:]
+        tail = [t for t in self.stream[m[_STREAM]:] if isinstance(t, int)]
+        joint = self.native.tokenize(tail_text + head)
+        if joint == tail + self.native.tokenize(head):
+            return None
+        differ = next((i for i, (a, b) in enumerate(zip(joint, tail, strict=False)) if a != b), min(len(joint), len(tail)))
+        index = start
+        for k in range(len(self.marks) - 1, start, -1):
+            mk = self.marks[k]
+            if mk[_CLEAN] and mk[_STREAM] - m[_STREAM] <= differ:
+                index = k
+                break
+        return index, joint[self.marks[index][_STREAM] - m[_STREAM]:]
 
     def apply(self, plan: SyncPlan) -> None:
         if not plan.suffix:
@@ -178,9 +248,20 @@ class LiveContext:
             self.broken = True  # until the whole suffix is in
             if plan.rolls_back:
                 self._cut(plan.mark_index)
-            self._evaluate(chunks, plan.images)
+            after_images = self._evaluate(chunks, plan.images)
         # Prefill: everything but the vision encoder (tokenizing, image preprocessing, decoding).
         c.prefill_s += time.perf_counter() - t0 - (c.image_encode_s - encode0)
+        # A mark right after each image (and the control tokens the projector puts after it, e.g.
+        # <|vision_end|>): libmtmd tokenizes the text after an image on its own, so a later
+        # append may re-tokenize from there (see append).
+        marker_ends = []
+        at = plan.suffix.find(IMAGE_MARKER)
+        while at >= 0:
+            marker_ends.append(at + len(IMAGE_MARKER))
+            at = plan.suffix.find(IMAGE_MARKER, at + 1)
+        n_before = len(self.images) - len(after_images)
+        for k, (end, (stream_len, pos, cells)) in enumerate(zip(marker_ends, after_images, strict=False)):
+            self.marks.append((self._chars + end, pos, cells, n_before + k + 1, stream_len, True))
         self._pieces.append(plan.suffix)
         self._chars += len(plan.suffix)
         self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
@@ -211,11 +292,19 @@ class LiveContext:
         del self.stream[m[_STREAM]:]
         self.rollbacks += 1
 
-    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> None:
+    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> list[tuple[int, int, int]]:
+        """Evaluate the chunks; returns (stream length, position, cells) right after each image and
+        the control tokens that follow it."""
         native, c = self.native, self.counters
         it = iter(images)
+        after: list[tuple[int, int, int]] = []
         for chunk in chunks:
             if not chunk.image:
+                if after and after[-1][0] == len(self.stream):  # the text chunk right after an image
+                    lead = 0
+                    while lead < len(chunk.tokens) and native.is_control(chunk.tokens[lead]):
+                        lead += 1
+                    after[-1] = (len(self.stream) + lead, self.pos + lead, self.cells + lead)
                 if chunk.tokens:
                     native.decode_tokens(chunk.tokens, self.pos)
                     self.pos += chunk.n_tokens
@@ -240,6 +329,8 @@ class LiveContext:
             self.images.append(image)
             self.stream.append(image)
             self.logits_valid = False  # image decodes produce no logits
+            after.append((len(self.stream), self.pos, self.cells))
+        return after
 
     def _check_grid(self, image: PreparedImage, chunk: Chunk) -> None:
         """mtmd must keep the smart_resize grid; if it resized again, the model sees another image."""
@@ -266,6 +357,19 @@ class LiveContext:
         self.native.decode_one(last, self.pos - 1)
         self.logits_valid = True
         self.broken = False
+
+    def _push_tokens(self, tokens: list[int], text: str) -> None:
+        """Evaluate exact tokens (which spell ``text``) after the current end, as one unit."""
+        if tokens:
+            self.native.decode_tokens(tokens, self.pos)
+            self.pos += len(tokens)
+            self.cells += len(tokens)
+            self.stream.extend(tokens)
+            self.counters.tokens_evaluated += len(tokens)
+            self.logits_valid = True
+        self._pieces.append(text)
+        self._chars += len(text)
+        self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
 
     def push_token(self, token: int, text: str, clean: bool) -> None:
         """Evaluate one generated token and record it (the decode loop's only bookkeeping)."""

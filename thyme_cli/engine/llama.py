@@ -54,6 +54,7 @@ class LlamaCounters(Counters):
     native_s: float = 0.0  # seconds inside llama.cpp / libmtmd calls (the rest is Python)
     image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
     rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
+    retokenized: int = 0  # cells evaluated again because fed text joined the text before it into other tokens
 
 
 def _read_template(path: Path) -> str:
@@ -436,6 +437,7 @@ class LlamaConversation:
         c = self._counters
         c.native_s = self._native.native_s - self._native_start
         c.rollbacks = self._live.rollbacks
+        c.retokenized = self._live.retokenized
         return c
 
     @property

@@ -332,6 +332,10 @@ class Native:
             got = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         return got
 
+    def is_control(self, token: int) -> bool:
+        """A control (special) token such as <|im_start|>: the tokenizer always splits around it."""
+        return bool(llama_cpp.llama_vocab_is_control(self.vocab, token))
+
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         data = text.encode()
         cap = len(data) + 8

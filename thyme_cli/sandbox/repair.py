@@ -7,11 +7,11 @@ so line numbers in tracebacks still match the model's code.
 Repairs, in order:
 1. indentation (first line aligned to the second, dedent, tabs, re-indent by block structure);
 2. `image_path = "<not a real file>"` -> the true input path;
-3. `/mnt/data/temp_processed_images/...` -> the step's output directory (subdirectories created);
+3. `/mnt/data/temp_processed_images/...` -> the question's output folder (subdirectories created);
 4. `cv.`/`cv3.`/`cv4.`/`CV.` -> `cv2.` (and `import cv3/cv4` -> cv2);
-5. crop boxes: `x.crop(box)` -> `__thyme_crop__(x, box)` and `name = arr[y1:y2, x1:x2]` ->
-   `name = __thyme_slice__(arr, y1, y2, x1, x2)`; the helpers (helpers.py) order, clamp and widen
-   the box to >= 64 px against the real image size at run time, and leave non-images alone.
+5. literal crop boxes, `:.Nf}` format specs and numpy slices of the input image, exactly as
+   upstream Thyme rewrites them (repair_upstream.py, boxrule.py);
+6. `x.crop(box)` -> `__thyme_crop__(x, box)`, which crops exactly as Pillow does (a hook, no change).
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from thyme_cli.sandbox import repair_upstream
+
 UPSTREAM_OUTPUT_DIR = "/mnt/data/temp_processed_images"
 CV_ALIASES = frozenset({"cv", "cv3", "cv4", "CV"})
 CROP_HELPER = "__thyme_crop__"
-SLICE_HELPER = "__thyme_slice__"
+SLICE_HELPER = repair_upstream.SLICE_HELPER
+# Upstream keeps a literal image_path only if it names an existing file with one of these endings.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tiff", ".webp")
 INDENT = 4
 
 
@@ -37,6 +41,7 @@ class RepairContext:
     image_path: str
     output_dir: str
     is_file: Callable[[str], bool] = os.path.isfile
+    image_size: tuple[int, int] | None = None  # (width, height) of the input; None: unknown
 
 
 @dataclass
@@ -66,17 +71,24 @@ def repair(code: str, ctx: RepairContext) -> Repaired:
         return Repaired(source=source, tree=None, syntax_error=err, applied=applied)
 
     make_dirs: list[str] = []
-    for name, transformer in (
+    transformers: list[tuple[str, ast.NodeTransformer]] = [
         ("image_path", _ImagePathFixer(ctx)),
         ("output_dir", _OutputDirFixer(ctx.output_dir, make_dirs)),
         ("cv2_alias", _Cv2AliasFixer()),
+    ]
+    if ctx.image_size is not None and all(ctx.image_size):  # upstream skips this without a size
+        transformers.append(("literal_box", repair_upstream.LiteralBoxFixer(*ctx.image_size)))
+    transformers += [
+        ("format_spec", repair_upstream.FormatSpecFixer()),
+        ("image_slice", repair_upstream.ImageSliceFixer(ctx.image_path)),
         ("crop", _CropFixer()),
-    ):
+    ]
+    for name, transformer in transformers:
         try:
             tree = transformer.visit(tree)
         except RecursionError:
             continue
-        if transformer.changed:
+        if getattr(transformer, "changed", False):
             applied.append(name)
     ast.fix_missing_locations(tree)
     return Repaired(source=source, tree=tree, applied=applied, make_dirs=sorted(set(make_dirs)))
@@ -231,7 +243,7 @@ class _ImagePathFixer(_Fixer):
     def _fix(self, value: ast.expr | None) -> ast.expr | None:
         if isinstance(value, ast.Constant) and isinstance(value.value, str):
             path = value.value
-            if path != self.ctx.image_path and not self._exists(path):
+            if path != self.ctx.image_path and not (path.lower().endswith(IMAGE_EXTENSIONS) and self._exists(path)):
                 self.changed = True
                 return ast.copy_location(ast.Constant(self.ctx.image_path), value)
         return value
@@ -258,7 +270,7 @@ class _ImagePathFixer(_Fixer):
 
 
 class _OutputDirFixer(_Fixer):
-    """Every string literal under /mnt/data/temp_processed_images points at the step's output dir."""
+    """Every string literal under /mnt/data/temp_processed_images points at the question's output folder."""
 
     def __init__(self, output_dir: str, make_dirs: list[str]) -> None:
         self.output_dir = output_dir.rstrip("/")
@@ -326,19 +338,6 @@ class _Cv2AliasFixer(_Fixer):
         return node
 
 
-def _to_expr(node: ast.expr) -> ast.expr:
-    """A subscript element as an ordinary expression (a Slice becomes a slice(...) call)."""
-    if isinstance(node, ast.Slice):
-        none = ast.Constant(None)
-        call = ast.Call(
-            func=ast.Name(id="slice", ctx=ast.Load()),
-            args=[node.lower or none, node.upper or none, node.step or none],
-            keywords=[],
-        )
-        return ast.copy_location(call, node)
-    return node
-
-
 class _CropFixer(_Fixer):
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
@@ -358,29 +357,3 @@ class _CropFixer(_Fixer):
             keywords=node.keywords,
         )
         return ast.copy_location(call, node)
-
-    def visit_Assign(self, node: ast.Assign) -> ast.AST:
-        self.generic_visit(node)
-        value = node.value
-        if not (isinstance(value, ast.Subscript) and isinstance(value.ctx, ast.Load)):
-            return node
-        index = value.slice
-        if not (isinstance(index, ast.Tuple) and len(index.elts) in (2, 3)):
-            return node
-        ys, xs = index.elts[0], index.elts[1]
-        if not all(
-            isinstance(s, ast.Slice) and s.lower is not None and s.upper is not None and s.step is None
-            for s in (ys, xs)
-        ):
-            return node
-        assert isinstance(ys, ast.Slice) and isinstance(xs, ast.Slice)
-        assert ys.lower and ys.upper and xs.lower and xs.upper
-        rest = [_to_expr(e) for e in index.elts[2:]]
-        call = ast.Call(
-            func=ast.Name(id=SLICE_HELPER, ctx=ast.Load()),
-            args=[value.value, ys.lower, ys.upper, xs.lower, xs.upper, *rest],
-            keywords=[],
-        )
-        node.value = ast.copy_location(call, value)
-        self.changed = True
-        return node

@@ -225,6 +225,11 @@ class WorkerSandbox:
         return dict(self._worker.hello)
 
     @property
+    def output_dir(self) -> str:
+        """The question's output folder as the code sees it (where /mnt/data/temp_processed_images/ points)."""
+        return self._out_root.rstrip("/")
+
+    @property
     def worker_pid(self) -> int | None:
         """Host pid of the launcher process (nsjail/bwrap, or the worker itself when unjailed)."""
         return self._worker.proc.pid if isinstance(self._worker, Launched) else None
@@ -271,8 +276,10 @@ class WorkerSandbox:
             self.wait_ready()
         worker, root_fd = self._worker, self._root_fd
         assert worker is not None and root_fd is not None
-        step_dir = f"step{step}"
-        out_dir = f"{self._out_root.rstrip('/')}/{step_dir}"
+        # One output folder for all the steps of a question, as upstream's evaluation keeps it: a
+        # later step may reopen what an earlier one saved. New files are told apart by time.
+        step_dir = "."
+        out_dir = self._out_root.rstrip("/")
         started = time.monotonic()
         since_ns = time.time_ns()
         try:

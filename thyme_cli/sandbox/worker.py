@@ -104,6 +104,7 @@ class Runner:
         self.tmp_dir: str = cfg["tmp_dir"]
         self.jailed = bool(cfg.get("jailed"))
         self.pid = os.getpid()
+        self._size: tuple[int, int] | None = None
         self.ns: dict[str, Any] = {
             "__name__": "__main__",
             "__builtins__": builtins,
@@ -115,6 +116,16 @@ class Runner:
             **modules,
         }
         self.crops = crops.install(self.image_path, modules)  # where the code looks, for the trace
+
+    def _image_size(self) -> tuple[int, int] | None:
+        """The input's (width, height), read once: upstream clamps literal boxes against it."""
+        if self._size is None:
+            self._size = (0, 0)
+            image_module = self.ns.get("Image")
+            if image_module is not None:
+                with contextlib.suppress(Exception), image_module.open(self.image_path) as im:
+                    self._size = (int(im.width), int(im.height))
+        return self._size if all(self._size) else None
 
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
@@ -130,7 +141,12 @@ class Runner:
         os.environ["THYME_OUTPUT_DIR"] = out_dir
         _truncate_capture()
         self.crops.take()  # a fresh list for this step
-        fixed = repair.repair(code, repair.RepairContext(image_path=self.image_path, output_dir=out_dir))
+        # Upstream's exec gets `temp_output_dir` as a local (written with a trailing slash).
+        self.ns.setdefault("temp_output_dir", out_dir.rstrip("/") + "/")
+        fixed = repair.repair(
+            code,
+            repair.RepairContext(image_path=self.image_path, output_dir=out_dir, image_size=self._image_size()),
+        )
         for directory in fixed.make_dirs:
             with contextlib.suppress(OSError):
                 os.makedirs(directory, exist_ok=True)
@@ -350,15 +366,21 @@ def _fast_png_by_default(image_module: Any) -> None:
 
 def _preload(cfg: dict[str, Any]) -> dict[str, Any]:
     """Import what Thyme's code expects to find already imported (the slow part of a start)."""
+    import cmath
+    import collections
+    import datetime
+    import itertools
     import json as json_mod
     import math
     import random
     import re
+    import shutil
     import string
 
     import cv2
     import numpy
-    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+    import PIL
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
 
     cv2.setNumThreads(int(cfg.get("cv2_threads", 2)))
     _fast_png_by_default(Image)
@@ -377,6 +399,15 @@ def _preload(cfg: dict[str, Any]) -> dict[str, Any]:
         "ImageFilter": ImageFilter,
         "ImageOps": ImageOps,
         "cv2": cv2,
+        # Upstream's exec also reaches these without an import (its builtins dict holds them).
+        "PIL": PIL,
+        "UnidentifiedImageError": UnidentifiedImageError,
+        "itertools": itertools,
+        "time": time,
+        "datetime": datetime,
+        "cmath": cmath,
+        "collections": collections,
+        "shutil": shutil,
     }
 
 
