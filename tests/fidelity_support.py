@@ -66,6 +66,9 @@ def image_digest(path: Path) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
+    from thyme_cli.sandbox import store
+
+    store.wait(path)  # step images are written in the background
     with Image.open(path) as im:
         im.load()
         if im.mode in ("L", "LA", "RGB", "RGBA"):
