@@ -64,9 +64,10 @@ def test_resized_images_map_back_and_steps_keep_their_own_boxes(sb: WorkerSandbo
 
 
 def test_the_box_recorded_is_the_one_cropped_after_the_sandbox_repairs_it(sb: WorkerSandbox) -> None:
-    # Out of range: clamped to the image, then widened to the 64 px minimum (what the code really got).
-    assert _boxes(sb, "img = Image.open(image_path)\nc = img.crop((600, 400, 900, 700))\nprint(c.size)") == [
-        [576, 400, 640, 480]]
+    # A literal box out of range: clamped to the image, then extended to upstream's 64 px minimum
+    # and shifted back inside (what the code really got).
+    code = "img = Image.open(image_path)\nx1, y1, x2, y2 = 600, 400, 900, 700\nc = img.crop((x1, y1, x2, y2))\nprint(c.size)"
+    assert _boxes(sb, code) == [[576, 400, 640, 480]]
 
 
 def test_the_host_drops_what_is_not_a_box() -> None:

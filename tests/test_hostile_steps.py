@@ -37,7 +37,7 @@ PAYLOADS = {
     "not-an-object": "to_socket(struct.pack('>I', 9) + b'[1, 2, 3]')",
     "million-digits": "to_socket(struct.pack('>I', 1000000) + b'9' * 1000000)",
     "forged-result": (  # a well-formed reply for this step, with lone surrogates (not storable as UTF-8)
-        "n = int(os.getcwd().rsplit('step', 1)[1])\n"
+        "n = __STEP__  # this step's number (steps share one output folder: the test fills it in)\n"
         "body = ('{\"op\": \"result\", \"step\": %d, \"stdout\": \"\\\\ud800 x\", '\n"
         "        '\"error\": \"forged \\\\udfff\"}' % n).encode()\n"
         "to_socket(struct.pack('>I', len(body)) + body)"
@@ -84,8 +84,8 @@ def _check_steps(steps: list[dict[str, object]], hostile: int) -> None:
 
 def test_hostile_frames_through_ask_and_replay(run_thyme: RunThyme, tmp_path: Path, jail: str) -> None:
     replies = []
-    for body in PAYLOADS.values():
-        replies += [step(body), CROP]
+    for i, body in enumerate(PAYLOADS.values()):
+        replies += [step(body.replace("__STEP__", str(2 * i + 1))), CROP]
     script = tmp_path / "script.json"
     script.write_text(json.dumps([*replies, ANSWER]))
     image = _photo(tmp_path / "in.png")
