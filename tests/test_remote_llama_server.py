@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -160,6 +161,39 @@ def test_ask_falls_back_to_a_user_turn_for_the_crop(
     tail = log[fallback:]
     assert "add_media" in tail.split("</sandbox_output>")[0]  # the image itself, inside that user turn
     assert "</sandbox_output><|im_end|>\n<|im_start|>assistant\n\n</think>\n<answer>" in tail
+
+
+def _launched(log: str) -> list[tuple[str, float]]:
+    """Each request the server started, in order: the prompt text it logged before starting it, and
+    the temperature of the sampler chain it then built (logged as ``temp = X`` after the launch)."""
+    marks = [m.start() for m in re.finditer(r"launching slot : ", log)]
+    out = []
+    for i, at in enumerate(marks):
+        after = log[at:marks[i + 1] if i + 1 < len(marks) else len(log)]
+        temp = re.search(r"\btemp = (-?[\d.]+)", after)
+        out.append((log[marks[i - 1] if i else 0:at], float(temp.group(1)) if temp else -1.0))
+    return out
+
+
+def test_adaptive_temperature_is_two_requests_and_the_code_one_is_greedy(
+    run_thyme: RunThyme, server: LlamaServerBin, photo: Path, tmp_path: Path, sandbox_backend: str
+) -> None:
+    before = len(server.log.read_text(errors="replace"))
+    result = run_thyme("ask", str(photo), "q-ls-ats", "--max-turns", "1", "--max-tokens", "200", "--temperature",
+                       "1.5", "--sandbox", sandbox_backend, "--json", "--out", str(tmp_path / "run"),
+                       env=_env(server, 'root ::= [a-z]{2,6} "<code>" [a-z]{2,6} "</code>"'))
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert run["turns"][0]["stop_reason"] == "code"
+    launched = _launched(server.log.read_text(errors="replace")[before:])
+    temps = [t for _, t in launched]
+    first = temps.index(1.5)  # after the start-up probe's greedy one-token requests
+    assert temps[first + 1] == 0.0, temps
+    prefix = run["turns"][0]["text"].split("<code>")[0]
+    # Request 2's prompt ends where request 1 stopped: the continued assistant turn, up to <code>
+    # (the next line of the log is the server's own, starting with its timestamp).
+    pattern = re.escape(f"<|im_start|>assistant\n{prefix}<code>") + r"\n\d+\.\d+"
+    assert re.search(pattern, launched[first + 1][0]), launched[first + 1][0][-600:]
 
 
 def test_batch_with_both_protocols_on_parallel_slots(
