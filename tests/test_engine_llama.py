@@ -205,6 +205,17 @@ def test_tokens_inside_code_are_the_argmax_even_at_high_temperature(exact: Llama
     assert differ >= 5
 
 
+def test_a_code_tag_printed_by_a_code_step_does_not_make_decoding_greedy(exact: LlamaEngine) -> None:
+    conv = exact.open(no_eog(exact, temperature=1.5, seed=3))
+    conv.feed_user("Crop the sign.")
+    conv.feed_assistant("<code>\nprint('<code>')\n</code>")
+    assert not conv.in_code
+    conv.feed_assistant("<sandbox_output><code></sandbox_output>")  # the step's output, not the model's tag
+    assert not conv.in_code
+    conv.feed_assistant("\nagain <code>")  # the model's own tag still counts
+    assert conv.in_code
+
+
 # --- stop conditions ---------------------------------------------------------------------------------
 
 

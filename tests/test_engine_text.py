@@ -13,7 +13,7 @@ from thyme_cli.devtools.tiny_gguf import CHATML_TEMPLATE, TinyPair
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.chat import ChatMLRenderer, Message, TemplateRenderer
 from thyme_cli.engine.gguf_meta import read_gguf_keys
-from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
+from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces, without_observations
 from thyme_cli.errors import EngineError
 
 # --- TurnScanner -------------------------------------------------------------------------------
@@ -42,6 +42,13 @@ def test_opening_and_closing_in_one_piece() -> None:
     assert scanner.in_code  # the later <code> reopens the block
     scanner.reset()
     assert not scanner.in_code
+
+
+def test_sandbox_outputs_are_not_the_models_text() -> None:
+    text = "<code>x</code><sandbox_output>printed <code> and <answer></sandbox_output>\nthen"
+    assert without_observations(text) == "<code>x</code>\nthen"
+    assert without_observations("<SANDBOX_OUTPUT>a</sandbox_output>b") == "b"
+    assert without_observations("<sandbox_output>unclosed <code>") == "<sandbox_output>unclosed <code>"
 
 
 @given(text=st.text(alphabet="<>/codeanswrx ", max_size=80), cuts=st.lists(st.integers(0, 80), max_size=8))

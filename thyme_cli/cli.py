@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from thyme_cli import __version__
-from thyme_cli.commands import ask, batch, doctor, models, replay, runs
+from thyme_cli.commands import ask, batch, doctor, models, replay, runs, serve
 from thyme_cli.commands import eval as eval_cmd
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.command("ask")(ask.ask)
 app.command("batch")(batch.batch)
 app.command("doctor")(doctor.doctor)
 app.command("replay")(replay.replay)
+app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve.serve)
 app.add_typer(models.app, name="models")
 app.add_typer(runs.app, name="runs")
 app.add_typer(eval_cmd.app, name="eval")

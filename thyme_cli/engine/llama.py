@@ -36,7 +36,7 @@ from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
 from thyme_cli.engine.sampling import AtsSamplers
-from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
+from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces, without_observations
 from thyme_cli.errors import EngineError, UsageError
 
 __all__ = ["EngineOptions", "LlamaConversation", "LlamaCounters", "LlamaEngine", "SamplingOptions"]
@@ -310,7 +310,7 @@ class LlamaConversation:
         self._live.append(text, prepared)
         self._open.text += text
         self._open.images.extend(prepared)
-        self._scanner.feed(text)
+        self._scanner.feed(without_observations(text))
 
     def _prepare(self, images: Sequence[Path]) -> list[PreparedImage]:
         t0 = time.perf_counter()

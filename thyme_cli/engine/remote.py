@@ -83,6 +83,7 @@ def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     from thyme_cli.runner import LoadedModel
 
     protocol = _protocol(registry, settings)
+    check_sampling(settings.temperature, settings.top_p, settings.top_k, settings.seed)
     entry = registry.get(settings.name) if settings.name else None
     config = RemoteConfig.from_env(settings.base_url)
     for attr, flag in _LOCAL_ONLY:
@@ -107,6 +108,24 @@ def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})",
                      protocol=protocol)
     return LoadedModel(engine, spec, notes)
+
+
+# The OpenAI API's ranges, which vLLM, SGLang and llama-server enforce (or clamp) too.
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**63 - 1
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int, seed: int) -> None:
+    """Refuse, before the first request, what an OpenAI-compatible server would answer with HTTP 400."""
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise UsageError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} with --backend openai "
+                         f"(the OpenAI API's range), not {temperature:g}")
+    if not 0.0 < top_p <= 1.0:
+        raise UsageError(f"--top-p must be above 0 and at most 1 with --backend openai, not {top_p:g}")
+    if top_k < 0:
+        raise UsageError(f"--top-k must be 0 (off) or more, not {top_k}")
+    if not -MAX_SEED - 1 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must fit in 64 bits with --backend openai, not {seed}")
 
 
 def _retry_warner(warn: Callable[[str], None]) -> Callable[[str], None]:

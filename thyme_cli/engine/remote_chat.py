@@ -32,6 +32,7 @@ from thyme_cli.engine.base import (
 from thyme_cli.engine.remote_http import RemoteClient, Retryable
 from thyme_cli.engine.remote_images import image_data_uri
 from thyme_cli.engine.remote_probe import CONTINUE_FLAGS, ServerCaps
+from thyme_cli.engine.textstream import without_observations
 from thyme_cli.errors import EngineError
 
 PROSE_STOPS = (CODE_START, CODE_END, ANSWER_END)
@@ -65,8 +66,15 @@ class _Segment:
     text: str = ""
     hit: str | None = None
     finish: str | None = None
-    n_tokens: int = 0
+    chunks: int = 0  # streamed pieces with text: one token each on most servers, several on a busy one
     usage: dict[str, Any] | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens generated, as the server counts them when it says (vLLM does in every chunk with
+        ``continuous_usage_stats``, others in the last one); else the streamed pieces."""
+        done = (self.usage or {}).get("completion_tokens")
+        return done if isinstance(done, int) and done >= 0 else self.chunks
 
     def add(self, piece: str, stops: Sequence[str]) -> str:
         """Take new text; return the part to show (nothing past a stop string)."""
@@ -184,7 +192,7 @@ class RemoteConversation:
                 seg.finish = piece.finish_reason or seg.finish
                 if piece.text:
                     first = first or time.perf_counter()
-                    seg.n_tokens += 1
+                    seg.chunks += 1
                     shown = seg.add(piece.text, stops)
                     if on_text is not None and shown:
                         on_text(shown)
@@ -203,8 +211,7 @@ class RemoteConversation:
         usage = seg.usage or {}
         if isinstance(usage.get("prompt_tokens"), int):
             c.tokens_evaluated += usage["prompt_tokens"]
-        done = seg.hit is None and isinstance(usage.get("completion_tokens"), int)
-        c.tokens_generated += usage["completion_tokens"] if done else seg.n_tokens
+        c.tokens_generated += seg.n_tokens
         c.prefill_s += (first or ended) - started
         c.decode_s += ended - (first or ended)
 
@@ -216,7 +223,7 @@ class RemoteConversation:
         body: dict[str, Any] = {
             **sampling, **extra,
             "model": self.model, "messages": messages, "max_tokens": budget, "temperature": temperature,
-            "stream": True, "stream_options": {"include_usage": True},
+            "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         }
         if messages and messages[-1]["role"] == "assistant":
             body.update(CONTINUE_FLAGS)
@@ -276,4 +283,6 @@ def _message(entry: _Entry) -> dict[str, Any]:
 
 
 def _inside_code(text: str) -> bool:
+    """Whether the model's own text leaves a code block open (sandbox outputs are not its text)."""
+    text = without_observations(text)
     return text.rfind(CODE_START) > text.rfind(CODE_END)

