@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thyme_cli.console import err_console, human_size
+from thyme_cli.progress_line import ProgressLine
 from thyme_cli.sandbox.base import ExecResult
 from thyme_cli.trace import Step, Trace
 
@@ -45,9 +46,15 @@ class LiveRenderer:
         self._held = ""  # text that might be the start of "<code>"
         self._in_code = False
         self._at_line_start = True
+        self._progress = ProgressLine(self.console)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Engine progress during long feeds (image encoding, prefill): a transient status line."""
+        self._progress.update(stage, done, total)
 
     # -- streamed model text: prose is shown dim; code is held back and shown as a panel instead
     def text(self, chunk: str) -> None:
+        self._progress.stop()
         if self._in_code:
             return
         buffer = self._held + chunk
@@ -79,6 +86,7 @@ class LiveRenderer:
         from rich.syntax import Syntax
 
         self._held = ""
+        self._progress.stop()
         self._newline()
         self.console.print(Panel(Syntax(terminal_safe(code), "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
                                  title_align="left", border_style="cyan"))
@@ -118,6 +126,7 @@ class LiveRenderer:
     def note(self, message: str) -> None:
         from rich.text import Text
 
+        self._progress.stop()
         self._newline()
         self.console.print(Text(terminal_safe(message), style="yellow italic"))
 

@@ -31,7 +31,7 @@ from thyme_cli.engine.chat import (
     check_markers,
     count_markers,
 )
-from thyme_cli.engine.context import LiveContext, SharedPrefix, StreamItem
+from thyme_cli.engine.context import LiveContext, ProgressFn, SharedPrefix, StreamItem
 from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
@@ -386,6 +386,16 @@ class LlamaConversation:
         return self._retry_samplers
 
     # --- state -------------------------------------------------------------------------------------
+
+    @property
+    def on_progress(self) -> ProgressFn | None:
+        """Called during long feeds: ("encode", 0, n_tokens) before an image is encoded and
+        ("prefill", done, total) as fed tokens are evaluated (see context.ProgressFn)."""
+        return self._live.progress
+
+    @on_progress.setter
+    def on_progress(self, fn: ProgressFn | None) -> None:
+        self._live.progress = fn
 
     @property
     def counters(self) -> LlamaCounters:

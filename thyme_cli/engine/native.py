@@ -15,7 +15,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,8 +329,11 @@ class Native:
 
     # --- evaluation ----------------------------------------------------------------------------
 
-    def decode_tokens(self, tokens: Sequence[int], pos0: int) -> None:
-        """Evaluate text tokens at positions pos0.., in n_batch pieces; logits for the last one."""
+    def decode_tokens(self, tokens: Sequence[int], pos0: int,
+                      on_batch: Callable[[int], None] | None = None) -> None:
+        """Evaluate text tokens at positions pos0.., in n_batch pieces; logits for the last one.
+
+        ``on_batch`` hears the number of tokens done after each piece (progress display)."""
         n_total = len(tokens)
         b, nb = self._batch, self.n_batch
         for start in range(0, n_total, nb):
@@ -346,6 +349,8 @@ class Native:
             self.native_s += time.perf_counter() - t0
             if rc != 0:
                 raise EngineError(f"llama_decode failed with code {rc}{_detail()}", hint=_CTX_HINT)
+            if on_batch is not None:
+                on_batch(start + n)
 
     def decode_one(self, token: int, pos: int) -> None:
         """Evaluate one generated token (the hot path of the decode loop)."""
