@@ -33,6 +33,7 @@ from thyme_cli.engine.chat import (
 )
 from thyme_cli.engine.context import LiveContext, ProgressFn, SharedPrefix, StreamItem
 from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
+from thyme_cli.engine.memory import check_fits
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
 from thyme_cli.engine.sampling import AtsSamplers
@@ -73,6 +74,13 @@ def _image_sizing(projector: ProjectorInfo, options: EngineOptions) -> ImageSizi
     return ImageSizing(factor=projector.resize_factor, min_tokens=min_tokens, max_tokens=max_tokens)
 
 
+def _offloads(options: EngineOptions) -> bool:
+    """True when this build puts layers on a GPU with these options (as Native decides)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload()) and options.n_gpu_layers != 0
+
+
 class LlamaEngine:
     """A loaded model + projector. Load once, ``open()`` once per question (cheap)."""
 
@@ -100,6 +108,7 @@ class LlamaEngine:
         projector = inspect_files(model_path, mmproj_path)
         sizing = _image_sizing(projector, options)
         limits = (sizing.min_tokens, sizing.max_tokens) if sizing.resizes else options.token_limits
+        check_fits(model_path, mmproj_path, options, on_gpu=_offloads(options))
         native = Native(model_path, mmproj_path, options, projector, limits)
         try:
             renderer = cls._renderer(native, options)

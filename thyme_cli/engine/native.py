@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import sys
 import time
 import weakref
@@ -25,6 +24,7 @@ import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
 from thyme_cli.engine.base import IMAGE_MARKER
+from thyme_cli.engine.cpu import cpu_defaults
 from thyme_cli.engine.gguf_meta import read_gguf_keys
 from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.options import EngineOptions
@@ -208,9 +208,9 @@ class Native:
                 hint="use the mmproj file published with this model",
             )
 
-        cpus = os.cpu_count() or 1
-        threads = options.n_threads or max(1, cpus // 2)
-        threads_batch = options.n_threads or cpus
+        cpu = cpu_defaults()  # one thread per physical core decodes; every CPU runs batches (engine/cpu.py)
+        threads = options.n_threads or cpu.decode_threads
+        threads_batch = options.n_threads or cpu.batch_threads
         flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                  False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[options.flash_attn]
         cp = llama_cpp.llama_context_default_params()
