@@ -157,6 +157,20 @@ def memory_bandwidth_gbs(threads: int, mb_per_thread: int = 512) -> float:
     return best
 
 
+def parse_setting(text: str) -> tuple[int, str | None, str | None]:
+    """A limit setting: THREADS[:KV_CACHE_TYPE[:FLASH]], e.g. "2", "2:q8_0", "2:f16:off"."""
+    parts = text.split(":")
+    try:
+        threads = int(parts[0])
+    except ValueError:
+        raise SystemExit(f"bad --threads setting {text!r}: expected THREADS[:KV[:on|off|auto]]") from None
+    kv = parts[1] if len(parts) > 1 and parts[1] else None
+    flash = parts[2] if len(parts) > 2 and parts[2] else None
+    if threads < 1 or (kv and kv not in ("f32", "f16", "bf16", "q8_0", "q4_0")) or (flash and flash not in ("on", "off", "auto")):
+        raise SystemExit(f"bad --threads setting {text!r}: expected THREADS[:KV[:on|off|auto]]")
+    return threads, kv, flash
+
+
 # --- phases (each runs in its own process) ------------------------------------------------------
 
 
@@ -282,7 +296,12 @@ def phase_limit(args: argparse.Namespace) -> dict[str, Any]:
     for a, b in stream["gen_ranges"]:
         for i in range(a, b):
             gen[i] = True
-    options = replace(thyme_defaults(), n_threads=args.threads)
+    threads, kv, flash = parse_setting(args.setting)
+    options = replace(thyme_defaults(), n_threads=threads)
+    if kv:
+        options = replace(options, kv_cache_type=kv)
+    if flash:
+        options = replace(options, flash_attn={"on": True, "off": False, "auto": None}[flash])
     projector = inspect_files(Path(args.model), Path(args.mmproj))
     sizing = _image_sizing(projector, options)
     native = Native(Path(args.model), Path(args.mmproj), options, projector, (sizing.min_tokens, sizing.max_tokens))
@@ -325,7 +344,7 @@ def phase_limit(args: argparse.Namespace) -> dict[str, Any]:
         else:
             run.append(item)
     flush()
-    parts.extra = {"threads": args.threads, "peak_rss_mb": peak_rss_mb()}
+    parts.extra = {"threads": threads, "setting": args.setting, "peak_rss_mb": peak_rss_mb()}
     native.close()
     return asdict(parts)
 
@@ -438,7 +457,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="3b")
     cpus = len(os.sched_getaffinity(0))
     parser.add_argument("--threads", default=",".join(str(t) for t in sorted({1, max(1, cpus // 2), cpus})),
-                        help="thread settings the limit is measured at (comma-separated)")
+                        help="settings the limit is measured at, comma-separated: THREADS[:KV_TYPE[:on|off|auto]] "
+                             "(flash attention), e.g. 1,2,2:q8_0:on,2:f16:off; the limit takes the best per part")
     parser.add_argument("--skip-stock", action="store_true", help="leave out the stock llama-cpp-python run")
     parser.add_argument("--skip-load", action="store_true", help="leave out the cold/warm load timings")
     parser.add_argument("--skip-limit", action="store_true",
@@ -453,15 +473,16 @@ def main() -> None:
     parser.add_argument("--mmproj", help=argparse.SUPPRESS)
     parser.add_argument("--photo", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads-one", type=int, dest="threads_one", help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        if args.threads_one:
-            args.threads = args.threads_one
         result = PHASES[args.phase](args)
         Path(args.result).write_text(json.dumps(result))
         return
-    grid = sorted({int(t) for t in args.threads.split(",") if t.strip()})
+    settings = [t.strip() for t in args.threads.split(",") if t.strip()]
+    for setting in settings:
+        parse_setting(setting)  # bad settings fail here, before anything runs
+    grid = sorted({parse_setting(t)[0] for t in settings})
 
     t0 = time.perf_counter()
     pair = ensure_pair(args.shape, progress=lambda m: print(f"  writing {m}", file=sys.stderr, flush=True))
@@ -482,9 +503,12 @@ def main() -> None:
         crops = sorted(str(p) for p in (work / "run-thyme" / "images").rglob("*.png"))
         (work / "crops.json").write_text(json.dumps(crops))
         limits = {}
-        for t in [] if args.skip_limit else grid:
-            print(f"measuring the limit at {t} thread(s) ...", file=sys.stderr, flush=True)
-            limits[t] = run_phase("limit", common, "--threads-one", str(t))
+        for setting in [] if args.skip_limit else settings:
+            print(f"measuring the limit at {setting} ...", file=sys.stderr, flush=True)
+            try:
+                limits[setting] = run_phase("limit", common, "--setting", setting)
+            except SystemExit as e:  # e.g. a quantized V cache without flash attention: say so, go on
+                print(f"the limit at {setting} failed and is left out: {e}", file=sys.stderr, flush=True)
         stock = None
         if not args.skip_stock:
             print("running the stock llama-cpp-python path ...", file=sys.stderr, flush=True)
@@ -493,11 +517,11 @@ def main() -> None:
 
 
 def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict[str, Any],
-                   limits: dict[int, dict[str, Any]], stock: dict[str, Any] | None, grid: list[int]) -> None:
+                   limits: dict[str, dict[str, Any]], stock: dict[str, Any] | None, grid: list[int]) -> None:
     x = thyme["extra"]
     q = x["question_s"]
     # Without limit runs (--skip-limit), thyme's own parts stand in, so the limit columns read as 1.0.
-    runs = limits or {0: {**thyme, "extra": {**x, "threads": None, "peak_rss_mb": x["peak_rss_mb"]}}}
+    runs = limits or {"thyme": {**thyme, "extra": {**x, "threads": None, "setting": None}}}
     best = {part: min(runs.values(), key=lambda r, p=part: r[p]) for part in ("image_encode_s", "prefill_s", "decode_s")}
     limit_s = sum(best[p][p] for p in best)
     wb = weight_bytes(args.shape)
@@ -516,9 +540,9 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
           f"{thyme['prefill_tokens']} tokens evaluated, {thyme['decode_tokens']} decoded")
     print(f"thyme defaults: {x['n_threads']} decode / {x['n_threads_batch']} batch threads, n_ctx {x['n_ctx']}, "
           f"KV {x['kv_cache_type']}, flash_attn {x['flash_attn']}")
-    print("part            | thyme s  | " + " | ".join(f"limit@{t}t s" for t in limits))
+    print("part            | thyme s  | " + " | ".join(f"limit {t:>8s}" for t in limits))
     for part, label in (("image_encode_s", "image encodes"), ("prefill_s", "prefill"), ("decode_s", "decode")):
-        print(f"{label:15s} | {thyme[part]:8.2f} | " + " | ".join(f"{limits[t][part]:11.2f}" for t in limits))
+        print(f"{label:15s} | {thyme[part]:8.2f} | " + " | ".join(f"{limits[t][part]:14.2f}" for t in limits))
     print(f"sandbox         | {x['sandbox_s']:8.2f} |")
     print(f"thyme overhead  | {x['overhead_s']:8.2f} |  (wall - llama.cpp - sandbox; image files {x['image_load_s']:.2f} s)")
     print(f"question (wall) | {q:8.2f} |  limit {limit_s:.2f} s")
@@ -551,6 +575,7 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
         "decode_tokens_per_s": round(decode_tps, 3),
         "threads_thyme": {"decode": x["n_threads"], "batch": x["n_threads_batch"]},
         "threads_best": {p.removesuffix("_s"): best[p]["extra"]["threads"] for p in best} if limits else None,
+        "setting_best": {p.removesuffix("_s"): best[p]["extra"]["setting"] for p in best} if limits else None,
         "defaults_over_best_decode": round(thyme["decode_s"] / best_decode["decode_s"], 3) if limits else None,
         # thyme's part / the best limit run's part (thyme's prefill also tokenizes and preprocesses images)
         "defaults_over_best": {p.removesuffix("_s"): round(thyme[p] / best[p][p], 3) for p in best} if limits else None,
