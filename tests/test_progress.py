@@ -72,9 +72,15 @@ def test_progress_line_on_a_terminal_shows_a_transient_status() -> None:
     console = Console(file=buf, force_terminal=True, width=120)
     line = ProgressLine(console)
     line.update("encode", 0, 300)
-    line.update("prefill", 512, 1024)
     line.stop()
-    assert "encoding image (300 tokens)" in buf.getvalue() or "prefill 512/1024 tokens (50%)" in buf.getvalue()
+    assert "encoding image (300 tokens)" in buf.getvalue()
+    line.update("prefill", 512, 1024)
+    line.update("prefill", 768, 1024)
+    assert line._status is not None
+    line.update("prefill", 1024, 1024)  # done: the status goes away by itself
+    assert line._status is None
+    shown = buf.getvalue()
+    assert "prefill 768/1024 tokens (75%)" in shown and "prefill: 1024 tokens" not in shown
 
 
 def test_thyme_ask_on_the_real_engine_says_it_is_encoding_and_prefilling(
