@@ -31,11 +31,18 @@ AMPLIFY = (
     "print('saved 8')\n```\n</code>"
 )
 # Three 1 MP images per step.
-THREE = (
-    "<code>\n```python\nfor i in range(3):\n"
-    "    Image.new('RGB', (1000, 1000), (i * 80, 10, 10)).save(f'/mnt/data/temp_processed_images/m{i}.png')\n"
-    "print('three')\n```\n</code>"
-)
+
+
+def three(tag: str = "m") -> str:
+    """A step that writes three 1 MP images (named by `tag`: identical code is not run twice)."""
+    return (
+        "<code>\n```python\nfor i in range(3):\n"
+        f"    Image.new('RGB', (1000, 1000), (i * 80, 10, 10)).save(f'/mnt/data/temp_processed_images/{tag}{{i}}.png')\n"
+        "print('three')\n```\n</code>"
+    )
+
+
+THREE = three()
 ANSWER = "<answer>done</answer>"
 # Runs thyme in this process's own interpreter and reports ITS peak RSS (not the jail's).
 DRIVER = (
@@ -98,7 +105,7 @@ def _steps_report(steps: list[dict[str, object]]) -> list[tuple[int, int]]:
 
 def test_budget_flags_through_ask_replay_and_batch(run_thyme: RunThyme, tmp_path: Path, jail: str) -> None:
     budget = ["--step-images", "2MP,1GB", "--question-images", "3.5MP,1GB"]
-    script = _script(tmp_path, [THREE, THREE, THREE])
+    script = _script(tmp_path, [three("a"), three("b"), three("c")])
     photo = _photo(tmp_path)
     out = tmp_path / "run"
     result = run_thyme("ask", str(photo), "q", "--script", str(script), "--sandbox", jail, "--out", str(out),
