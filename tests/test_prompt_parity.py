@@ -108,10 +108,10 @@ def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> 
     native = engine.native
     plain_tokens, plain_image = native.decode_tokens, native.decode_image
 
-    def decode_tokens(tokens: Any, pos0: int) -> None:
+    def decode_tokens(tokens: Any, pos0: int, on_batch: Any = None) -> None:
         n = len(tokens)
         positions.append(np.tile(np.arange(pos0, pos0 + n), (3, 1)))
-        plain_tokens(tokens, pos0)
+        plain_tokens(tokens, pos0, on_batch)
 
     def decode_image(chunk: Any, embd: Any, pos: int) -> int:
         nx, ny = chunk.grid  # mtmd's own grid for this image; llama.cpp's M-RoPE rule: t=pos, h=pos+y, w=pos+x
