@@ -361,17 +361,19 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     replies: list[str] = json.loads((work / "replies.json").read_text())
     crops = json.loads((work / "crops.json").read_text())
-    # This llama.cpp build crashes in its AMX repack buffers on some CPUs unless they are off; the
-    # Llama class has no keyword for it, so its default-params factory is wrapped.
-    if os.environ.get("THYME_EXTRA_BUFTS") == "0":
-        real_defaults = low.llama_model_default_params
+    # The same weight buffers as thyme's engine (engine/cpu_probe: llama.cpp's AMX path crashes on
+    # some CPUs): the Llama class has no keyword for them, so its default-params factory is wrapped.
+    from thyme_cli.engine import cpu_probe
 
-        def defaults() -> Any:
-            p = real_defaults()
-            p.use_extra_bufts = False
-            return p
+    real_defaults = low.llama_model_default_params
+    keep_alive: list[Any] = []
 
-        low.llama_model_default_params = defaults
+    def defaults() -> Any:
+        p = real_defaults()
+        keep_alive.append(cpu_probe.apply(p, Path(args.model), cpu_only=True)[0])
+        return p
+
+    low.llama_model_default_params = defaults
     options = thyme_defaults()
     cpus = os.cpu_count() or 1
     handler = Qwen25VLChatHandler(clip_model_path=args.mmproj, verbose=False)

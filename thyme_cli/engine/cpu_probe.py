@@ -218,6 +218,28 @@ def run_probe() -> ProbeResult:
 REPACK_TYPES = frozenset({_Q4_0, _Q4_K})
 
 
+def apply(params: Any, model_path: Path, *, cpu_only: bool) -> tuple[Any, str]:
+    """Set the buffer types of ``params`` (llama_model_params) for this CPU: llama.cpp's extra
+    buffer types unless the probe saw them crash; then, for CPU-only loads where the probe saw it
+    run, CPU_REPACK for the Q4_0 / Q4_K layer matrices. Returns what must stay alive while the model
+    loads (the override array, or None) and a description for people."""
+    import ctypes
+
+    from thyme_cli.engine.gguf_meta import read_tensor_types
+
+    result = decide()
+    params.use_extra_bufts = result.extra_bufts
+    if result.extra_bufts:
+        return None, "llama.cpp default"
+    if result.repack_ok and cpu_only:
+        names = repack_tensor_names(read_tensor_types(model_path))
+        overrides = repack_overrides(names)
+        if overrides is not None:
+            params.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+            return overrides, f"CPU_REPACK for {len(names)} Q4_0/Q4_K layer matrices, plain CPU otherwise"
+    return None, "plain CPU"
+
+
 def repack_tensor_names(types: dict[str, int]) -> list[str]:
     """The layer matrices (blk.N.*.weight, used only in matrix products) of a repackable type."""
     return sorted(n for n, t in types.items() if n.startswith("blk.") and n.endswith(".weight") and t in REPACK_TYPES

@@ -26,7 +26,7 @@ import numpy as np
 from thyme_cli.engine import cpu_probe
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.cpu import cpu_defaults
-from thyme_cli.engine.gguf_meta import read_gguf_keys, read_tensor_types
+from thyme_cli.engine.gguf_meta import read_gguf_keys
 from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.options import EngineOptions
 from thyme_cli.errors import EngineError
@@ -197,15 +197,7 @@ class Native:
         # Off only where a child process saw quantized kernels crash with them (cpu_probe); then the
         # Q4_0 / Q4_K layers still get repacked layouts where the probe saw those run (CPU-only loads).
         self.cpu_probe = cpu_probe.decide()
-        mp.use_extra_bufts = self.cpu_probe.extra_bufts
-        self.buffer_types = "llama.cpp default" if mp.use_extra_bufts else "plain CPU"
-        self._overrides: Any = None
-        if not mp.use_extra_bufts and self.cpu_probe.repack_ok and layers == 0:
-            names = cpu_probe.repack_tensor_names(read_tensor_types(model_path))
-            self._overrides = cpu_probe.repack_overrides(names)
-            if self._overrides is not None:
-                mp.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
-                self.buffer_types = f"CPU_REPACK for {len(names)} Q4_0/Q4_K layer matrices, plain CPU otherwise"
+        self._overrides, self.buffer_types = cpu_probe.apply(mp, model_path, cpu_only=layers == 0)
         if options.verbose:
             sys.stderr.write(f"thyme: weights in {self.buffer_types} buffers "
                              f"({self.cpu_probe.source}: {self.cpu_probe.detail})\n")
