@@ -7,17 +7,17 @@ from pathlib import Path
 
 from tests.conftest import RunThyme
 from thyme_cli.engine.options import EngineOptions
-from thyme_cli.eval.paper import paper_min_image_tokens, settings_markdown
+from thyme_cli.eval.paper import paper_image_tokens, paper_min_image_tokens, settings_markdown
 from thyme_cli.eval.synth import write_synthetic_tsv
 from thyme_cli.registry import load_registry
 
 PAPER = {"tools": True, "max_turns": 5, "max_tokens": 2048, "temperature": 0.0, "on_error": "retry",
-         "max_image_tokens": None}
+         "max_image_tokens": 16384}
 
 
 def test_ocrbench_gets_the_papers_larger_minimum_image() -> None:
     assert paper_min_image_tokens("OCRBench") == 100 and paper_min_image_tokens("ocrbench_v2") == 100
-    assert paper_min_image_tokens("HRBench4K") is None
+    assert paper_min_image_tokens("HRBench4K") == 4
     spec = load_registry().get("thyme-7b")
     options = EngineOptions.from_spec(spec, image_min_tokens=100)
     assert options.token_limits == (100, spec.image_max_tokens)  # 78,400 px at 28 px per token
@@ -28,7 +28,7 @@ def test_settings_section_says_what_differs() -> None:
     assert "All settings are those of the paper's evaluation." in same
     off = "\n".join(settings_markdown({**PAPER, "benchmark": "OCRBench", "min_image_tokens": None,
                                        "temperature": 0.7, "max_turns": 3}))
-    assert "| image tokens (min) | model default (differs) |" in off
+    assert "| image tokens (min) | model default (differs) | 100 (78,400 px) |" in off
     assert "| temperature | 0.7 (differs) |" in off and "| code steps per question | 3 (differs) |" in off
     assert "differ from the paper's evaluation: code steps per question, temperature, image tokens (min)." in off
 
@@ -43,4 +43,30 @@ def test_eval_of_ocrbench_records_the_papers_settings(run_thyme: RunThyme, tmp_p
     work = tmp_path / "OCRBench.tools.eval"
     settings = json.loads((work / "meta.json").read_text())["settings"]
     assert settings["min_image_tokens"] == 100 and settings["on_error"] == "retry"
+    assert settings["max_image_tokens"] == 16384
     assert "All settings are those of the paper's evaluation." in (work / "report.md").read_text()
+
+
+def test_image_token_budget_per_benchmark_is_the_papers() -> None:
+    # upstream's Thyme-7B config gives no min/max_pixels: qwen_vl_utils' 4..16384 tokens of 28x28 px
+    assert paper_image_tokens("HRBench4K") == (4, 16384)
+    assert paper_image_tokens("V_star") == (4, 16384)
+    assert paper_image_tokens("OCRBench") == (100, 16384)  # min_pixels 10*10*28*28, default maximum
+    assert paper_image_tokens("OCRBench", 3072) == (100, 3072)  # --max-image-tokens replaces the maximum
+    assert paper_image_tokens("OCRBench", 64) == (64, 64)  # the minimum never exceeds it
+
+
+def test_eval_with_a_smaller_image_budget_says_it_differs(run_thyme: RunThyme, tmp_path: Path,
+                                                          sandbox_backend: str) -> None:
+    bench = tmp_path / "HRBench4K.tsv"
+    write_synthetic_tsv(bench, per_category=1)
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps(["<answer>B</answer>"]))
+    result = run_thyme("eval", str(bench), "--script", str(script), "--max-image-tokens", "3072", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    work = tmp_path / "HRBench4K.tools.eval"
+    settings = json.loads((work / "meta.json").read_text())["settings"]
+    assert (settings["min_image_tokens"], settings["max_image_tokens"]) == (4, 3072)
+    report = (work / "report.md").read_text()
+    assert "| image tokens (max) | 3072 (differs) |" in report
+    assert "Settings differ from the paper's evaluation: image tokens (max)." in report
