@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from PIL import Image
 
 from tests.conftest import RunThyme
+from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.options import EngineOptions
 from thyme_cli.eval.paper import paper_image_tokens, paper_min_image_tokens, settings_markdown
 from thyme_cli.eval.synth import write_synthetic_tsv
@@ -70,3 +75,52 @@ def test_eval_with_a_smaller_image_budget_says_it_differs(run_thyme: RunThyme, t
     report = (work / "report.md").read_text()
     assert "| image tokens (max) | 3072 (differs) |" in report
     assert "Settings differ from the paper's evaluation: image tokens (max)." in report
+
+
+def test_eval_retry_uses_up_steps_as_the_papers_loop(run_thyme: RunThyme, tmp_path: Path,
+                                                     sandbox_backend: str) -> None:
+    # Upstream's inner loop: a code step without a result is rolled back and the turn generated
+    # again, and each attempt is one of the 5 iterations. So 5 failing attempts end the steps and the
+    # model is asked for its answer (thyme's final-answer turn; upstream restarts, then a plain prompt).
+    bench = tmp_path / "HRBench4K.tsv"
+    write_synthetic_tsv(bench, per_category=1, seed=3)
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps(["<code>print(undefined_name)</code>"] * 5 + ["B</answer>", "<answer>B</answer>"]))
+    result = run_thyme("eval", str(bench), "--script", str(script), "--limit", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "HRBench4K.tools.jsonl").read_text().splitlines()[0])
+    assert record["steps"] == [] and record["answer"] == "B"
+    trace = json.loads((tmp_path / record["run_dir"] / "trace.json").read_text())
+    assert [bool(t.get("discarded")) for t in trace["turns"]] == [True] * 5 + [False]  # 5 attempts, then the answer
+    assert sum("--on-error retry" in n for n in trace["notes"]) == 5
+
+
+def test_eval_agent_options_are_the_papers() -> None:
+    from thyme_cli.commands.eval import agent_options
+
+    options = agent_options(no_tools=False, max_turns=5, max_tokens=2048, on_error="retry")
+    assert (options.on_error, options.max_retries, options.retry_warm, options.retries_use_turns) == \
+        ("retry", 5, False, True)
+
+
+def test_eval_retry_regenerates_greedily_as_upstream(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    # Upstream sets temperature 1.0 after a failure but keeps top_k 1: the retried turn is still the
+    # greedy one. Through the agent's rollback with warm=False the real engine replays it exactly.
+    from thyme_cli.agent import _rollback
+    from thyme_cli.engine.base import IMAGE_MARKER
+    from thyme_cli.engine.llama import EngineOptions as Exact
+    from thyme_cli.engine.llama import LlamaEngine, SamplingOptions
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 140, 3), dtype=np.uint8)).save(photo)
+    options = Exact(n_ctx=4096, flash_attn=False, kv_cache_type="f32", reserve_tokens=0, n_threads=2)
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=options) as engine:
+        eog = [t for t in range(engine.native.n_vocab) if engine.native.is_eog(t)]
+        conv = engine.open(SamplingOptions(logit_bias=dict.fromkeys(eog, -1000.0)))
+        conv.feed_system("sys")
+        conv.feed_user(f"{IMAGE_MARKER}\nread it", [photo])
+        mark = conv.checkpoint()
+        failed = conv.generate(max_tokens=12).text
+        _rollback(cast(Any, conv), mark, warm=False)
+        assert conv.generate(max_tokens=12).text == failed
+        conv.close()

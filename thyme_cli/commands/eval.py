@@ -174,11 +174,15 @@ def run(
 
 
 def agent_options(*, no_tools: bool, max_turns: int, max_tokens: int, on_error: str) -> AgentOptions:
-    """The agent's options; --no-tools: no code instructions in the prompt and no code turns."""
+    """The agent's options; --no-tools: no code instructions in the prompt and no code turns.
+
+    --on-error retry as the paper's evaluation does it (eval/paper.py): a discarded attempt uses up
+    one of the max_turns steps, and the retried turn is generated with the same (greedy) sampling."""
     from thyme_cli.agent import AgentOptions
 
     return AgentOptions(max_turns=0 if no_tools else max_turns, max_step_tokens=max_tokens,
-                        on_error="retry" if on_error == "retry" else "show", tools=not no_tools)
+                        on_error="retry" if on_error == "retry" else "show", tools=not no_tools,
+                        max_retries=max_turns, retry_warm=False, retries_use_turns=True)
 
 
 def _default_output(benchmark: Path, no_tools: bool, shard: tuple[int, int] | None) -> Path:
