@@ -124,3 +124,36 @@ def test_eval_retry_regenerates_greedily_as_upstream(tiny_pair: TinyPair, tmp_pa
         _rollback(cast(Any, conv), mark, warm=False)
         assert conv.generate(max_tokens=12).text == failed
         conv.close()
+
+
+def _manifest(tmp_path: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "img.png")
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"image": "img.png", **row}) + "\n" for row in rows))
+    return path
+
+
+def test_open_questions_get_upstreams_instruction_per_benchmark_type(run_thyme: RunThyme, tmp_path: Path,
+                                                                     sandbox_backend: str) -> None:
+    # upstream's ThymePromptMixin: VQA -> question + "\nPlease try to answer ... phrases if possible."
+    # (not MMVet), Y/N -> question + " Please answer yes or no." (not MME); no hint line in either;
+    # multiple choice: "Question: ... Options: ... Please select the correct answer from the options above."
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps({"replies": ["<answer>yes</answer>"]}))
+    cases = {
+        "OCRBench.jsonl": ([{"question": "What is written?", "answer": "STOP", "hint": "a sign"}],
+                           "What is written?\nPlease try to answer the question with short words or phrases if possible."),
+        "POPE.jsonl": ([{"question": "Is there a dog?", "answer": "yes"}, {"question": "A cat?", "answer": "No"}],
+                       "Is there a dog? Please answer yes or no."),
+        "MME.jsonl": ([{"question": "Is there a dog?", "answer": "yes"}], "Is there a dog?"),
+        "MMVet.jsonl": ([{"question": "What is it?", "answer": "a sign"}], "What is it?"),
+        "V_star.jsonl": ([{"question": "What colour?", "options": ["red", "blue"], "answer": "A", "hint": "h"}],
+                         "Hint: h\nQuestion: What colour?\nOptions:\nA. red\nB. blue\n"
+                         "Please select the correct answer from the options above."),
+    }
+    for name, (rows, prompt) in cases.items():
+        bench = _manifest(tmp_path, name, rows)
+        result = run_thyme("eval", str(bench), "--script", str(script), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        first = json.loads((tmp_path / f"{bench.stem}.tools.jsonl").read_text().splitlines()[0])
+        assert first["question"] == prompt, name
