@@ -12,7 +12,7 @@ from PIL import Image
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.options import EngineOptions
-from thyme_cli.eval.paper import paper_image_tokens, paper_min_image_tokens, settings_markdown
+from thyme_cli.eval.paper import eval_context, paper_image_tokens, paper_min_image_tokens, settings_markdown
 from thyme_cli.eval.synth import write_synthetic_tsv
 from thyme_cli.registry import load_registry
 
@@ -157,3 +157,11 @@ def test_open_questions_get_upstreams_instruction_per_benchmark_type(run_thyme: 
         assert result.returncode == 0, result.stderr
         first = json.loads((tmp_path / f"{bench.stem}.tools.jsonl").read_text().splitlines()[0])
         assert first["question"] == prompt, name
+
+
+def test_eval_context_holds_the_papers_image_budget() -> None:
+    # two images at 16,384 tokens and 5 turns of 2,048 tokens do not fit thyme-7b's 16,384 context
+    assert eval_context(None, 16384, 5, 2048) == 44032
+    assert eval_context(8192, 16384, 5, 2048) == 8192  # --ctx wins
+    assert eval_context(None, 3072, 5, 2048) == 17408
+    assert eval_context(None, 1024, 5, 2048) is None  # small images: the model's own context

@@ -130,10 +130,11 @@ def run(
                          hint="add --resume to continue that eval, or choose another -o")
     wanted = (lambda item_id: in_shard(item_id, *shard_pos)) if shard_pos else None
     items = load_benchmark(benchmark, paths.images.resolve(), wanted, limit=limit)
-    from thyme_cli.eval.paper import paper_image_tokens
+    from thyme_cli.eval.paper import eval_context, paper_image_tokens
 
     # the paper's image-token budget (OCRBench: larger minimum); --max-image-tokens replaces the maximum
     min_image_tokens, max_image_tokens = paper_image_tokens(_benchmark_name(benchmark), max_image_tokens)
+    ctx = eval_context(ctx, max_image_tokens, max_turns, max_tokens)  # a 16,384-token image must fit
     meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
             "fingerprint": fingerprint(items), "tools": not no_tools, "items": len(items), "limit": limit,
             "model": model or (f"scripted:{script.name}" if script else api_model), "shard": shard,

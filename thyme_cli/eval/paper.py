@@ -75,3 +75,14 @@ def settings_markdown(settings: dict[str, Any]) -> list[str]:
     lines.append("Settings differ from the paper's evaluation: " + ", ".join(differs) + "." if differs
                  else "All settings are those of the paper's evaluation.")
     return lines
+
+
+def eval_context(ctx: int | None, max_image_tokens: int, max_turns: int, max_tokens: int) -> int | None:
+    """The context for an eval: --ctx when given; else room for the input image and one step's
+    image at the full image budget plus every turn's tokens (the paper's model had 128k positions),
+    or None (the model's own) when that is no more than 16,384."""
+    if ctx is not None:
+        return ctx
+    need = 2 * max_image_tokens + max_turns * max_tokens + 1024  # 1024: system prompt and question
+    need = -(-need // 1024) * 1024
+    return need if need > 16384 else None
