@@ -141,7 +141,8 @@ def run(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": {"benchmark": _benchmark_name(benchmark), "tools": not no_tools, "max_turns": max_turns,
                          "max_tokens": max_tokens, "temperature": temperature, "on_error": on_error.value,
-                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens}}
+                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens,
+                         "ctx": ctx}}
     if resume:
         check_resumable(paths, items, tools=not no_tools)
     write_side_table(paths, items, meta)
