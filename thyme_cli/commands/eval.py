@@ -66,6 +66,15 @@ BenchmarkOpt = Annotated[
 ]
 
 
+# eval's own defaults: the paper's image budget and a context that holds it (eval/paper.py)
+EvalCtxOpt = Annotated[int | None, typer.Option(
+    "--ctx", min=512, help="Context size in tokens (default: room for the paper's image budget).",
+    rich_help_panel=o.MODEL_PANEL)]
+EvalMaxImageTokensOpt = Annotated[int | None, typer.Option(
+    "--max-image-tokens", min=4, help="Most vision tokens per image (default: the paper's 16384).",
+    rich_help_panel=o.MODEL_PANEL)]
+
+
 @app.command("run")
 @handle_errors
 def run(
@@ -97,8 +106,8 @@ def run(
     top_p: o.TopPOpt = 0.9,
     top_k: o.TopKOpt = 50,
     seed: o.SeedOpt = 0,
-    ctx: o.CtxOpt = None,
-    max_image_tokens: o.MaxImageTokensOpt = None,
+    ctx: EvalCtxOpt = None,
+    max_image_tokens: EvalMaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
     flash_attn: o.FlashAttnOpt = None,
