@@ -67,7 +67,8 @@ def test_eval_file_runs_every_item_and_scores_per_category(
     # run with the paper's evaluation settings unless told otherwise, and say so in the report
     settings = json.loads((work / "meta.json").read_text())["settings"]
     assert settings == {"benchmark": "synth", "tools": True, "max_turns": 5, "max_tokens": 2048, "temperature": 0.0,
-                        "on_error": "retry", "max_image_tokens": None, "min_image_tokens": None}
+                        "on_error": "retry", "max_image_tokens": 16384, "min_image_tokens": 4,
+                        "ctx": 44032}
     assert "All settings are those of the paper's evaluation." in (work / "report.md").read_text()
     scored = _lines(work / "scored.jsonl")
     assert [s["correct"] for s in scored] == [t.answer == "B" for t in truth]

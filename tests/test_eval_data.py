@@ -159,7 +159,9 @@ def test_jsonl_manifest_options_as_list_or_object_and_answers_as_text(tmp_path: 
     assert [i.id for i in items] == ["1", "x7", "3"]
     assert items[0].options == {"A": "red", "B": "blue"} and items[0].answer == "B" and items[0].category == "c"
     assert items[1].options == {"A": "small", "B": "big"} and items[1].answer == "A"
-    assert items[2].options == {} and items[2].answer == "STOP" and items[2].prompt == "what is written?"
+    assert items[2].options == {} and items[2].answer == "STOP"
+    # a question without options gets upstream's VQA instruction (eval/items.py)
+    assert items[2].prompt == "what is written?\nPlease try to answer the question with short words or phrases if possible."
 
 
 @pytest.mark.parametrize(

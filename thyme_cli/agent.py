@@ -8,10 +8,11 @@ with an answer or a stated reason.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from thyme_cli import protocol as proto
 from thyme_cli.answers import clean_answer
@@ -30,6 +31,8 @@ class AgentOptions:
     max_step_tokens: int = 2048  # generation budget of one turn
     on_error: Literal["show", "retry"] = "show"  # show a failed step to the model, or discard and retry it
     max_retries: int = 2
+    retry_warm: bool = True  # a retried turn's prose is sampled warm (False: greedy, as the paper's eval)
+    retries_use_turns: bool = False  # a discarded attempt counts against max_turns (as the paper's eval)
     tools: bool = True  # False: the ablation without code (the model answers directly)
 
 
@@ -91,7 +94,7 @@ def answer_question(
         conv.use_fences(True)  # a closing ``` ends a code turn, as </code> does
     retries = repeats = 0
     request_fed = False
-    while len(trace.steps) + repeats < options.max_turns:
+    while len(trace.steps) + repeats + (retries if options.retries_use_turns else 0) < options.max_turns:
         rewind = _rewinder(conv, options)
         mark = rewind.checkpoint() if rewind else 0
         gen = _generate(conv, trace, options, events, lenient_fences=generic)
@@ -113,7 +116,7 @@ def answer_question(
             trace.notes.append(note)
             events.note(note)
         last = trace.steps[-1] if trace.steps else None
-        final = len(trace.steps) + repeats + 1 >= options.max_turns
+        final = len(trace.steps) + repeats + (retries if options.retries_use_turns else 0) + 1 >= options.max_turns
         if last is not None and reply.code.strip() == last.code.strip():
             repeats += 1
             note = f"turn {len(trace.turns)} repeated step {last.index}'s code; it was not run again"
@@ -129,7 +132,7 @@ def answer_question(
             trace.turns[-1].discarded = True
             trace.notes.append(f"turn {len(trace.turns)}: its step failed and was discarded; the model was asked "
                                f"again (--on-error retry {retries}/{options.max_retries})")
-            rewind.rollback(mark)
+            _rollback(rewind, mark, warm=options.retry_warm)
             continue
         trace.steps.append(step)
         try:
@@ -141,6 +144,14 @@ def answer_question(
             trace.notes.append(f"could not show step {step.index}'s result to the model: {e.message}")
             break
     return _final_answer(conv, trace, options, events, started, generic, request_fed=request_fed)
+
+
+def _rollback(rewind: Rewindable, mark: int, *, warm: bool) -> None:
+    """Take the failed turn back; ``warm=False`` keeps a greedy engine greedy for the retried turn."""
+    if warm or "resample_warm" not in inspect.signature(rewind.rollback).parameters:
+        rewind.rollback(mark)
+    else:
+        cast(Any, rewind).rollback(mark, resample_warm=False)
 
 
 def _rewinder(conv: Conversation, options: AgentOptions) -> Rewindable | None:

@@ -66,6 +66,15 @@ BenchmarkOpt = Annotated[
 ]
 
 
+# eval's own defaults: the paper's image budget and a context that holds it (eval/paper.py)
+EvalCtxOpt = Annotated[int | None, typer.Option(
+    "--ctx", min=512, help="Context size in tokens (default: room for the paper's image budget).",
+    rich_help_panel=o.MODEL_PANEL)]
+EvalMaxImageTokensOpt = Annotated[int | None, typer.Option(
+    "--max-image-tokens", min=4, help="Most vision tokens per image (default: the paper's 16384).",
+    rich_help_panel=o.MODEL_PANEL)]
+
+
 @app.command("run")
 @handle_errors
 def run(
@@ -97,8 +106,8 @@ def run(
     top_p: o.TopPOpt = 0.9,
     top_k: o.TopKOpt = 50,
     seed: o.SeedOpt = 0,
-    ctx: o.CtxOpt = None,
-    max_image_tokens: o.MaxImageTokensOpt = None,
+    ctx: EvalCtxOpt = None,
+    max_image_tokens: EvalMaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
     flash_attn: o.FlashAttnOpt = None,
@@ -130,16 +139,19 @@ def run(
                          hint="add --resume to continue that eval, or choose another -o")
     wanted = (lambda item_id: in_shard(item_id, *shard_pos)) if shard_pos else None
     items = load_benchmark(benchmark, paths.images.resolve(), wanted, limit=limit)
-    from thyme_cli.eval.paper import paper_min_image_tokens
+    from thyme_cli.eval.paper import eval_context, paper_image_tokens
 
-    min_image_tokens = paper_min_image_tokens(_benchmark_name(benchmark))  # OCRBench: larger images, as the paper
+    # the paper's image-token budget (OCRBench: larger minimum); --max-image-tokens replaces the maximum
+    min_image_tokens, max_image_tokens = paper_image_tokens(_benchmark_name(benchmark), max_image_tokens)
+    ctx = eval_context(ctx, max_image_tokens, max_turns, max_tokens)  # a 16,384-token image must fit
     meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
             "fingerprint": fingerprint(items), "tools": not no_tools, "items": len(items), "limit": limit,
             "model": model or (f"scripted:{script.name}" if script else api_model), "shard": shard,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": {"benchmark": _benchmark_name(benchmark), "tools": not no_tools, "max_turns": max_turns,
                          "max_tokens": max_tokens, "temperature": temperature, "on_error": on_error.value,
-                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens}}
+                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens,
+                         "ctx": ctx}}
     if resume:
         check_resumable(paths, items, tools=not no_tools)
     write_side_table(paths, items, meta)
@@ -173,11 +185,15 @@ def run(
 
 
 def agent_options(*, no_tools: bool, max_turns: int, max_tokens: int, on_error: str) -> AgentOptions:
-    """The agent's options; --no-tools: no code instructions in the prompt and no code turns."""
+    """The agent's options; --no-tools: no code instructions in the prompt and no code turns.
+
+    --on-error retry as the paper's evaluation does it (eval/paper.py): a discarded attempt uses up
+    one of the max_turns steps, and the retried turn is generated with the same (greedy) sampling."""
     from thyme_cli.agent import AgentOptions
 
     return AgentOptions(max_turns=0 if no_tools else max_turns, max_step_tokens=max_tokens,
-                        on_error="retry" if on_error == "retry" else "show", tools=not no_tools)
+                        on_error="retry" if on_error == "retry" else "show", tools=not no_tools,
+                        max_retries=max_turns, retry_warm=False, retries_use_turns=True)
 
 
 def _default_output(benchmark: Path, no_tools: bool, shard: tuple[int, int] | None) -> Path:

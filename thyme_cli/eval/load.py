@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from thyme_cli.batch_inputs import jsonl_objects
 from thyme_cli.errors import UsageError
-from thyme_cli.eval.items import EvalItem
+from thyme_cli.eval.items import EvalItem, open_question_instruction
 from thyme_cli.eval.tsv import answer_letter, read_tsv
 
 SUFFIXES = (".tsv", ".jsonl")
@@ -35,7 +36,8 @@ def load_benchmark(
         raise UsageError(f"{path}: expected a VLMEvalKit .tsv or a .jsonl manifest")
     if not items:
         raise UsageError(f"{path}: the benchmark has no items")
-    return items
+    instruction = open_question_instruction(path.stem, items)  # upstream's VQA / yes-no suffix
+    return [replace(item, instruction=instruction) if not item.options and instruction else item for item in items]
 
 
 def read_manifest(path: Path) -> list[EvalItem]:
