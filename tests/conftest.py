@@ -20,12 +20,20 @@ from thyme_cli.devtools.tiny_gguf import TinyPair, write_tiny_pair
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One THYME_CACHE_DIR for the session: the CPU probe (engine/cpu_probe) runs once, not per test."""
+    return tmp_path_factory.mktemp("thyme-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache_dir: Path) -> Iterator[Path]:
     """A fresh THYME_HOME and HF_HOME per test; the Hub is never contacted unless a test says so."""
     home = tmp_path / "thyme-home"
     home.mkdir()
     monkeypatch.setenv("THYME_HOME", str(home))
+    monkeypatch.setenv("THYME_CACHE_DIR", str(shared_cache_dir))
+    monkeypatch.delenv("THYME_EXTRA_BUFTS", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")

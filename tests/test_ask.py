@@ -120,7 +120,7 @@ def test_on_error_retry_discards_the_failed_step(tmp_path: Path, photo: Path, sa
 
 
 def test_turn_budget_forces_a_final_answer(run_thyme: RunThyme, tmp_path: Path, photo: Path, sandbox_backend: str) -> None:
-    script = _script(tmp_path, COMPUTE, COMPUTE, "1280 pixels wide</answer>")
+    script = _script(tmp_path, COMPUTE, COMPUTE.replace("width is", "the width is"), "1280 pixels wide</answer>")
     result = run_thyme("ask", str(photo), "how wide?", "--script", str(script), "--max-turns", "2", "--json")
     assert result.returncode == 0, result.stderr
     run = json.loads(result.stdout)
@@ -251,7 +251,7 @@ def test_real_llama_engine_on_the_tiny_model_finishes_and_reports(
     assert result.returncode in (0, 3), result.stderr
     run = json.loads(result.stdout)
     assert run["model"] == "tiny" and run["protocol"] == "thyme"
-    assert run["stop_reason"] in ("answered", "answered_untagged", "no_answer")
+    assert run["stop_reason"] in ("answered", "answered_untagged", "no_answer", "truncated")
     assert run["stop_detail"]
     assert run["turns"] and all(t["stop_reason"] in ("code", "answer", "end_of_turn", "max_tokens") for t in run["turns"])
     assert run["counters"]["images_encoded"] >= 1 and run["counters"]["tokens_evaluated"] > 100

@@ -394,13 +394,15 @@ def test_a_template_that_rewrites_history_rolls_the_context_back_correctly(
     encodes = _count_calls(monkeypatch, "mtmd_encode_chunk")
     conv = templated.open(no_eog(templated))
     conv.feed_user(f"{IMAGE_MARKER} what?", [images["photo"]])
+    # (a system prompt kept from the previous question on this engine is cut back here: not ours)
+    before = conv.counters.rollbacks
     # The template trims assistant content, so these spaces vanish once the turn is closed:
     # the re-rendered text diverges inside the context, image included.
     conv.feed_assistant(f"  see {IMAGE_MARKER}  ", [images["crop"]])
     conv.generate(max_tokens=4)
-    assert conv.counters.rollbacks == 0
+    assert conv.counters.rollbacks == before
     conv.feed_user("and now?")
-    assert conv.counters.rollbacks == 1
+    assert conv.counters.rollbacks == before + 1
     assert "### model:\nsee " in conv.text and "\n  see" not in conv.text
     assert len(encodes) == 2 == conv.counters.images_encoded  # the cut image was not encoded again
     incremental, stream = conv.logits(), conv.token_stream()

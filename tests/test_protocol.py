@@ -65,8 +65,16 @@ def test_bare_fence_only_in_lenient_mode() -> None:
 
 
 def test_several_blocks_first_runs_and_the_rest_are_counted() -> None:
-    reply = parse_reply("<code>a=1</code> then <code>b=2</code> and <code>c=3</code>")
+    reply = parse_reply("<code>a=1</code>\nthen\n<code>\nb=2\n</code>\nand\n<code>\n```python\nc=3\n```\n</code>")
     assert reply.code == "a=1" and reply.extra_code_blocks == 2
+
+
+def test_inline_code_in_prose_is_not_a_code_block() -> None:
+    reply = parse_reply("In HTML, the <code>code</code> tag marks <code>inline</code> code.\n<answer>inline code</answer>")
+    assert reply.code is None and reply.answer == "inline code"
+    assert reply.think == "In HTML, the code tag marks inline code."
+    prose_then_block = parse_reply("Use <code>img</code> here:\n<code>\n```python\nprint(img.size)\n```\n</code>")
+    assert prose_then_block.code == "print(img.size)" and prose_then_block.extra_code_blocks == 0
 
 
 def test_answer_without_think_and_text_after_answer() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, Protocol, cast
 
 from thyme_cli import protocol as proto
+from thyme_cli.answers import clean_answer
 from thyme_cli.engine.base import Conversation, Generation
 from thyme_cli.errors import BackendUnavailable, EngineError
 from thyme_cli.images import InputImage
@@ -82,34 +83,60 @@ def answer_question(
             return _finish(trace, "answered", reply.answer, started, conv)
         return _final_answer(conv, trace, options, events, started, generic)
     conv.feed_user(proto.user_prompt(trace.question, sandbox.image_path, image.width, image.height), [image.path])
-    retries = 0
-    while len(trace.steps) < options.max_turns:
+    if generic and hasattr(conv, "use_fences"):
+        conv.use_fences(True)  # a closing ``` ends a code turn, as </code> does
+    retries = repeats = 0
+    request_fed = False
+    while len(trace.steps) + repeats < options.max_turns:
         rewind = _rewinder(conv, options)
         mark = rewind.checkpoint() if rewind else 0
-        gen = _generate(conv, trace, options, events)
+        gen = _generate(conv, trace, options, events, lenient_fences=generic)
         reply = proto.parse_reply(gen.text, lenient_fences=generic)
         if reply.answer is not None:
             if reply.answer_truncated:
-                trace.notes.append("the answer was cut off by the token budget")
-            return _finish(trace, "answered", reply.answer, started, conv)
+                return _truncated(trace, reply.answer, gen, started, conv)
+            if (answer := clean_answer(reply.answer)) is not None:
+                return _finish(trace, "answered", answer, started, conv)
+            trace.notes.append(f"turn {len(trace.turns)}: the answer was empty or the prompt's placeholder; "
+                               "not taken as an answer")
+            break
         if reply.code is None:
             trace.notes.append(_why_no_code(gen, reply))
             break
+        if reply.extra_code_blocks:
+            note = (f"turn {len(trace.turns)} wrote {reply.extra_code_blocks + 1} code blocks; "
+                    "only the first ran")
+            trace.notes.append(note)
+            events.note(note)
+        last = trace.steps[-1] if trace.steps else None
+        final = len(trace.steps) + repeats + 1 >= options.max_turns
+        if last is not None and reply.code.strip() == last.code.strip():
+            repeats += 1
+            note = f"turn {len(trace.turns)} repeated step {last.index}'s code; it was not run again"
+            trace.notes.append(note)
+            events.note(note)
+            _feed_observation(conv, generic, proto.repeated_code_observation(last.index), [], final=final)
+            request_fed = final and generic
+            continue
         step, result = _run_step(sandbox, reply.code, len(trace.steps) + 1, len(trace.turns), run_dir, events)
         if not result.ok and rewind and retries < options.max_retries:
             retries += 1
             events.note(f"step failed; discarding it and retrying ({retries}/{options.max_retries})")
+            trace.turns[-1].discarded = True
+            trace.notes.append(f"turn {len(trace.turns)}: its step failed and was discarded; the model was asked "
+                               f"again (--on-error retry {retries}/{options.max_retries})")
             rewind.rollback(mark)
             continue
         trace.steps.append(step)
         try:
-            _observe(conv, generic, result, [run_dir / p for p in step.images[:MAX_IMAGES_PER_STEP]])
+            _observe(conv, generic, result, [run_dir / p for p in step.images[:MAX_IMAGES_PER_STEP]], final=final)
+            request_fed = final and generic
         except BackendUnavailable:
             raise
         except EngineError as e:
             trace.notes.append(f"could not show step {step.index}'s result to the model: {e.message}")
             break
-    return _final_answer(conv, trace, options, events, started, generic)
+    return _final_answer(conv, trace, options, events, started, generic, request_fed=request_fed)
 
 
 def _rewinder(conv: Conversation, options: AgentOptions) -> Rewindable | None:
@@ -119,9 +146,19 @@ def _rewinder(conv: Conversation, options: AgentOptions) -> Rewindable | None:
     return None
 
 
-def _generate(conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents) -> Generation:
+def _generate(
+    conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents, *, lenient_fences: bool = False
+) -> Generation:
+    """One model turn. A stop at an inline ``<code>x</code>`` in prose (no code block) is not the
+    end of the turn: generation goes on, within the same token budget."""
     t0 = time.perf_counter()
     gen = conv.generate(max_tokens=options.max_step_tokens, on_text=events.text)
+    while gen.stop_reason == "code" and gen.n_tokens < options.max_step_tokens:
+        reply = proto.parse_reply(gen.text, lenient_fences=lenient_fences)
+        if reply.code is not None or reply.code_truncated or reply.answer is not None:
+            break
+        more = conv.generate(max_tokens=options.max_step_tokens - gen.n_tokens, on_text=events.text)
+        gen = Generation(gen.text + more.text, more.stop_reason, gen.n_tokens + more.n_tokens)
     trace.turns.append(Turn(len(trace.turns) + 1, gen.text, gen.stop_reason, gen.n_tokens, time.perf_counter() - t0))
     return gen
 
@@ -140,10 +177,16 @@ def _run_step(
     return step, result
 
 
-def _observe(conv: Conversation, generic: bool, result: ExecResult, images: list[Path]) -> None:
+def _observe(conv: Conversation, generic: bool, result: ExecResult, images: list[Path], *, final: bool = False) -> None:
     text = proto.observation(n_images=len(images), stdout=result.stdout, error=result.error)
+    _feed_observation(conv, generic, text, images, final=final)
+
+
+def _feed_observation(conv: Conversation, generic: bool, text: str, images: list[Path], *, final: bool) -> None:
+    """Give the model a step's result. For the generic protocol the result is a user turn, and
+    after the last step the final-answer request joins it (no empty model turn in between)."""
     if generic:
-        conv.feed_user(text, images)
+        conv.feed_user(f"{text}\n\n{proto.FINAL_ANSWER_REQUEST}" if final else text, images)
     else:
         conv.feed_assistant(text, images)
 
@@ -155,13 +198,15 @@ def _why_no_code(gen: Generation, reply: proto.Reply) -> str:
 
 
 def _final_answer(
-    conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents, started: float, generic: bool
+    conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents, started: float, generic: bool,
+    *, request_fed: bool = False,
 ) -> Trace:
     """Ask for the answer once more, opening the answer tag for the model."""
     events.note("asking the model for its final answer")
     try:
         if generic:
-            conv.feed_user(proto.FINAL_ANSWER_REQUEST)
+            if not request_fed:
+                conv.feed_user(proto.FINAL_ANSWER_REQUEST)
             conv.feed_assistant("<answer>")
         else:
             conv.feed_assistant(proto.FINAL_ANSWER_PREFIX)
@@ -171,14 +216,30 @@ def _final_answer(
     except EngineError as e:
         trace.stop_detail = f"the final answer turn failed: {e.message}"
         return _finish(trace, "error", None, started, conv)
-    text = gen.text.split("</answer>", 1)[0].strip()
-    if text:
+    closed = "</answer>" in gen.text.lower()
+    raw = gen.text[: gen.text.lower().index("</answer>")] if closed else gen.text
+    if gen.stop_reason == "max_tokens" and not closed:
+        return _truncated(trace, raw, gen, started, conv)
+    if (text := clean_answer(raw)) is not None:
         return _finish(trace, "answered", text, started, conv)
-    fallback = next((a for t in reversed(trace.turns) if (a := proto.untagged_answer(t.text))), None)
+    fallback = next((a for t in reversed(trace.turns)
+                     if t.stop_reason != "max_tokens" and not t.discarded
+                     and (a := clean_answer(proto.untagged_answer(t.text)))), None)
     if fallback:
         return _finish(trace, "answered_untagged", fallback, started, conv)
     trace.stop_detail = trace.stop_detail or "the model gave no answer"
     return _finish(trace, "no_answer", None, started, conv)
+
+
+def _truncated(trace: Trace, partial: str, gen: Generation, started: float, conv: Conversation) -> Trace:
+    """An answer cut off by the token budget is not an answer; what it held so far is kept in the note."""
+    cleaned = clean_answer(partial)
+    more = "…" if cleaned is not None and len(cleaned) > 200 else ""
+    shown = "" if cleaned is None else f': "{cleaned[:200]}{more}"'
+    trace.notes.append(f"turn {len(trace.turns)}: the answer was cut off by the token budget "
+                       f"({gen.n_tokens} tokens){shown}")
+    trace.stop_detail = f"the answer was cut off by the token budget ({gen.n_tokens} tokens); raise --max-tokens"
+    return _finish(trace, "truncated", None, started, conv)
 
 
 def _finish(trace: Trace, reason: str, answer: str | None, started: float, conv: Conversation) -> Trace:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from thyme_cli.agent import QuietEvents
 from thyme_cli.batch_inputs import Item
 from thyme_cli.batch_journal import Journal
+from thyme_cli.crash_guard import announce_run_dir
 from thyme_cli.errors import BackendUnavailable, ThymeError
 from thyme_cli.images import InputImage
 from thyme_cli.runner import (
@@ -113,6 +114,7 @@ def prepare_item(item: Item, runs_root: Path, settings: QuestionSettings, pool: 
     if run_dir.exists():  # left by an attempt that was killed before its line was written
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    announce_run_dir(run_dir)
     prepared = PreparedItem(item, run_dir, 0.0)
     try:
         from thyme_cli.pdf import page_source

@@ -73,6 +73,25 @@ def quantize(src: str, dst: str, quant: str) -> None:
     emit("done", path=dst)
 
 
+def _honour_cpu_probe() -> None:
+    """Make this (child) process load models without extra buffer types where cpu_probe says they
+    crash: llama_cpp.Llama has no parameter for it, so its default model params are adjusted."""
+    import llama_cpp.llama_cpp as low
+
+    from thyme_cli.engine.cpu_probe import use_extra_bufts
+
+    if use_extra_bufts():
+        return
+    defaults = low.llama_model_default_params
+
+    def without_extra_bufts() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = without_extra_bufts
+
+
 def verify(model_path: str, mmproj_path: str) -> None:
     """Load the language model and the projector together, decode a few tokens, encode one image."""
     import llama_cpp
@@ -80,6 +99,7 @@ def verify(model_path: str, mmproj_path: str) -> None:
     import numpy as np
 
     try:
+        _honour_cpu_probe()
         llm = llama_cpp.Llama(model_path=model_path, n_ctx=512, n_gpu_layers=0, n_threads=2, verbose=False)
     except Exception as e:
         raise RuntimeError(f"the language model does not load: {_last_error(str(e))}") from None

@@ -105,6 +105,27 @@ def observation(*, n_images: int, stdout: str, error: str | None) -> str:
     return f"<sandbox_output>{body}</sandbox_output>"
 
 
+def repeated_code_observation(step: int) -> str:
+    """What the model is told when it writes the previous step's code again (it is not re-run)."""
+    return (f"<sandbox_output>This code is identical to step {step}'s, so it was not run again: "
+            f"its result is above. Change the code, or give your final answer.</sandbox_output>")
+
+
+def _is_inline(text: str, match: re.Match[str]) -> bool:
+    """A ``<code>x</code>`` after prose on the same line, with no line break or fence inside: a
+    mention in prose ("the <code>img</code> variable"), not a code block."""
+    body = text[match.start():match.end()]
+    if "\n" in body or "```" in body:
+        return False
+    line_start = text.rfind("\n", 0, match.start()) + 1
+    return bool(text[line_start:match.start()].strip())
+
+
+def _code_blocks(text: str, start: int = 0) -> list[re.Match[str]]:
+    """The complete code blocks of ``text`` from ``start``, inline mentions left out."""
+    return [m for m in _CODE_RE.finditer(text, start) if not _is_inline(text, m)]
+
+
 @dataclass(frozen=True)
 class Reply:
     """What one model segment contains. Every field is optional: parsing never fails."""
@@ -121,16 +142,18 @@ def parse_reply(text: str, *, lenient_fences: bool = False) -> Reply:
     """Extract think / code / answer from one generated segment.
 
     ``lenient_fences`` also accepts a bare ```python fence as code (general VLMs often omit the
-    ``<code>`` tags). Text after ``</answer>`` is ignored.
+    ``<code>`` tags). Text after ``</answer>`` is ignored. An inline ``<code>x</code>`` in a line of
+    prose is not code.
     """
     answer_match = _ANSWER_RE.search(text)
-    code_match = _CODE_RE.search(text)
+    blocks = _code_blocks(text)
+    code_match = blocks[0] if blocks else None
     # A live engine stops at whichever closes first, so that one is what the model meant to do.
     if answer_match and not (code_match and code_match.end() <= answer_match.start()):
         before_answer = text[: answer_match.start()]
         return Reply(think=_think(before_answer), answer=answer_match.group(1).strip())
     if code_match:
-        later = len(_CODE_RE.findall(text, code_match.end()))
+        later = len(blocks) - 1
         return Reply(think=_think(text[: code_match.start()]), code=code_match.group(1).strip("\n"),
                      extra_code_blocks=later)
     if lenient_fences:
@@ -142,14 +165,19 @@ def parse_reply(text: str, *, lenient_fences: bool = False) -> Reply:
     if open_answer:
         partial = open_answer.group(1).strip()
         return Reply(think=_think(text[: open_answer.start()]), answer=partial or None, answer_truncated=True)
-    open_code = _OPEN_CODE_RE.search(text)
+    blanked = text
+    for m in reversed([m for m in _CODE_RE.finditer(text) if _is_inline(text, m)]):
+        # an inline mention is not an unclosed block either
+        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end():]
+    open_code = _OPEN_CODE_RE.search(blanked)
     return Reply(think=_think(text), code_truncated=open_code is not None)
 
 
 def _think(text: str) -> str | None:
     match = _THINK_RE.search(text)
     body = match.group(1) if match else text
-    body = _CODE_RE.sub("", body)
+    for block in reversed(_code_blocks(body)):
+        body = body[: block.start()] + body[block.end():]
     body = _TAG_RE.sub("", body).strip()
     return body or None
 

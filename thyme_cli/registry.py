@@ -44,6 +44,9 @@ class ModelSpec:
     model_path: Path | None = None
     mmproj_path: Path | None = None
     source: Literal["builtin", "user"] = "builtin"
+    # For GGUFs without a chat template: a llama.cpp built-in format name, or a Jinja template file.
+    chat_format: str | None = None
+    chat_template: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -68,6 +71,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "source_dir": (str,),
     "model_path": (str,),
     "mmproj_path": (str,),
+    "chat_format": (str,),
+    "chat_template": (str,),
 }
 _KNOWN = {f.name for f in fields(ModelSpec)}
 
@@ -89,7 +94,7 @@ def _spec_from_table(name: str, table: dict[str, Any], source: Literal["builtin"
         kwargs[key] = value
     if kwargs.get("protocol", "generic") not in PROTOCOLS:
         raise ConfigError(f"{where}: [models.{name}] protocol must be one of {', '.join(PROTOCOLS)}")
-    for key in ("model_path", "mmproj_path", "source_dir"):
+    for key in ("model_path", "mmproj_path", "source_dir", "chat_template"):
         if key in kwargs:
             kwargs[key] = Path(kwargs[key]).expanduser()
     if "size_gb" in kwargs:
@@ -237,6 +242,8 @@ def add_local_model(
     n_ctx: int,
     description: str,
     config_path: Path | None = None,
+    chat_format: str | None = None,
+    chat_template: Path | None = None,
 ) -> Path:
     """Register a local GGUF pair in the user's config file by appending a table (comments survive)."""
     config_path = config_path or paths.config_file()
@@ -260,8 +267,14 @@ def add_local_model(
         f"mmproj_path = {_toml_string(str(mmproj_path.resolve()))}",
         f"protocol = {_toml_string(protocol)}",
         f"n_ctx = {n_ctx}",
-        "",
     ]
+    if chat_format:
+        lines.append(f"chat_format = {_toml_string(chat_format)}")
+    if chat_template is not None:
+        if not chat_template.is_file():
+            raise UsageError(f"--chat-template {chat_template}: no such file")
+        lines.append(f"chat_template = {_toml_string(str(chat_template.resolve()))}")
+    lines.append("")
     config_path.parent.mkdir(parents=True, exist_ok=True)
     with config_path.open("a", encoding="utf-8") as f:
         f.write("\n".join(lines))

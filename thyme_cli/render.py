@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 CODE_OPEN = "<code>"
+# What starts text that is shown as a code panel instead of prose (fences: the generic protocol).
+CODE_OPENERS = (CODE_OPEN, "```python", "```py\n")
 MAX_SHOWN_OUTPUT_LINES = 20
 # Control characters other than newline and tab, C1 controls included: model text and sandbox
 # output must never drive the terminal (escape sequences can retitle, recolour or spoof).
@@ -41,24 +43,41 @@ class LiveRenderer:
         self.run_dir = run_dir
         # "kitty" / "iterm" / "sixel" / "halfblock" draw thumbnails; None shows paths only; "auto" detects.
         self.previews = inline_image_protocol() if previews == "auto" else previews
-        self._held = ""  # text that might be the start of "<code>"
+        self._held = ""  # text that might be the start of "<code>" or of a ```python fence
         self._in_code = False
+        self._code = ""  # held-back text of the code block being written (shown as a panel if it runs)
         self._at_line_start = True
 
     # -- streamed model text: prose is shown dim; code is held back and shown as a panel instead
     def text(self, chunk: str) -> None:
         if self._in_code:
+            self._code += chunk
+            if _continues_after_close(self._code):  # no step came of it (inline code): it was prose
+                self._release_code()
             return
         buffer = self._held + chunk
         self._held = ""
-        pos = buffer.find(CODE_OPEN)
-        if pos >= 0:
+        starts = [(pos, opener) for opener in CODE_OPENERS if (pos := buffer.find(opener)) >= 0]
+        if starts:
+            pos, _opener = min(starts)
             self._emit(buffer[:pos])
             self._in_code = True
+            self._code = buffer[pos:]
             return
-        keep = _partial_suffix(buffer, CODE_OPEN)
+        keep = max(_partial_suffix(buffer, opener) for opener in CODE_OPENERS)
         self._emit(buffer[: len(buffer) - keep])
         self._held = buffer[len(buffer) - keep :]
+
+    def _release_code(self) -> None:
+        """Show held-back "code" as prose after all (no step ran it)."""
+        held, self._code, self._in_code = self._code, "", False
+        closer = "</code>" if held.startswith(CODE_OPEN) else "```"
+        end = held.find(closer, 3)
+        if end < 0:
+            self._emit(held)
+            return
+        self._emit(held[: end + len(closer)])
+        self.text(held[end + len(closer):])  # what follows may open a real block
 
     def _emit(self, text: str) -> None:
         if not text:
@@ -77,10 +96,11 @@ class LiveRenderer:
         from rich.panel import Panel
         from rich.syntax import Syntax
 
-        self._held = ""
+        self._held = self._code = ""
         self._newline()
+        # soft_wrap=False: the consoles soft-wrap plain text, which would crop a panel's long lines
         self.console.print(Panel(Syntax(terminal_safe(code), "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
-                                 title_align="left", border_style="cyan"))
+                                 title_align="left", border_style="cyan"), soft_wrap=False)
 
     def step_finished(self, step: Step, result: ExecResult) -> None:
         from rich.text import Text
@@ -120,8 +140,19 @@ class LiveRenderer:
     def note(self, message: str) -> None:
         from rich.text import Text
 
+        if self._in_code:  # e.g. a code block cut by the token budget: show what the model wrote
+            self._release_code()
         self._newline()
         self.console.print(Text(terminal_safe(message), style="yellow italic"))
+
+
+def _continues_after_close(code: str) -> bool:
+    """True when held-back code was closed and the model went on writing (so no step ran it)."""
+    tag = code.startswith(CODE_OPEN)
+    closer = "</code>" if tag else "```"
+    body = code[len(CODE_OPEN):] if tag else code[3:]
+    end = body.find(closer)
+    return end >= 0 and bool(body[end + len(closer):].strip())
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -223,4 +254,5 @@ def print_answer(trace: Trace, quiet: bool) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
-    console.print(Panel(Text(terminal_safe(answer)), title="answer", title_align="left", border_style="green bold"))
+    console.print(Panel(Text(terminal_safe(answer)), title="answer", title_align="left", border_style="green bold"),
+                  soft_wrap=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import re
 from pathlib import Path
 
 from thyme_cli.protocol import without_code
@@ -13,7 +14,8 @@ from thyme_cli.trace import Trace
 _STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.4em} .meta{color:#666} pre{background:#f6f6f6;padding:.7em;overflow-x:auto;white-space:pre-wrap}
-.answer{border:2px solid #2a2;padding:.8em;border-radius:6px;font-size:1.1em;background:#f4fff4}
+.answer{border:2px solid #2a2;padding:.8em;border-radius:6px;font-size:1.1em;background:#f4fff4;white-space:pre-wrap}
+.discarded{opacity:.6} .discarded h3::after{content:" discarded";color:#a22;font-size:.8em}
 .noanswer{border:2px solid #a22;padding:.8em;border-radius:6px;background:#fff4f4}
 .step{border-left:4px solid #38c;padding-left:1em;margin:1.2em 0} .error{color:#a00}
 figure{display:inline-block;margin:.5em 1em .5em 0} img{max-width:100%;max-height:420px;border:1px solid #ccc}
@@ -50,6 +52,12 @@ def _crops_section(trace: Trace, run_dir: Path) -> list[str]:
     return ['<h2>Where the model looked</h2><figure id="crops"><img src="' + uri + '" alt="crop boxes">'
             "<figcaption>every crop of the input image, numbered in order</figcaption></figure>",
             f'<ol class="crops">{items}</ol>']
+# A ```python fence written as code (the generic protocol): shown once, as its step.
+_PY_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n[\s\S]*?```", re.IGNORECASE)
+
+
+def _without_fences(text: str, step: int) -> str:
+    return _PY_FENCE_RE.sub(f"[code: step {step} below]", text, count=1)
 
 
 def render_html(trace: Trace, run_dir: Path) -> str:
@@ -73,9 +81,13 @@ def render_html(trace: Trace, run_dir: Path) -> str:
     parts.append("<h2>Reasoning</h2>")
     for turn in trace.turns:
         step = next((s for s in trace.steps if s.turn == turn.index), None)
-        prose = without_code(turn.text, f"[code: step {step.index} below]") if step else turn.text
-        parts.append(f'<h3>Turn {turn.index} <span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
-                     f"{turn.seconds:.1f} s)</span></h3><pre class=turn>{esc(prose)}</pre>")
+        prose = _without_fences(without_code(turn.text, f"[code: step {step.index} below]"), step.index) if step \
+            else turn.text
+        discarded = ("<p class=meta>its step failed and was discarded (--on-error retry); the model was asked again</p>"
+                     if turn.discarded else "")
+        parts.append(f'<div class="{"discarded" if turn.discarded else "turn"}"><h3>Turn {turn.index} '
+                     f'<span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
+                     f"{turn.seconds:.1f} s)</span></h3>{discarded}<pre class=turn>{esc(prose)}</pre></div>")
         if step is None:
             continue
         status = "timed out" if step.timed_out else ("error" if step.error else "ok")

@@ -36,6 +36,8 @@ class ModelSettings:
     gpu_layers: int | None = None
     threads: int | None = None
     flash_attn: bool | None = None  # None: llama.cpp decides
+    chat_format: str | None = None  # None: the model entry's, else "auto"
+    chat_template: Path | None = None  # a Jinja file instead of the GGUF's template
     script: Path | None = None
     backend: str = "local"  # "local" (llama.cpp here) or "openai" (an OpenAI-compatible server)
     base_url: str | None = None
@@ -81,6 +83,8 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
     options = EngineOptions.from_spec(
         spec, n_ctx=settings.n_ctx, max_image_tokens=settings.max_image_tokens,
         n_gpu_layers=settings.gpu_layers, n_threads=settings.threads, flash_attn=settings.flash_attn,
+        chat_format=settings.chat_format or spec.chat_format or "auto",
+        chat_template_file=settings.chat_template or spec.chat_template,
     )
     sampling = SamplingOptions(
         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed

@@ -20,7 +20,7 @@ from thyme_cli.errors import UsageError
 
 TRACE_VERSION = 1
 
-StopReason = Literal["answered", "answered_untagged", "no_answer", "error"]
+StopReason = Literal["answered", "answered_untagged", "no_answer", "truncated", "error"]
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Turn:
     stop_reason: str
     n_tokens: int
     seconds: float
+    discarded: bool = False  # --on-error retry threw this turn's failed step away and asked again
 
 
 @dataclass

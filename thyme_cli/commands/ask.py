@@ -39,6 +39,8 @@ def ask(
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
     flash_attn: o.FlashAttnOpt = None,
+    chat_format: o.ChatFormatOpt = None,
+    chat_template: o.ChatTemplateOpt = None,
     yes: o.YesOpt = False,
     page: Annotated[
         int | None, typer.Option("--page", min=1, help="For a PDF: the page to ask about (default 1).")
@@ -90,6 +92,9 @@ def ask(
 
     if not question.strip():
         raise UsageError("the question is empty")
+    from thyme_cli.crash_guard import announce_run_dir, guard
+
+    guard("ask")
     source: Path | bytes = read_stdin_image(sys.stdin.buffer) if image == "-" else Path(image).expanduser()
     registry = load_registry()
     label, pdf_note = image, None
@@ -102,6 +107,8 @@ def ask(
         raise UsageError("--page and --dpi apply to PDF input", hint=f"{image} is not a PDF")
     created = out is None or not out.exists()
     run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), question)
+    if created:
+        announce_run_dir(run_dir)
     input_image = prepare_input(source, run_dir, label=label, remove_on_error=created)
     if pdf_note:
         input_image.notes.insert(0, pdf_note)
@@ -109,6 +116,7 @@ def ask(
     settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        chat_format=chat_format, chat_template=chat_template,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"

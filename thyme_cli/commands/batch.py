@@ -119,6 +119,8 @@ def batch(
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
     flash_attn: o.FlashAttnOpt = None,
+    chat_format: o.ChatFormatOpt = None,
+    chat_template: o.ChatTemplateOpt = None,
     yes: o.YesOpt = False,
     script: o.ScriptOpt = None,
 ) -> None:
@@ -138,6 +140,7 @@ def batch(
     model_settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        chat_format=chat_format, chat_template=chat_template,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(
@@ -176,10 +179,12 @@ def execute_batch(
     from thyme_cli.batch import outcome, run_batch
     from thyme_cli.batch_inputs import in_shard, parse_shard
     from thyme_cli.batch_journal import Journal
+    from thyme_cli.crash_guard import announce_run_dir, guard
     from thyme_cli.registry import load_registry
     from thyme_cli.runner import check_sandbox, load_model
     from thyme_cli.trace import new_run_dir
 
+    guard(command)
     if shard:
         index, total = parse_shard(shard)
         items = [item for item in items if in_shard(item.id, index, total)]
@@ -189,6 +194,8 @@ def execute_batch(
         runs_root = runs or out_path.with_name(out_path.name.removesuffix(".jsonl") + ".runs")
     else:
         runs_root = runs or new_run_dir(paths.runs_dir(), command)
+    if not runs_root.exists() or not any(runs_root.iterdir()):
+        announce_run_dir(runs_root)  # removed after a native crash if no item finished
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")

@@ -35,6 +35,12 @@ def _python() -> Check:
                  "" if ok else "thyme needs Python 3.11 or newer")
 
 
+def _llama_ok() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 def _llama() -> Check:
     try:
         import llama_cpp
@@ -43,6 +49,29 @@ def _llama() -> Check:
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
     return Check("llama-cpp-python", "ok", f"{llama_cpp.__version__}, GPU offload: {'yes' if gpu else 'no (CPU build)'}",
                  "" if gpu else "for a GPU build: ./install.sh --cuda (needs nvcc) or --metal on macOS")
+
+
+def _quantized() -> Check:
+    """A short quantized generation in a child process: does llama.cpp's fast CPU path crash here?"""
+    from thyme_cli.engine import cpu_probe
+
+    name = "quantized models"
+    try:
+        result = cpu_probe.probe_and_cache()
+    except Exception as e:  # no llama.cpp: the llama-cpp-python check already says so
+        return Check(name, "warn", f"not checked: {e}")
+    forced = cpu_probe.decide()
+    override = f"; {forced.detail}" if forced.source == "env" else ""
+    if result.source != "probe":
+        return Check(name, "warn", result.detail + override, "run `thyme doctor` again; see docs/engine.md")
+    if result.extra_bufts:
+        return Check(name, "ok", result.detail + override)
+    if not result.plain_ok:
+        return Check(name, "fail", result.detail + override,
+                     "this llama.cpp build cannot run quantized models here: rebuild with ./install.sh")
+    if forced.source == "env" and forced.extra_bufts:
+        return Check(name, "fail", result.detail + override, "unset THYME_EXTRA_BUFTS: with it on, models crash here")
+    return Check(name, "ok", result.detail + " (fixed)" + override)
 
 
 def _sandboxes() -> list[Check]:
@@ -102,7 +131,7 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
     """Check Python, llama.cpp, the sandbox, models and disk; hint at fixes. Exits 1 when thyme cannot run here."""
-    checks = [_python(), _llama(), *_sandboxes(), *_models(), *_disk()]
+    checks = [_python(), _llama(), *([_quantized()] if _llama_ok() else []), *_sandboxes(), *_models(), *_disk()]
     failed = any(c.status == "fail" for c in checks)
     if as_json:
         typer.echo(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))

@@ -99,6 +99,8 @@ def run(
     gpu_layers: o.GpuLayersOpt = None,
     threads: o.ThreadsOpt = None,
     flash_attn: o.FlashAttnOpt = None,
+    chat_format: o.ChatFormatOpt = None,
+    chat_template: o.ChatTemplateOpt = None,
     yes: o.YesOpt = False,
     script: o.ScriptOpt = None,
 ) -> None:
@@ -139,6 +141,7 @@ def run(
     model_settings = ModelSettings(
         name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
+        chat_format=chat_format, chat_template=chat_template,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(

@@ -313,7 +313,12 @@ def add(
     protocol: str = typer.Option("generic", "--protocol", help="Prompt protocol: 'thyme' or 'generic'."),
     n_ctx: int = typer.Option(8192, "--ctx", help="Default context size in tokens."),
     description: str = typer.Option("local GGUF pair", "--description", help="One line shown by `models list`."),
+    chat_format: str | None = typer.Option(None, "--chat-format", metavar="NAME",
+                                           help="llama.cpp built-in prompt format for a GGUF without a template."),
+    chat_template: Path | None = typer.Option(None, "--chat-template", metavar="FILE",
+                                              help="A Jinja chat template file to use instead of the GGUF's."),
 ) -> None:
     """Register a local GGUF model + mmproj pair in your config file."""
-    where = add_local_model(name, model, mmproj, protocol=protocol, n_ctx=n_ctx, description=description)
+    where = add_local_model(name, model, mmproj, protocol=protocol, n_ctx=n_ctx, description=description,
+                            chat_format=chat_format, chat_template=chat_template)
     typer.echo(f"registered {name} in {where}")

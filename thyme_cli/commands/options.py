@@ -66,6 +66,17 @@ FlashAttnOpt = Annotated[
     typer.Option("--flash-attn/--no-flash-attn", help="Flash attention (default: llama.cpp decides).",
                  rich_help_panel=MODEL_PANEL),
 ]
+ChatFormatOpt = Annotated[
+    str | None,
+    typer.Option("--chat-format", metavar="NAME",
+                 help="Prompt format for a GGUF without a chat template: one of llama.cpp's built-in formats "
+                      "(gemma, chatml, llama3, ...), or 'template' / 'auto'.", rich_help_panel=MODEL_PANEL),
+]
+ChatTemplateOpt = Annotated[
+    Path | None,
+    typer.Option("--chat-template", metavar="FILE", help="A Jinja chat template file to use instead of the GGUF's.",
+                 rich_help_panel=MODEL_PANEL),
+]
 MaxTurnsOpt = Annotated[
     int, typer.Option("--max-turns", min=0, max=50, help="Code steps allowed before the model must answer.",
                       rich_help_panel=MODEL_PANEL)

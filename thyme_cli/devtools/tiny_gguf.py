@@ -202,6 +202,66 @@ def write_qwen25vl_projector(
     return path
 
 
+def write_gemma3_projector(
+    path: Path,
+    *,
+    proj_dim: int = 640,
+    image_size: int = 224,
+    patch: int = 14,
+    merge: int = 4,
+    v_embd: int = 32,
+    v_ff: int = 48,
+    v_layers: int = 2,
+    v_heads: int = 2,
+    seed: int = 2,
+    std: float = 0.2,
+) -> Path:
+    """A `gemma3` clip projector (SigLIP tower, average pool by ``merge``, RMS norm, projection) of
+    any text width: paired with a Gemma 3 language model (``proj_dim`` = its embedding length, 640
+    for Gemma 3 270M). A 224 px image is 16x16 patches, pooled to 4x4 = 16 image tokens."""
+    import gguf
+
+    w = _Weights(seed, std)
+    n_patches = (image_size // patch) ** 2
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type("gemma3")
+    writer.add_vision_projection_dim(proj_dim)
+    writer.add_vision_image_size(image_size)
+    writer.add_vision_patch_size(patch)
+    writer.add_vision_embedding_length(v_embd)
+    writer.add_vision_feed_forward_length(v_ff)
+    writer.add_vision_block_count(v_layers)
+    writer.add_vision_head_count(v_heads)
+    writer.add_vision_attention_layernorm_eps(1e-6)
+    writer.add_vision_image_mean([0.5, 0.5, 0.5])
+    writer.add_vision_image_std([0.5, 0.5, 0.5])
+    writer.add_vision_use_gelu(True)
+    writer.add_vision_projector_scale_factor(merge)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tensor("v.patch_embd.weight", w.rand(v_embd, 3, patch, patch))
+    writer.add_tensor("v.patch_embd.bias", w.rand(v_embd))
+    writer.add_tensor("v.position_embd.weight", w.rand(n_patches, v_embd))
+    for i in range(v_layers):
+        p = f"v.blk.{i}."
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(p + norm + ".weight", w.ones(v_embd))
+            writer.add_tensor(p + norm + ".bias", w.rand(v_embd))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(p + name + ".weight", w.rand(v_embd, v_embd))
+            writer.add_tensor(p + name + ".bias", w.rand(v_embd))
+        writer.add_tensor(p + "ffn_up.weight", w.rand(v_ff, v_embd))
+        writer.add_tensor(p + "ffn_up.bias", w.rand(v_ff))
+        writer.add_tensor(p + "ffn_down.weight", w.rand(v_embd, v_ff))
+        writer.add_tensor(p + "ffn_down.bias", w.rand(v_embd))
+    writer.add_tensor("v.post_ln.weight", w.ones(v_embd))
+    writer.add_tensor("v.post_ln.bias", w.rand(v_embd))
+    writer.add_tensor("mm.soft_emb_norm.weight", w.ones(v_embd))
+    writer.add_tensor("mm.input_projection.weight", w.rand(v_embd, proj_dim))
+    _finish(writer)
+    return path
+
+
 def _finish(writer: Any) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -214,6 +274,37 @@ def write_tiny_pair(out_dir: Path, *, prefix: str = "tiny", chat_template: str =
     out_dir.mkdir(parents=True, exist_ok=True)
     model = write_text_model(out_dir / f"{prefix}-qwen2vl.gguf", chat_template=chat_template)
     mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf")
+    return TinyPair(model=model, mmproj=mmproj)
+
+
+# llama_ftype ids (llama.h) of the quantizations the quantized tiny pair can take.
+QUANT_FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
+    """Quantize with llama.cpp's own llama_model_quantize (what `thyme models convert` uses)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_FTYPES[quant]
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama_model_quantize could not make {quant} from {src}")
+    return dst
+
+
+def write_quantized_pair(out_dir: Path, quant: str = "Q4_K_M", *, prefix: str = "tiny-quant",
+                         chat_template: str = CHATML_TEMPLATE) -> TinyPair:
+    """A quantized tiny pair: every width a multiple of 256, so K-quants (Q4_K, Q6_K) apply to all
+    the matrices and the suite runs llama.cpp's quantized CPU kernels (and their buffer types)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f32 = write_text_model(out_dir / f"{prefix}-f32.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512,
+                           chat_template=chat_template)
+    model = quantize_gguf(f32, out_dir / f"{prefix}-qwen2vl-{quant}.gguf", quant)
+    f32.unlink()
+    mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf", proj_dim=256)
     return TinyPair(model=model, mmproj=mmproj)
 
 

@@ -94,3 +94,28 @@ def read_gguf_keys(path: Path, keys: Iterable[str], *, what: str = "model") -> d
     except OSError as e:
         raise EngineError(f"cannot read {what} file {path}: {e.strerror}") from None
     return found
+
+
+def read_tensor_types(path: Path) -> dict[str, int]:
+    """Every tensor's name -> ggml type id, from the header (EngineError if the file is bad)."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise EngineError(f"not a GGUF file: {path}")
+            _version, n_tensors, n_kv = struct.unpack("<IQQ", _read(f, 20))
+            for _ in range(n_kv):
+                _string(f)
+                (vtype,) = struct.unpack("<I", _read(f, 4))
+                _skip_value(f, vtype)
+            types: dict[str, int] = {}
+            for _ in range(n_tensors):
+                name = _string(f)
+                (n_dims,) = struct.unpack("<I", _read(f, 4))
+                f.seek(8 * n_dims, 1)
+                ttype, _offset = struct.unpack("<IQ", _read(f, 12))
+                types[name] = ttype
+            return types
+    except (EOFError, ValueError, struct.error, UnicodeDecodeError) as e:
+        raise EngineError(f"GGUF file is truncated or corrupt: {path} ({e or 'unexpected end'})") from None
+    except OSError as e:
+        raise EngineError(f"cannot read GGUF file {path}: {e.strerror}") from None

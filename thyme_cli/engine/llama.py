@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thyme_cli.engine.base import Conversation, Counters, Engine, Generation, StopReason
+from thyme_cli.engine.base import IMAGE_MARKER, Conversation, Counters, Engine, Generation, StopReason
 from thyme_cli.engine.chat import (
     QWEN_DEFAULT_SYSTEM,
     ChatMLRenderer,
@@ -37,7 +37,7 @@ from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
 from thyme_cli.engine.sampling import AtsSamplers
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
-from thyme_cli.errors import EngineError
+from thyme_cli.errors import EngineError, UsageError
 
 __all__ = ["EngineOptions", "LlamaConversation", "LlamaCounters", "LlamaEngine", "SamplingOptions"]
 
@@ -54,6 +54,19 @@ class LlamaCounters(Counters):
     native_s: float = 0.0  # seconds inside llama.cpp / libmtmd calls (the rest is Python)
     image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
     rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
+
+
+def _read_template(path: Path) -> str:
+    """A --chat-template file's text; UsageError when it cannot be read."""
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"chat template {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"chat template {path}: cannot read it ({e})") from None
+    if not text.strip():
+        raise UsageError(f"chat template {path} is empty")
+    return text
 
 
 def _image_sizing(projector: ProjectorInfo, options: EngineOptions) -> ImageSizing:
@@ -113,6 +126,13 @@ class LlamaEngine:
         qwen = native.projector.projector_type in _CHATML_PROJECTORS
         chatml_tokens = len(native.tokenize("<|im_start|>")) == 1 and len(native.tokenize("<|im_end|>")) == 1
         fmt = options.chat_format
+        if options.chat_template_file is not None:
+            return TemplateRenderer(_read_template(options.chat_template_file), bos_token=native.bos_text,
+                                    eos_token=native.eos_text)
+        if fmt not in ("auto", "chatml", "template"):
+            from thyme_cli.engine.builtin_chat import BuiltinRenderer
+
+            return BuiltinRenderer(fmt)
         if fmt == "auto":
             template = native.chat_template
             speaks_chatml = chatml_tokens and (template is None or "<|im_start|>" in template)
@@ -124,7 +144,8 @@ class LlamaEngine:
             return ChatMLRenderer(QWEN_DEFAULT_SYSTEM if qwen else None)
         if native.chat_template is None:
             raise EngineError("the model has no chat template and does not speak ChatML",
-                              hint="use a GGUF that carries tokenizer.chat_template")
+                              hint="name its prompt format with --chat-format (e.g. gemma, llama3, mistral-v7) "
+                                   "or pass a Jinja template with --chat-template FILE")
         return TemplateRenderer(native.chat_template, bos_token=native.bos_text, eos_token=native.eos_text)
 
     # --- the Engine protocol --------------------------------------------------------------------
@@ -238,16 +259,14 @@ class LlamaConversation:
             self._finish_text()
             messages.append(self._open)
         first_turn = len(messages) == 1 and messages[0].role == "system"
-        if first_turn and isinstance(self._renderer, ChatMLRenderer):
-            # Evaluate the system prompt as its own unit (it ends in a special token, so tokenizing it
-            # apart changes nothing), so that the next question can keep it in the KV cache; the
-            # images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
-            system = self._renderer.render(messages, add_generation_prompt=False)
+        system = self._system_prefix(messages, text) if first_turn else ""
+        if system:
+            # Evaluate the system prompt as its own unit, so that the next question can keep it in
+            # the KV cache; the images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thyme-image") as pool:
                 decoding = pool.submit(self._prepare, images)
-                if system and count_markers(system) == 0:
-                    self._live.sync(system, [])
-                    self._live.mark_prefix()
+                self._live.sync(system, [])
+                self._live.mark_prefix()
                 prepared = decoding.result()
         else:
             prepared = self._prepare(images)
@@ -258,6 +277,26 @@ class LlamaConversation:
         self._messages = messages
         self._open = Message("assistant", "")
         self._scanner.reset()
+
+    def _system_prefix(self, messages: list[Message], user_text: str) -> str:
+        """The rendered text every question on this model starts with (the system prompt), when it
+        can be evaluated apart without changing the tokens: for ChatML it ends in a special token;
+        for a chat template it is what the template renders before any user text, and is kept only
+        when the user text then starts with an image (libmtmd tokenizes the text around an image
+        separately)."""
+        if isinstance(self._renderer, ChatMLRenderer):
+            system = self._renderer.render(messages, add_generation_prompt=False)
+            return system if system and count_markers(system) == 0 else ""
+        if not user_text.startswith(IMAGE_MARKER):
+            return ""
+        a, b = (self._renderer.render([*messages, Message("user", probe)], add_generation_prompt=True)
+                for probe in ("a", "b"))
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        target = self._renderer.render([*messages, Message("user", user_text)], add_generation_prompt=True)
+        prefix = a[:n]
+        if not prefix or count_markers(prefix) or not target.startswith(prefix + IMAGE_MARKER):
+            return ""
+        return prefix
 
     def feed_assistant(self, text: str, images: Sequence[Path] = ()) -> None:
         """Append text (and images) inside the open assistant turn, e.g. a sandbox observation."""
@@ -284,6 +323,11 @@ class LlamaConversation:
         if tail and self._open is not None:
             self._open.text += tail
             self._live.note_text(tail)
+
+    def use_fences(self, on: bool) -> None:
+        """Treat a ```python fence as a code block (the generic protocol): sampled as code, and its
+        closing ``` ends the turn as ``</code>`` does."""
+        self._scanner.fences = on
 
     # --- generation --------------------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
+from thyme_cli.engine import cpu_probe
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.engine.gguf_meta import read_gguf_keys
+from thyme_cli.engine.gguf_meta import read_gguf_keys, read_tensor_types
 from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.options import EngineOptions
 from thyme_cli.errors import EngineError
@@ -193,6 +194,21 @@ class Native:
         self.n_gpu_layers = layers
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = _ALL_LAYERS if layers < 0 else layers
+        # Off only where a child process saw quantized kernels crash with them (cpu_probe); then the
+        # Q4_0 / Q4_K layers still get repacked layouts where the probe saw those run (CPU-only loads).
+        self.cpu_probe = cpu_probe.decide()
+        mp.use_extra_bufts = self.cpu_probe.extra_bufts
+        self.buffer_types = "llama.cpp default" if mp.use_extra_bufts else "plain CPU"
+        self._overrides: Any = None
+        if not mp.use_extra_bufts and self.cpu_probe.repack_ok and layers == 0:
+            names = cpu_probe.repack_tensor_names(read_tensor_types(model_path))
+            self._overrides = cpu_probe.repack_overrides(names)
+            if self._overrides is not None:
+                mp.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
+                self.buffer_types = f"CPU_REPACK for {len(names)} Q4_0/Q4_K layer matrices, plain CPU otherwise"
+        if options.verbose:
+            sys.stderr.write(f"thyme: weights in {self.buffer_types} buffers "
+                             f"({self.cpu_probe.source}: {self.cpu_probe.detail})\n")
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mp)
         if not self.model:
             raise EngineError(f"llama.cpp could not load the model {model_path}{_detail()}",

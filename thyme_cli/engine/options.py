@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from thyme_cli.errors import UsageError
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from thyme_cli.registry import ModelSpec
 
 ImageResize = Literal["auto", "qwen", "none"]
-ChatFormat = Literal["auto", "chatml", "template"]
+# "auto", "chatml", "template", or the name of one of llama.cpp's built-in formats ("gemma", ...).
+ChatFormat = str
 KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0"]
 
 
@@ -39,6 +41,7 @@ class EngineOptions:
     image_max_tokens: int | None = None
     image_resize: ImageResize = "auto"
     chat_format: ChatFormat = "auto"
+    chat_template_file: Path | None = None  # a Jinja template used instead of the GGUF's
     mmproj_gpu: bool | None = None
     # Run the vision encoder once at load so its buffers are allocated before the first image.
     # None: only when the projector is on the GPU (on a CPU a max-size dummy image is slow).
@@ -69,8 +72,8 @@ class EngineOptions:
             raise UsageError(f"image_resize must be auto, qwen or none, got {self.image_resize!r}")
         if self.kv_cache_type not in ("f32", "f16", "bf16", "q8_0", "q4_0"):
             raise UsageError(f"kv_cache_type must be f32, f16, bf16, q8_0 or q4_0, got {self.kv_cache_type!r}")
-        if self.chat_format not in ("auto", "chatml", "template"):
-            raise UsageError(f"chat_format must be auto, chatml or template, got {self.chat_format!r}")
+        if not self.chat_format.strip():
+            raise UsageError("chat_format must not be empty", hint="auto, template, or a llama.cpp format like gemma")
 
     @property
     def token_limits(self) -> tuple[int | None, int | None]:

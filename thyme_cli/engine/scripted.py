@@ -2,7 +2,8 @@
 
 It stands in for a model where no real weights exist (tests, demos, `thyme replay`-style checks)
 and behaves like a live engine where it matters: generation stops at the first ``</code>`` or
-``</answer>`` exactly as llama.cpp would, text streams in small chunks, every fed image must have
+``</answer>`` (or closing ```python fence, for the generic protocol) exactly as llama.cpp would, and
+a further ``generate`` of the same turn goes on with the rest of that reply, text streams in small chunks, every fed image must have
 its marker, and each question gets a fresh conversation. The script is a JSON list of reply
 strings (one per ``generate`` call), or an object ``{"replies": [...]}``.
 
@@ -18,8 +19,10 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from thyme_cli.engine.base import ANSWER_END, CODE_END, IMAGE_MARKER, Counters, Generation, StopReason
+from thyme_cli.engine.base import IMAGE_MARKER, Counters, Generation, StopReason
+from thyme_cli.engine.textstream import TurnScanner
 from thyme_cli.errors import EngineError, UsageError
 
 Route = tuple[str, list[str]]
@@ -78,6 +81,11 @@ class ScriptedConversation:
     _next: int = 0
     _counters: Counters = field(default_factory=Counters)
     _closed: bool = False
+    fences: bool = False  # the generic protocol's ```python fences end a code turn (use_fences)
+    _rest: str = ""  # what a reply holds after its stop: the next generate of the same turn goes on with it
+
+    def use_fences(self, on: bool) -> None:
+        self.fences = on
 
     def _feed(self, kind: str, text: str, images: Sequence[Path]) -> None:
         if self._closed:
@@ -90,6 +98,7 @@ class ScriptedConversation:
             if not Path(image).is_file():
                 raise EngineError(f"image {image} does not exist")
         self.fed.append(FedItem(kind, text, [Path(i) for i in images]))
+        self._rest = ""  # a feed ends the generated text where it was cut
         self._counters.images_encoded += len(images)
         self._counters.tokens_evaluated += len(text)
 
@@ -114,11 +123,16 @@ class ScriptedConversation:
     def generate(self, *, max_tokens: int, on_text: Callable[[str], None] | None = None) -> Generation:
         if self._next == 0 and self.routes and self.route is None:
             self._pick_route()
-        if self._next >= len(self.replies):
+        if self._rest:
+            reply, self._rest = self._rest, ""
+        elif self._next >= len(self.replies):
             return Generation(text="", stop_reason="end_of_turn", n_tokens=0)
-        reply = self.replies[self._next]
-        self._next += 1
-        text, reason = _cut_like_an_engine(reply, max_chars=max_tokens * 4)
+        else:
+            reply = self.replies[self._next]
+            self._next += 1
+        text, reason = _cut_like_an_engine(reply, max_chars=max_tokens * 4, fences=self.fences)
+        if reason in ("code", "answer"):
+            self._rest = reply[len(text):]
         for start in range(0, len(text), self.chunk_chars):
             if on_text is not None:
                 on_text(text[start : start + self.chunk_chars])
@@ -134,6 +148,7 @@ class ScriptedConversation:
     def rollback(self, mark: int) -> None:
         """Forget everything fed or generated after the mark; the next reply is the retry."""
         del self.fed[mark:]
+        self._rest = ""
 
     @property
     def counters(self) -> Counters:
@@ -143,18 +158,20 @@ class ScriptedConversation:
         self._closed = True
 
 
-def _cut_like_an_engine(reply: str, *, max_chars: int) -> tuple[str, StopReason]:
-    """Stop at the first stop string, as a live engine does; else at the end of the turn."""
-    ends = [(reply.find(s), s) for s in (CODE_END, ANSWER_END) if s in reply]
-    if ends:
-        pos, stop = min(ends)
-        text = reply[: pos + len(stop)]
-        reason: StopReason = "code" if stop == CODE_END else "answer"
-    else:
-        text, reason = reply, "end_of_turn"
+def _cut_like_an_engine(reply: str, *, max_chars: int, fences: bool = False) -> tuple[str, StopReason]:
+    """Stop where the live engine's TurnScanner stops (the first ``</code>``, ``</answer>``, or
+    with ``fences`` a closing Python fence); else at the end of the turn."""
+    scanner = TurnScanner(fences=fences)
+    text, reason = reply, "end_of_turn"
+    for i, ch in enumerate(reply):
+        hit = scanner.feed(ch)
+        if hit is not None:
+            text = reply[: i + 1]
+            reason = "code" if hit == "code" else "answer"
+            break
     if len(text) > max_chars:
         return text[:max_chars], "max_tokens"
-    return text, reason
+    return text, cast(StopReason, reason)
 
 
 class ScriptedEngine:
