@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from thyme_cli.console import err_console, human_size
+from thyme_cli.progress_line import ProgressLine
 from thyme_cli.sandbox.base import ExecResult
 from thyme_cli.trace import Step, Trace
 
@@ -47,9 +48,15 @@ class LiveRenderer:
         self._in_code = False
         self._code = ""  # held-back text of the code block being written (shown as a panel if it runs)
         self._at_line_start = True
+        self._progress = ProgressLine(self.console)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Engine progress during long feeds (image encoding, prefill): a transient status line."""
+        self._progress.update(stage, done, total)
 
     # -- streamed model text: prose is shown dim; code is held back and shown as a panel instead
     def text(self, chunk: str) -> None:
+        self._progress.stop()
         if self._in_code:
             self._code += chunk
             if _continues_after_close(self._code):  # no step came of it (inline code): it was prose
@@ -97,6 +104,7 @@ class LiveRenderer:
         from rich.syntax import Syntax
 
         self._held = self._code = ""
+        self._progress.stop()
         self._newline()
         # soft_wrap=False: the consoles soft-wrap plain text, which would crop a panel's long lines
         self.console.print(Panel(Syntax(terminal_safe(code), "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
@@ -140,6 +148,7 @@ class LiveRenderer:
     def note(self, message: str) -> None:
         from rich.text import Text
 
+        self._progress.stop()
         if self._in_code:  # e.g. a code block cut by the token budget: show what the model wrote
             self._release_code()
         self._newline()

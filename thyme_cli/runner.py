@@ -173,6 +173,8 @@ def ask_one(
             notes=[f"input image {n}" for n in input_image.notes],
         )
         conversation = model.engine.open()
+        if hasattr(conversation, "on_progress"):  # engines that can tell how a long feed is going
+            setattr(conversation, "on_progress", getattr(events, "progress", None))  # noqa: B010
         try:
             answer_question(conversation, sandbox, trace, input_image, run_dir, settings.agent, events)
         except ThymeError as e:

@@ -126,12 +126,20 @@ def _disk() -> list[Check]:
     return checks
 
 
+def _engine_defaults() -> list[Check]:
+    """What the engine would use here (threads, KV cache, image budget, memory) and why."""
+    from thyme_cli.commands.doctor_defaults import engine_defaults
+
+    return [Check(name, status, detail, hint) for name, status, detail, hint in engine_defaults()]  # type: ignore[arg-type]
+
+
 @handle_errors
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
     """Check Python, llama.cpp, the sandbox, models and disk; hint at fixes. Exits 1 when thyme cannot run here."""
-    checks = [_python(), _llama(), *([_quantized()] if _llama_ok() else []), *_sandboxes(), *_models(), *_disk()]
+    checks = [_python(), _llama(), *([_quantized()] if _llama_ok() else []), *_sandboxes(), *_models(), *_disk(),
+              *_engine_defaults()]
     failed = any(c.status == "fail" for c in checks)
     if as_json:
         typer.echo(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))

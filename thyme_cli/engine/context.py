@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,9 @@ _CHARS, _POS, _CELLS, _IMAGES, _STREAM, _CLEAN = range(6)
 _EMPTY: Mark = (0, 0, 0, 0, 0, True)
 
 StreamItem = int | PreparedImage
+# Progress of a long feed, for a live display: ("encode", 0, n) before an image of n tokens goes
+# through the vision encoder, ("prefill", done, total) as a fed suffix's tokens are evaluated.
+ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class LiveContext:
         self.broken = False
         self.rollbacks = 0
         self.prefix_mark: int | None = None
+        self.progress: ProgressFn | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -212,12 +216,18 @@ class LiveContext:
         self.rollbacks += 1
 
     def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> None:
-        native, c = self.native, self.counters
+        native, c, progress = self.native, self.counters, self.progress
         it = iter(images)
+        total, done = sum(ch.n_tokens for ch in chunks), 0
         for chunk in chunks:
             if not chunk.image:
                 if chunk.tokens:
-                    native.decode_tokens(chunk.tokens, self.pos)
+                    on_batch = None
+                    if progress is not None:
+                        def on_batch(n: int, base: int = done) -> None:
+                            progress("prefill", base + n, total)
+                    native.decode_tokens(chunk.tokens, self.pos, on_batch)
+                    done += chunk.n_tokens
                     self.pos += chunk.n_tokens
                     self.cells += chunk.n_tokens
                     self.stream.extend(chunk.tokens)
@@ -228,6 +238,8 @@ class LiveContext:
             self._check_grid(image, chunk)
             embd = self._embeddings.get(image)
             if embd is None or embd.size != chunk.n_tokens * native.n_embd_inp:
+                if progress is not None:
+                    progress("encode", 0, chunk.n_tokens)
                 t0 = time.perf_counter()
                 embd = native.encode_image(chunk)
                 c.image_encode_s += time.perf_counter() - t0
@@ -235,6 +247,9 @@ class LiveContext:
                 if self.keep_embeddings:
                     embd = self._embeddings[image] = embd.copy()
             self.pos = native.decode_image(chunk, embd, self.pos)
+            done += chunk.n_tokens
+            if progress is not None:
+                progress("prefill", done, total)
             self.cells += chunk.n_tokens
             c.tokens_evaluated += chunk.n_tokens
             self.images.append(image)

@@ -31,8 +31,9 @@ from thyme_cli.engine.chat import (
     check_markers,
     count_markers,
 )
-from thyme_cli.engine.context import LiveContext, SharedPrefix, StreamItem
+from thyme_cli.engine.context import LiveContext, ProgressFn, SharedPrefix, StreamItem
 from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
+from thyme_cli.engine.memory import check_fits
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
 from thyme_cli.engine.sampling import AtsSamplers
@@ -86,6 +87,13 @@ def _image_sizing(projector: ProjectorInfo, options: EngineOptions) -> ImageSizi
     return ImageSizing(factor=projector.resize_factor, min_tokens=min_tokens, max_tokens=max_tokens)
 
 
+def _offloads(options: EngineOptions) -> bool:
+    """True when this build puts layers on a GPU with these options (as Native decides)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload()) and options.n_gpu_layers != 0
+
+
 class LlamaEngine:
     """A loaded model + projector. Load once, ``open()`` once per question (cheap)."""
 
@@ -113,6 +121,7 @@ class LlamaEngine:
         projector = inspect_files(model_path, mmproj_path)
         sizing = _image_sizing(projector, options)
         limits = (sizing.min_tokens, sizing.max_tokens) if sizing.resizes else options.token_limits
+        check_fits(model_path, mmproj_path, options, on_gpu=_offloads(options))
         native = Native(model_path, mmproj_path, options, projector, limits)
         try:
             renderer = cls._renderer(native, options)
@@ -430,6 +439,16 @@ class LlamaConversation:
         return self._retry_samplers
 
     # --- state -------------------------------------------------------------------------------------
+
+    @property
+    def on_progress(self) -> ProgressFn | None:
+        """Called during long feeds: ("encode", 0, n_tokens) before an image is encoded and
+        ("prefill", done, total) as fed tokens are evaluated (see context.ProgressFn)."""
+        return self._live.progress
+
+    @on_progress.setter
+    def on_progress(self, fn: ProgressFn | None) -> None:
+        self._live.progress = fn
 
     @property
     def counters(self) -> LlamaCounters:

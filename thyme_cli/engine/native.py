@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from thyme_cli.engine import cpu_probe
 from thyme_cli.engine.base import IMAGE_MARKER
+from thyme_cli.engine.cpu import cpu_defaults
 from thyme_cli.engine.gguf_meta import read_gguf_keys, read_tensor_types
 from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.options import EngineOptions
@@ -224,9 +224,9 @@ class Native:
                 hint="use the mmproj file published with this model",
             )
 
-        cpus = os.cpu_count() or 1
-        threads = options.n_threads or max(1, cpus // 2)
-        threads_batch = options.n_threads or cpus
+        cpu = cpu_defaults()  # one thread per physical core decodes; every CPU runs batches (engine/cpu.py)
+        threads = options.n_threads or cpu.decode_threads
+        threads_batch = options.n_threads or cpu.batch_threads
         flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                  False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[options.flash_attn]
         cp = llama_cpp.llama_context_default_params()
@@ -345,8 +345,11 @@ class Native:
 
     # --- evaluation ----------------------------------------------------------------------------
 
-    def decode_tokens(self, tokens: Sequence[int], pos0: int) -> None:
-        """Evaluate text tokens at positions pos0.., in n_batch pieces; logits for the last one."""
+    def decode_tokens(self, tokens: Sequence[int], pos0: int,
+                      on_batch: Callable[[int], None] | None = None) -> None:
+        """Evaluate text tokens at positions pos0.., in n_batch pieces; logits for the last one.
+
+        ``on_batch`` hears the number of tokens done after each piece (progress display)."""
         n_total = len(tokens)
         b, nb = self._batch, self.n_batch
         for start in range(0, n_total, nb):
@@ -362,6 +365,8 @@ class Native:
             self.native_s += time.perf_counter() - t0
             if rc != 0:
                 raise EngineError(f"llama_decode failed with code {rc}{_detail()}", hint=_CTX_HINT)
+            if on_batch is not None:
+                on_batch(start + n)
 
     def decode_one(self, token: int, pos: int) -> None:
         """Evaluate one generated token (the hot path of the decode loop)."""

@@ -27,7 +27,8 @@ class EngineOptions:
     """How to load a model + projector pair.
 
     ``None`` means "let the engine pick": all layers on the GPU when the build can offload
-    (else 0), half the logical CPUs for decoding and all of them for prompt/image work,
+    (else 0), one thread per physical core for decoding and every CPU for prompt/image work
+    (engine/cpu.py),
     flash attention as llama.cpp decides, the projector on the GPU when there is one.
     """
 

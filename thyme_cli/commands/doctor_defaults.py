@@ -1,0 +1,61 @@
+"""What the engine would use on this machine, and why: the rows `thyme doctor` adds about CPU defaults
+and memory. Kept apart from the checks of doctor.py (which ask "does it work?")."""
+
+from __future__ import annotations
+
+from thyme_cli.console import human_size
+
+# (name, status, detail, hint), as doctor.Check takes them.
+Row = tuple[str, str, str, str]
+
+
+def engine_defaults() -> list[Row]:
+    from thyme_cli.engine.cpu import cpu_defaults
+    from thyme_cli.engine.options import EngineOptions
+
+    cpu = cpu_defaults()
+    base = EngineOptions()
+    rows: list[Row] = [
+        ("cpu", "ok", f"{cpu.logical} CPU(s) usable, {cpu.physical} physical core(s)", ""),
+        ("threads", "ok", cpu.why + f"; the vision projector uses {cpu.batch_threads}",
+         "override with --threads N (one count for everything)"),
+        ("KV cache", "ok", f"{base.kv_cache_type}, batch {base.n_batch} tokens; flash attention: llama.cpp decides "
+         "(on where the backend supports it)", ""),
+        ("model loading", "ok", "mmap (weights stay in the page cache between runs), no mlock", ""),
+    ]
+    rows += _model_rows()
+    return rows
+
+
+def _model_rows() -> list[Row]:
+    """Image-token budget and memory for the default model (from the registry; estimate if installed)."""
+    from thyme_cli.download import installed_files, preferred_default
+    from thyme_cli.engine.memory import estimate, machine_memory
+    from thyme_cli.engine.options import EngineOptions
+    from thyme_cli.errors import ThymeError
+    from thyme_cli.registry import load_registry
+
+    have = machine_memory()
+    memory = ("memory", "ok", f"{human_size(have)} on this machine" if have else "unknown", "")
+    try:
+        registry = load_registry()
+        name = preferred_default(registry)
+        spec = registry.get(name)
+    except ThymeError:
+        return [memory]
+    rows: list[Row] = [("image tokens", "ok", f"{name}: {spec.image_min_tokens or '-'} to "
+                        f"{spec.image_max_tokens or '-'} per image, context {spec.n_ctx} tokens",
+                        "lower with --max-image-tokens / --ctx to save time and memory")]
+    files = installed_files(spec)
+    if files is None or have is None:
+        return [*rows, memory]
+    try:
+        need = estimate(files.model, files.mmproj, EngineOptions.from_spec(spec))
+    except ThymeError:
+        return [*rows, memory]
+    fits = need.total <= have
+    rows.append(("memory", "ok" if fits else "fail",
+                 f"{name} needs about {human_size(need.total)} of {human_size(have)} (model {human_size(need.weights)}, "
+                 f"projector {human_size(need.projector)}, KV cache {human_size(need.kv_cache)})",
+                 "" if fits else "use a smaller model or a shorter --ctx"))
+    return rows
