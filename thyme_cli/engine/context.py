@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -44,7 +45,8 @@ ProgressFn = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """A text-only start of the context (the system prompt) left in the KV cache for the next question."""
+    """A start of the context (the system prompt, maybe the question's image) left in the KV cache
+    for the next question."""
 
     text: str
     marks: list[Mark]
@@ -52,6 +54,7 @@ class SharedPrefix:
     pos: int
     cells: int
     logits_valid: bool
+    images: list[PreparedImage]
 
 
 @dataclass
@@ -91,6 +94,7 @@ class LiveContext:
         self.rollbacks = 0
         self.prefix_mark: int | None = None
         self.progress: ProgressFn | None = None
+        self._probe: PreparedImage | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -176,19 +180,46 @@ class LiveContext:
         add_special = base[_POS] == 0 and native.add_bos and not (
             native.bos_text and plan.suffix.startswith(native.bos_text))
         t0, encode0 = time.perf_counter(), c.image_encode_s
-        with native.tokenize_multimodal(plan.suffix, plan.images, add_special=add_special) as chunks:
+        # Resuming right after an image (a question sharing an earlier one's image): libmtmd puts
+        # the model's end-of-image tokens at the start of the text after an image, so the suffix is
+        # tokenized behind a tiny probe image and the probe's chunks are dropped. The text then
+        # becomes exactly the chunk a lone question evaluates there (same tokens, same batches).
+        after_image = base[_STREAM] > 0 and not isinstance(self.stream[base[_STREAM] - 1], int)
+        text, images = plan.suffix, list(plan.images)
+        if after_image:
+            text, images = IMAGE_MARKER + text, [self._probe_image(), *images]
+        with native.tokenize_multimodal(text, images, add_special=add_special) as all_chunks:
+            chunks = all_chunks
+            if after_image:
+                first = next(i for i, ch in enumerate(all_chunks) if ch.image)
+                chunks = all_chunks[first + 1:]
             n_new = sum(c.n_tokens for c in chunks)
             self._check_room(base[_CELLS], n_new, plan.images)
             self.broken = True  # until the whole suffix is in
             if plan.rolls_back:
                 self._cut(plan.mark_index)
-            self._evaluate(chunks, plan.images)
+            chars0 = self._chars
+            image_states = self._evaluate(chunks, plan.images)
         # Prefill: everything but the vision encoder (tokenizing, image preprocessing, decoding).
         c.prefill_s += time.perf_counter() - t0 - (c.image_encode_s - encode0)
+        # A mark right after each image, so a later question about the same image can resume there.
+        at = 0
+        for pos, cells, n_images, n_stream in image_states:
+            at = plan.suffix.index(IMAGE_MARKER, at) + len(IMAGE_MARKER)
+            self.marks.append((chars0 + at, pos, cells, n_images, n_stream, True))
         self._pieces.append(plan.suffix)
         self._chars += len(plan.suffix)
-        self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
+        if self.marks[-1][_CHARS] != self._chars or self.marks[-1][_STREAM] != len(self.stream):
+            self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
         self.broken = False
+
+    def _probe_image(self) -> PreparedImage:
+        """A small blank image whose only use is to make libmtmd tokenize text as it does after an image."""
+        if self._probe is None:
+            side = 2 * (self.sizing.factor or 28)
+            self._probe = PreparedImage(path=Path("<probe>"), width=side, height=side,
+                                        rgb=bytes(side * side * 3), original_size=(side, side))
+        return self._probe
 
     def _check_room(self, cells: int, n_new: int, images: Sequence[PreparedImage]) -> None:
         need = cells + n_new + self.reserve_tokens
@@ -213,10 +244,14 @@ class LiveContext:
         self.pos, self.cells = m[_POS], m[_CELLS]
         del self.images[m[_IMAGES]:]
         del self.stream[m[_STREAM]:]
+        if self.prefix_mark is not None and self.prefix_mark > index:
+            self.prefix_mark = None
         self.rollbacks += 1
 
-    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> None:
+    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> list[tuple[int, int, int, int]]:
+        """Evaluate the chunks; returns (pos, cells, images, stream length) right after each image."""
         native, c, progress = self.native, self.counters, self.progress
+        states: list[tuple[int, int, int, int]] = []
         it = iter(images)
         total, done = sum(ch.n_tokens for ch in chunks), 0
         for chunk in chunks:
@@ -255,6 +290,8 @@ class LiveContext:
             self.images.append(image)
             self.stream.append(image)
             self.logits_valid = False  # image decodes produce no logits
+            states.append((self.pos, self.cells, len(self.images), len(self.stream)))
+        return states
 
     def _check_grid(self, image: PreparedImage, chunk: Chunk) -> None:
         """mtmd must keep the smart_resize grid; if it resized again, the model sees another image."""
@@ -307,20 +344,37 @@ class LiveContext:
         """Remember the current end (e.g. the system prompt) as worth keeping for the next question."""
         self.prefix_mark = len(self.marks) - 1
 
+    def mark_image_prefix(self) -> None:
+        """Keep through the last image evaluated so far (the question's image), when there is one:
+        the next question about the same image resumes there without encoding it again."""
+        for index in range(len(self.marks) - 1, 0, -1):
+            m = self.marks[index]
+            if m[_STREAM] and not isinstance(self.stream[m[_STREAM] - 1], int):
+                self.prefix_mark = index
+                return
+
+    def holds_beyond(self, text: str) -> int | None:
+        """The index of the mark that ends exactly at ``text`` when the context holds ``text`` and
+        more (an adopted prefix through an image), else None."""
+        if len(self.text) <= len(text) or not self.text.startswith(text):
+            return None
+        return next((i for i, m in enumerate(self.marks) if m[_CHARS] == len(text) and m[_CLEAN]), None)
+
     def detach_prefix(self) -> SharedPrefix | None:
         """Cut back to the prefix mark and hand that state over (the conversation is over).
 
-        The next question on the same engine usually starts with the same system prompt; keeping
-        its KV cells saves evaluating it again. Only a text-only prefix is kept.
+        The next question on the same engine usually starts with the same system prompt, and often
+        with the same image; keeping their KV cells saves evaluating (and encoding) them again.
         """
-        if self.broken or self.prefix_mark is None:
+        if self.broken or self.prefix_mark is None or self.prefix_mark >= len(self.marks):
             return None
         m = self.marks[self.prefix_mark]
-        if m[_IMAGES] or not m[_CLEAN] or m[_CELLS] == 0:
+        if not m[_CLEAN] or m[_CELLS] == 0:
             return None
         self.native.seq_rm(m[_POS])  # this conversation's own record stays as it was, for its readers
         return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
-                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False)
+                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
+                            images=self.images[: m[_IMAGES]])
 
     def adopt(self, prefix: SharedPrefix) -> None:
         """Start from what the previous question left in the KV cache (see detach_prefix)."""
@@ -328,8 +382,18 @@ class LiveContext:
         self._chars = len(prefix.text)
         self.marks = list(prefix.marks)
         self.stream = list(prefix.stream)
+        self.images = list(prefix.images)
         self.pos, self.cells, self.logits_valid = prefix.pos, prefix.cells, prefix.logits_valid
         self.prefix_mark = len(self.marks) - 1
+
+    def restore(self, text: str, tokens: Sequence[int]) -> None:
+        """Record that an empty context now holds ``text`` as ``tokens`` (a sequence state loaded
+        from disk, see prompt_state); llama.cpp restores no logits with it."""
+        self._pieces, self._chars = [text], len(text)
+        self.stream = list(tokens)
+        self.pos = self.cells = len(tokens)
+        self.marks = [_EMPTY, (len(text), self.pos, self.cells, 0, len(self.stream), True)]
+        self.images, self.logits_valid = [], False
 
     def clear(self) -> None:
         """Empty the KV cache and the record (a from-scratch diagnostic replay starts here)."""

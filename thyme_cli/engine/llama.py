@@ -36,6 +36,7 @@ from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.memory import check_fits
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
+from thyme_cli.engine.prompt_state import PromptStore
 from thyme_cli.engine.sampling import AtsSamplers
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
 from thyme_cli.errors import EngineError, UsageError
@@ -55,6 +56,7 @@ class LlamaCounters(Counters):
     native_s: float = 0.0  # seconds inside llama.cpp / libmtmd calls (the rest is Python)
     image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
     rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
+    prompt_state_loaded: bool = False  # the system prompt's KV state came from disk (prompt_state)
 
 
 def _read_template(path: Path) -> str:
@@ -110,6 +112,7 @@ class LlamaEngine:
         self._samplers = AtsSamplers(sampling, native.n_vocab)
         self._current: LlamaConversation | None = None
         self._prefix: SharedPrefix | None = None  # the last question's system prompt, still in the KV cache
+        self.prompt_store: PromptStore | None = None  # the system prompt's state on disk (prompt_state)
 
     @classmethod
     def load(cls, model_path: Path | str, mmproj_path: Path | str, *, options: EngineOptions | None = None,
@@ -128,7 +131,9 @@ class LlamaEngine:
         except BaseException:
             native.close()
             raise
-        return cls(native, renderer, sizing, options, sampling, name=f"llama.cpp:{model_path.stem}")
+        engine = cls(native, renderer, sizing, options, sampling, name=f"llama.cpp:{model_path.stem}")
+        engine.prompt_store = PromptStore.for_engine(model_path, mmproj_path, options, native)
+        return engine
 
     @staticmethod
     def _renderer(native: Native, options: EngineOptions) -> Renderer:
@@ -269,23 +274,57 @@ class LlamaConversation:
             messages.append(self._open)
         first_turn = len(messages) == 1 and messages[0].role == "system"
         system = self._system_prefix(messages, text) if first_turn else ""
-        if system:
+        system_mark = self._live.holds_beyond(system) if system else None
+        if system_mark is not None:
+            # The previous question left its system prompt and image here: keep the system prompt
+            # in any case, and the image too when this question is about the same picture.
+            self._live.prefix_mark = system_mark
+            prepared = self._same_images(self._prepare(images))
+        elif system:
             # Evaluate the system prompt as its own unit, so that the next question can keep it in
             # the KV cache; the images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thyme-image") as pool:
                 decoding = pool.submit(self._prepare, images)
-                self._live.sync(system, [])
+                self._sync_system(system)
                 self._live.mark_prefix()
                 prepared = decoding.result()
         else:
-            prepared = self._prepare(images)
+            prepared = self._same_images(self._prepare(images))
         messages.append(Message("user", text, prepared))
         target = self._renderer.render(messages, add_generation_prompt=True)
         all_images = [img for m in messages for img in m.images]
         self._live.sync(target, all_images)
+        if first_turn and prepared:
+            self._live.mark_image_prefix()
         self._messages = messages
         self._open = Message("assistant", "")
         self._scanner.reset()
+
+    def _same_images(self, prepared: list[PreparedImage]) -> list[PreparedImage]:
+        """The images the previous question left in the KV cache stand for equal pixels here, so
+        that the context is kept through them (it keeps only the very same image objects)."""
+        kept = self._live.images
+        return [old if i < len(kept) and (old := kept[i]).width == new.width and old.height == new.height
+                and old.rgb == new.rgb else new for i, new in enumerate(prepared)]
+
+    def _sync_system(self, system: str) -> None:
+        """Evaluate the system prompt into an empty context, or load its saved state from disk
+        (prompt_state) when an earlier process evaluated the same prompt with the same settings."""
+        live = self._live
+        store = self._engine.prompt_store
+        if store is None or live.cells or not system:
+            live.sync(system, [])
+            return
+        t0 = time.perf_counter()
+        tokens = store.load(self._native, system)
+        if tokens is not None:
+            live.restore(system, tokens)
+            self._counters.prefill_s += time.perf_counter() - t0
+            self._counters.prompt_state_loaded = True
+            return
+        live.sync(system, [])
+        if live.cells and live.stream and all(isinstance(t, int) for t in live.stream):
+            store.save(self._native, system, [t for t in live.stream if isinstance(t, int)])
 
     def _system_prefix(self, messages: list[Message], user_text: str) -> str:
         """The rendered text every question on this model starts with (the system prompt), when it

@@ -406,6 +406,23 @@ class Native:
         """Empty the KV cache (metadata only: cheap, no memset of the buffers)."""
         llama_cpp.llama_memory_clear(self.mem, False)
 
+    def state_seq_get(self, seq: int = 0) -> bytes:
+        """The KV cells of one sequence as bytes (llama.cpp's sequence-state format)."""
+        t0 = time.perf_counter()
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq)
+        buf = (ctypes.c_ubyte * size)()
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq)
+        self.native_s += time.perf_counter() - t0
+        return bytes(buf)[:n]
+
+    def state_seq_set(self, data: bytes, seq: int = 0) -> bool:
+        """Load bytes from state_seq_get into sequence ``seq``; False when llama.cpp refuses them."""
+        t0 = time.perf_counter()
+        buf = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
+        n = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), seq)
+        self.native_s += time.perf_counter() - t0
+        return bool(n)
+
     # --- images ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
