@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine import prompt_state
 from thyme_cli.engine.base import IMAGE_MARKER
@@ -118,3 +120,24 @@ def test_the_state_directory_stays_within_its_bound(tiny_pair: TinyPair, photo: 
     size = remaining[0].stat().st_size
     assert prompt_state.remove(models=[tiny_pair.model]) == (1, size)
     assert not list(prompt_state.state_dir().glob("*.state"))
+
+
+def test_ask_with_several_questions_answers_each_as_if_asked_alone(
+    run_thyme: RunThyme, tiny_pair: TinyPair, photo: Path, tmp_path: Path, sandbox_backend: str
+) -> None:
+    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    common = ["-m", "tiny", "--max-tokens", "24", "--max-turns", "2", "--threads", "2", "--json"]
+    both = run_thyme("ask", str(photo), "what is it?", "how many colours?", *common, "--out", str(tmp_path / "r"))
+    assert both.returncode in (0, 3), both.stderr
+    runs = [json.loads(line) for line in both.stdout.splitlines()]
+    assert [r["question"] for r in runs] == ["what is it?", "how many colours?"]
+    assert [Path(r["run_dir"]).name for r in runs] == ["q1", "q2"]
+    assert all((tmp_path / "r" / q / "trace.json").is_file() for q in ("q1", "q2"))
+    assert runs[0]["counters"]["images_encoded"] >= 1 and runs[1]["counters"]["images_encoded"] == 0
+    alone = run_thyme("ask", str(photo), "how many colours?", *common)
+    assert alone.returncode in (0, 3), alone.stderr
+    solo = json.loads(alone.stdout)
+    assert any(t["text"] for t in solo["turns"])
+    assert solo["counters"]["images_encoded"] >= 1
+    assert [t["text"] for t in solo["turns"]] == [t["text"] for t in runs[1]["turns"]]
+    assert solo["answer"] == runs[1]["answer"]
