@@ -141,3 +141,26 @@ def test_ask_with_several_questions_answers_each_as_if_asked_alone(
     assert solo["counters"]["images_encoded"] >= 1
     assert [t["text"] for t in solo["turns"]] == [t["text"] for t in runs[1]["turns"]]
     assert solo["answer"] == runs[1]["answer"]
+
+
+def test_batch_groups_items_about_the_same_image_and_answers_them_as_alone(
+    run_thyme: RunThyme, tiny_pair: TinyPair, photo: Path, tmp_path: Path, sandbox_backend: str
+) -> None:
+    other = tmp_path / "other.png"
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (84, 112, 3), dtype=np.uint8)).save(other)
+    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    manifest = tmp_path / "m.jsonl"
+    rows = [("a", photo, "what is it?"), ("b", other, "what is it?"), ("c", photo, "how many colours?")]
+    manifest.write_text("".join(json.dumps({"id": i, "image": str(p), "question": q}) + "\n" for i, p, q in rows))
+    common = ["-m", "tiny", "--max-tokens", "24", "--max-turns", "2", "--threads", "2"]
+    out = tmp_path / "r.jsonl"
+    result = run_thyme("batch", str(manifest), *common, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["a", "c", "b"]
+    assert [r["counters"]["images_encoded"] >= 1 for r in lines] == [True, False, True]
+    alone = run_thyme("ask", str(photo), "how many colours?", *common, "--json")
+    solo = json.loads(alone.stdout)
+    assert solo["answer"] == lines[1]["answer"]
+    assert [s["code"] for s in solo["steps"]] == [s["code"] for s in lines[1]["steps"]]
+    assert solo["counters"]["tokens_generated"] == lines[1]["counters"]["tokens_generated"]
