@@ -164,3 +164,26 @@ def test_batch_groups_items_about_the_same_image_and_answers_them_as_alone(
     assert solo["answer"] == lines[1]["answer"]
     assert [s["code"] for s in solo["steps"]] == [s["code"] for s in lines[1]["steps"]]
     assert solo["counters"]["tokens_generated"] == lines[1]["counters"]["tokens_generated"]
+
+
+def test_models_rm_and_runs_gc_clean_the_saved_states(run_thyme: RunThyme, tiny_pair: TinyPair, photo: Path) -> None:
+    import os
+
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=OPTS) as engine:
+        _ask(engine, photo, "q")
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
+                          options=EngineOptions(n_ctx=2048, reserve_tokens=0, n_threads=2)) as engine:
+        _ask(engine, photo, "q")
+    states = sorted(prompt_state.state_dir().glob("*.state"))
+    assert len(states) == 2
+    os.utime(states[0], (1, 1))  # not used for decades
+    (prompt_state.state_dir() / f"{'0' * 32}.state").write_bytes(b"junk")  # unreadable
+    gc = run_thyme("runs", "gc", "--older-than", "30d", "--yes")
+    assert gc.returncode == 0, gc.stderr
+    assert sorted(prompt_state.state_dir().glob("*.state")) == states[1:]
+    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    rm = run_thyme("models", "rm", "tiny", "--yes")
+    assert rm.returncode == 0, rm.stderr
+    assert "1 saved prompt state" in rm.stderr
+    assert not list(prompt_state.state_dir().glob("*.state"))
+    assert tiny_pair.model.is_file()

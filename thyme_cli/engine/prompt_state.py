@@ -199,27 +199,48 @@ def prune(directory: Path, limit: int, *, keep: Path | None = None) -> int:
     return freed
 
 
-def remove(directory: Path | None = None, *, models: Iterable[Path] | None = None) -> tuple[int, int]:
-    """Delete saved states (all, or those made for one of ``models``); (files, bytes) freed."""
+def _model_of(path: Path) -> str | None:
+    """The model path a state file was made for (from its header), or None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC) + 4)
+            if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+                return None
+            (n,) = struct.unpack_from("<I", head, len(MAGIC))
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    model = header.get("model") if isinstance(header, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def remove(directory: Path | None = None, *, models: Iterable[Path] | None = None, orphans: bool = False,
+           unused_for_s: float | None = None) -> tuple[int, int]:
+    """Delete saved states: all of them by default; else those made for one of ``models``, those
+    whose model file is gone (``orphans``) or unreadable, and those unused for ``unused_for_s``.
+    Returns (files, bytes) freed."""
+    import time
+
     directory = directory or state_dir()
     wanted = {str(Path(m).resolve()) for m in models} if models is not None else None
+    select = wanted is not None or orphans or unused_for_s is not None
+    now = time.time()
     count = freed = 0
     for p in _files(directory):
-        if wanted is not None:
-            try:
-                with open(p, "rb") as f:
-                    head = f.read(len(MAGIC) + 4)
-                    if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
-                        continue
-                    (n,) = struct.unpack_from("<I", head, len(MAGIC))
-                    header = json.loads(f.read(n))
-            except (OSError, ValueError):
-                continue
-            if not isinstance(header, dict) or header.get("model") not in wanted:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if select:
+            model = _model_of(p)
+            hit = model is None and (orphans or unused_for_s is not None)
+            hit = hit or (wanted is not None and model in wanted)
+            hit = hit or (orphans and model is not None and not Path(model).exists())
+            hit = hit or (unused_for_s is not None and now - st.st_mtime > unused_for_s)
+            if not hit:
                 continue
         with contextlib.suppress(OSError):
-            size = p.stat().st_size
             p.unlink()
             count += 1
-            freed += size
+            freed += st.st_size
     return count, freed
