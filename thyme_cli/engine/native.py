@@ -232,7 +232,9 @@ class Native:
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = options.n_ctx
         cp.n_batch = cp.n_ubatch = min(options.n_batch, options.n_ctx)
-        cp.n_seq_max = 1
+        cp.n_seq_max = options.n_seq
+        if options.n_seq > 1:  # sequences forked from one prefix share its cells (engine/parallel.py)
+            cp.kv_unified = True
         cp.n_threads = threads
         cp.n_threads_batch = threads_batch
         cp.flash_attn_type = flash
@@ -246,6 +248,7 @@ class Native:
         self.n_batch = min(llama_cpp.llama_n_batch(self.ctx), llama_cpp.llama_n_ubatch(self.ctx))
         self.n_threads = threads
         self.n_threads_batch = threads_batch
+        self.n_seq_max = options.n_seq
 
         pp = mtmd.mtmd_context_params_default()
         pp.use_gpu = options.mmproj_gpu if options.mmproj_gpu is not None else (self.gpu and layers != 0)

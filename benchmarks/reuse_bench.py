@@ -1,0 +1,164 @@
+"""Never pay twice: what reusing work across questions and processes saves, on the real-shape 3B model.
+
+Usage: python benchmarks/reuse_bench.py [--shape 3b|7b] [--image-tokens N] [--reply-tokens N] [--quick]
+
+The model pair is the random-weight Qwen2.5-VL-3B shape from thyme_cli.devtools.real_shape_gguf
+(cached in ~/.cache/thyme-bench/); timing does not depend on weight values. Each question is
+Thyme's system prompt, the 1600x1200 photo and the user prompt, then a short reply (--reply-tokens,
+greedy): the parts reuse changes are the prefill and the image encode, so the replies are kept
+short to keep the benchmark short.
+
+Two processes share one THYME_HOME (so one prompt-state directory):
+- first: one question in a fresh home -- evaluates the system prompt and saves its state;
+- second: two questions about the same photo -- the first loads the system prompt's state from
+  disk, the second resumes after the image the first left in the context.
+
+Figures: ``second_ask_prefill_saved_s`` (prefill of the first process's question minus the
+second's), ``second_question_over_first`` (wall time of the 2nd question on the same image over
+the 1st, in the second process). ``decode_tok_s_jobs4_over_jobs1``, ``items_per_min_jobs4_over_jobs1``
+and ``samples4_over_samples1`` are null: parallel sequences and --samples are not built yet.
+Figures taken on a loaded machine are not final. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from thyme_cli.devtools.real_shape_gguf import SHAPES, ensure_pair
+
+QUESTIONS = ["What does the sign next to the door say?", "What colour is the door?"]
+
+
+def write_photo(path: Path, size: tuple[int, int]) -> None:
+    """A noisy photo-like JPEG (its content does not change the cost)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 200 // w + 30, y * 180 // h + 40, (x + y) * 160 // (w + h) + 50], axis=-1)
+    img = Image.fromarray(np.clip(base + rng.integers(-25, 25, base.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((int(w * 0.75), int(h * 0.35), int(w * 0.9), int(h * 0.95)), fill=(90, 60, 40))
+    draw.text((int(w * 0.66), int(h * 0.6)), "OPEN\n9-5", fill=(10, 10, 10))
+    img.save(path, "JPEG", quality=90)
+
+
+def phase_ask(args: argparse.Namespace) -> dict[str, Any]:
+    """Questions about one photo through the engine, each timed by its counters and wall clock."""
+    from thyme_cli.engine.llama import LlamaEngine
+    from thyme_cli.engine.options import EngineOptions
+    from thyme_cli.protocol import SYSTEM_PROMPT, user_prompt
+    from thyme_cli.registry import load_registry
+
+    options = EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens)
+    t0 = time.perf_counter()
+    engine = LlamaEngine.load(args.model, args.mmproj, options=options)
+    load_s = time.perf_counter() - t0
+    photo = Path(args.photo)
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        size = im.size
+    out: list[dict[str, Any]] = []
+    for question in args.questions.split("|"):
+        t0 = time.perf_counter()
+        conv = engine.open()
+        conv.feed_system(SYSTEM_PROMPT)
+        conv.feed_user(user_prompt(question, "/mnt/data/input.jpg", *size), [photo])
+        gen = conv.generate(max_tokens=args.reply_tokens)
+        c = conv.counters
+        conv.close()
+        out.append({"wall_s": time.perf_counter() - t0, "prefill_s": c.prefill_s, "image_encode_s": c.image_encode_s,
+                    "decode_s": c.decode_s, "tokens_evaluated": c.tokens_evaluated,
+                    "images_encoded": c.images_encoded, "tokens_generated": gen.n_tokens,
+                    "prompt_state_loaded": getattr(c, "prompt_state_loaded", False),
+                    "prompt_state": engine.prompt_store.last_event if engine.prompt_store else None})
+        print(f"  {question!r}: {out[-1]}", file=sys.stderr, flush=True)
+    engine.close()
+    return {"load_s": load_s, "questions": out}
+
+
+def run_phase(common: list[str], home: Path, questions: list[str]) -> dict[str, Any]:
+    result = home / f"result-{len(questions)}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "ask", "--result", str(result),
+           "--questions", "|".join(questions), *common]
+    env = {**os.environ, "THYME_HOME": str(home)}
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sys.stderr.write(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"phase failed ({proc.returncode})")
+    data: dict[str, Any] = json.loads(result.read_text())
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="3b")
+    parser.add_argument("--image-tokens", type=int, default=None,
+                        help="image token budget (default: the thyme-7b entry's, as `thyme ask` uses)")
+    parser.add_argument("--reply-tokens", type=int, default=16, help="tokens decoded per question")
+    parser.add_argument("--quick", action="store_true",
+                        help="a 256-token image budget and 4-token replies (to test the benchmark, not its figures)")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--questions", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--mmproj", help=argparse.SUPPRESS)
+    parser.add_argument("--photo", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        Path(args.result).write_text(json.dumps(phase_ask(args)))
+        return
+    if args.quick:
+        args.image_tokens, args.reply_tokens = args.image_tokens or 256, 4
+    pair = ensure_pair(args.shape, progress=lambda m: print(f"  writing {m}", file=sys.stderr, flush=True))
+    with tempfile.TemporaryDirectory(prefix="thyme-reuse-") as tmp:
+        home = Path(tmp)
+        photo = home / "photo.jpg"
+        write_photo(photo, (1600, 1200))
+        common = ["--model", str(pair.model), "--mmproj", str(pair.mmproj), "--photo", str(photo),
+                  "--reply-tokens", str(args.reply_tokens)]
+        if args.image_tokens:
+            common += ["--image-tokens", str(args.image_tokens)]
+        print("first process: one question, fresh prompt-state directory", file=sys.stderr, flush=True)
+        first = run_phase(common, home, QUESTIONS[:1])["questions"][0]
+        print("second process: two questions about the same photo", file=sys.stderr, flush=True)
+        second = run_phase(common, home, QUESTIONS)["questions"]
+    assert first["prompt_state"] == "saved" and second[0]["prompt_state_loaded"], (first, second)
+    assert second[1]["images_encoded"] == 0, second
+    figures = {
+        "shape": args.shape,
+        "image_tokens": args.image_tokens,
+        "reply_tokens": args.reply_tokens,
+        "first_process_question_s": round(first["wall_s"], 3),
+        "first_process_prefill_s": round(first["prefill_s"], 3),
+        "second_process_prefill_s": round(second[0]["prefill_s"], 3),
+        "second_ask_prefill_saved_s": round(first["prefill_s"] - second[0]["prefill_s"], 3),
+        "first_question_s": round(second[0]["wall_s"], 3),
+        "second_question_s": round(second[1]["wall_s"], 3),
+        "second_question_over_first": round(second[1]["wall_s"] / second[0]["wall_s"], 4),
+        "tokens_evaluated": [first["tokens_evaluated"], second[0]["tokens_evaluated"], second[1]["tokens_evaluated"]],
+        "decode_tok_s_jobs4_over_jobs1": None,
+        "items_per_min_jobs4_over_jobs1": None,
+        "samples4_over_samples1": None,
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+    for key, value in figures.items():
+        print(f"{key:32s} {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Several sequences of one context decoded together give what each gives decoded alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from thyme_cli.devtools.tiny_gguf import TinyPair
+from thyme_cli.engine.llama import EngineOptions, LlamaEngine
+from thyme_cli.engine.native import Native
+from thyme_cli.engine.options import SamplingOptions
+from thyme_cli.engine.parallel import ParallelDecoder
+from thyme_cli.engine.sampling import AtsSamplers
+from thyme_cli.errors import EngineError, UsageError
+
+PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nTell me a story.<|im_end|>\n"
+STEPS = 24
+
+
+def _chains(native: Native, seeds: list[int], temperature: float) -> list[Any]:
+    return [AtsSamplers(SamplingOptions(temperature=temperature, seed=s), native.n_vocab) for s in seeds]
+
+
+def _together(native: Native, seeds: list[int], temperature: float) -> list[list[int]]:
+    prompt = native.tokenize(PROMPT)
+    native.clear()
+    native.decode_tokens(prompt, 0)
+    samplers = _chains(native, seeds, temperature)
+    out: list[list[int]] = [[] for _ in seeds]
+    with ParallelDecoder(native) as dec:
+        for seq in range(1, len(seeds)):
+            dec.fork(0, seq)
+        dec.fork(0, 0)  # sequence 0 reads the prefix's logits the same way
+        for step in range(STEPS):
+            items = []
+            for seq, s in enumerate(samplers):
+                token = dec.sample(seq, s.prose)
+                out[seq].append(token)
+                items.append((seq, token, len(prompt) + step))
+            dec.step(items)
+    for s in samplers:
+        s.close()
+    return out
+
+
+def _alone(native: Native, seed: int, temperature: float) -> list[int]:
+    prompt = native.tokenize(PROMPT)
+    native.clear()
+    native.decode_tokens(prompt, 0)
+    (s,) = _chains(native, [seed], temperature)
+    out = []
+    for step in range(STEPS):
+        token = native.sample(s.prose)
+        out.append(token)
+        native.decode_one(token, len(prompt) + step)
+    s.close()
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_four_sequences_decoded_together_match_each_decoded_alone(tiny_pair: TinyPair, temperature: float) -> None:
+    seeds = [11, 12, 13, 14]
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
+                          options=EngineOptions(n_ctx=2048, n_seq=4, n_threads=2)) as engine:
+        together = _together(engine.native, seeds, temperature)
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
+                          options=EngineOptions(n_ctx=2048, n_threads=2)) as engine:
+        alone = [_alone(engine.native, s, temperature) for s in seeds]
+    assert together == alone
+    if temperature > 0:
+        assert len({tuple(t) for t in together}) > 1  # the seeds really drew different trajectories
+
+
+def test_sequences_outside_the_context_are_refused(tiny_pair: TinyPair) -> None:
+    with pytest.raises(UsageError, match="n_seq"):
+        EngineOptions(n_seq=0)
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
+                          options=EngineOptions(n_ctx=1024, n_seq=2, n_threads=2)) as engine:
+        with ParallelDecoder(engine.native) as dec:
+            with pytest.raises(EngineError, match="outside"):
+                dec.fork(0, 2)
+            with pytest.raises(EngineError, match="no logits"):
+                dec.sample(1, None)
