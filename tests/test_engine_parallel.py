@@ -75,10 +75,10 @@ def test_four_sequences_decoded_together_match_each_decoded_alone(tiny_pair: Tin
 def test_sequences_outside_the_context_are_refused(tiny_pair: TinyPair) -> None:
     with pytest.raises(UsageError, match="n_seq"):
         EngineOptions(n_seq=0)
-    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                          options=EngineOptions(n_ctx=1024, n_seq=2, n_threads=2)) as engine:
-        with ParallelDecoder(engine.native) as dec:
-            with pytest.raises(EngineError, match="outside"):
-                dec.fork(0, 2)
-            with pytest.raises(EngineError, match="no logits"):
-                dec.sample(1, None)
+    options = EngineOptions(n_ctx=1024, n_seq=2, n_threads=2)
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=options) as engine, \
+            ParallelDecoder(engine.native) as dec:
+        with pytest.raises(EngineError, match="outside"):
+            dec.fork(0, 2)
+        with pytest.raises(EngineError, match="no logits"):
+            dec.sample(1, None)
