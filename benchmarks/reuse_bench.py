@@ -13,10 +13,16 @@ Two processes share one THYME_HOME (so one prompt-state directory):
 - second: two questions about the same photo -- the first loads the system prompt's state from
   disk, the second resumes after the image the first left in the context.
 
+A third process times --decode-tokens decode steps for one sequence, then for four sequences
+forked from the same prompt (engine/parallel.py: one llama_decode per step for all of them).
+
 Figures: ``second_ask_prefill_saved_s`` (prefill of the first process's question minus the
 second's), ``second_question_over_first`` (wall time of the 2nd question on the same image over
-the 1st, in the second process). ``decode_tok_s_jobs4_over_jobs1``, ``items_per_min_jobs4_over_jobs1``
-and ``samples4_over_samples1`` are null: parallel sequences and --samples are not built yet.
+the 1st, in the second process), ``decode_tok_s_jobs4_over_jobs1`` (tokens/s of four sequences
+decoded together over one; engine level, as `batch --jobs 4` would decode once wired),
+``samples4_over_samples1`` (engine-level estimate: one question's encode + prefill, then the
+decode steps for 4 sequences, over the same with 1; the `--samples` option is not built).
+``items_per_min_jobs4_over_jobs1`` is null: `batch --jobs` does not use parallel sequences yet.
 Figures taken on a loaded machine are not final. The last line is one JSON object.
 """
 
@@ -90,9 +96,48 @@ def phase_ask(args: argparse.Namespace) -> dict[str, Any]:
     return {"load_s": load_s, "questions": out}
 
 
-def run_phase(common: list[str], home: Path, questions: list[str]) -> dict[str, Any]:
-    result = home / f"result-{len(questions)}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "ask", "--result", str(result),
+def phase_parallel(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode tokens for one sequence, then for four forked from the same prefix, one llama_decode per step."""
+    from dataclasses import replace
+
+    from thyme_cli.engine.llama import LlamaEngine
+    from thyme_cli.engine.options import EngineOptions, SamplingOptions
+    from thyme_cli.engine.parallel import ParallelDecoder
+    from thyme_cli.engine.sampling import AtsSamplers
+    from thyme_cli.protocol import SYSTEM_PROMPT
+    from thyme_cli.registry import load_registry
+
+    options = replace(EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens),
+                      n_seq=4)
+    engine = LlamaEngine.load(args.model, args.mmproj, options=options)
+    native = engine.native
+    prompt = native.tokenize(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>assistant\n")
+    native.decode_tokens(prompt, 0)
+    n = args.decode_tokens
+    samplers = [AtsSamplers(SamplingOptions(temperature=1.0, seed=i), native.n_vocab) for i in range(4)]
+    timings: dict[str, float] = {}
+    with ParallelDecoder(native) as dec:
+        for width in (1, 4):
+            # Sequence 0 back to the prompt, its last token evaluated again (fresh logits), then forked.
+            native.seq_rm(len(prompt) - 1)
+            native.decode_one(prompt[-1], len(prompt) - 1)
+            for seq in range(width):
+                dec.fork(0, seq)
+            t0 = time.perf_counter()
+            for step in range(n):
+                dec.step([(seq, dec.sample(seq, samplers[seq].prose), len(prompt) + step) for seq in range(width)])
+            timings[f"decode_s_{width}"] = time.perf_counter() - t0
+            print(f"  {width} sequence(s): {n} steps in {timings[f'decode_s_{width}']:.2f} s", file=sys.stderr,
+                  flush=True)
+    for s in samplers:
+        s.close()
+    engine.close()
+    return {"prompt_tokens": len(prompt), "decode_tokens": n, **timings}
+
+
+def run_phase(common: list[str], home: Path, questions: list[str], phase: str = "ask") -> dict[str, Any]:
+    result = home / f"result-{phase}-{len(questions)}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--result", str(result),
            "--questions", "|".join(questions), *common]
     env = {**os.environ, "THYME_HOME": str(home)}
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -109,6 +154,8 @@ def main() -> None:
     parser.add_argument("--image-tokens", type=int, default=None,
                         help="image token budget (default: the thyme-7b entry's, as `thyme ask` uses)")
     parser.add_argument("--reply-tokens", type=int, default=16, help="tokens decoded per question")
+    parser.add_argument("--decode-tokens", type=int, default=32,
+                        help="decode steps timed for 1 and for 4 parallel sequences")
     parser.add_argument("--quick", action="store_true",
                         help="a 256-token image budget and 4-token replies (to test the benchmark, not its figures)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -119,25 +166,29 @@ def main() -> None:
     parser.add_argument("--photo", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        Path(args.result).write_text(json.dumps(phase_ask(args)))
+        phase = phase_parallel if args.phase == "parallel" else phase_ask
+        Path(args.result).write_text(json.dumps(phase(args)))
         return
     if args.quick:
-        args.image_tokens, args.reply_tokens = args.image_tokens or 256, 4
+        args.image_tokens, args.reply_tokens, args.decode_tokens = args.image_tokens or 256, 4, 8
     pair = ensure_pair(args.shape, progress=lambda m: print(f"  writing {m}", file=sys.stderr, flush=True))
     with tempfile.TemporaryDirectory(prefix="thyme-reuse-") as tmp:
         home = Path(tmp)
         photo = home / "photo.jpg"
         write_photo(photo, (1600, 1200))
         common = ["--model", str(pair.model), "--mmproj", str(pair.mmproj), "--photo", str(photo),
-                  "--reply-tokens", str(args.reply_tokens)]
+                  "--reply-tokens", str(args.reply_tokens), "--decode-tokens", str(args.decode_tokens)]
         if args.image_tokens:
             common += ["--image-tokens", str(args.image_tokens)]
         print("first process: one question, fresh prompt-state directory", file=sys.stderr, flush=True)
         first = run_phase(common, home, QUESTIONS[:1])["questions"][0]
         print("second process: two questions about the same photo", file=sys.stderr, flush=True)
         second = run_phase(common, home, QUESTIONS)["questions"]
+        print("third process: decode steps for 1 and for 4 sequences of one context", file=sys.stderr, flush=True)
+        par = run_phase(common, home, [], phase="parallel")
     assert first["prompt_state"] == "saved" and second[0]["prompt_state_loaded"], (first, second)
     assert second[1]["images_encoded"] == 0, second
+    prefill = first["prefill_s"] + first["image_encode_s"]
     figures = {
         "shape": args.shape,
         "image_tokens": args.image_tokens,
@@ -150,9 +201,14 @@ def main() -> None:
         "second_question_s": round(second[1]["wall_s"], 3),
         "second_question_over_first": round(second[1]["wall_s"] / second[0]["wall_s"], 4),
         "tokens_evaluated": [first["tokens_evaluated"], second[0]["tokens_evaluated"], second[1]["tokens_evaluated"]],
-        "decode_tok_s_jobs4_over_jobs1": None,
-        "items_per_min_jobs4_over_jobs1": None,
-        "samples4_over_samples1": None,
+        "decode_tokens": par["decode_tokens"],
+        "decode_tok_s_1": round(par["decode_tokens"] / par["decode_s_1"], 3),
+        "decode_tok_s_4": round(4 * par["decode_tokens"] / par["decode_s_4"], 3),
+        "decode_tok_s_jobs4_over_jobs1": round(4 * par["decode_s_1"] / par["decode_s_4"], 3),
+        "items_per_min_jobs4_over_jobs1": None,  # batch --jobs on the local engine: not wired yet
+        # Engine level, not `--samples` (not built): the first question's encode + prefill once, then
+        # --decode-tokens steps for 4 sequences over the same for 1.
+        "samples4_over_samples1": round((prefill + par["decode_s_4"]) / (prefill + par["decode_s_1"]), 4),
         "cpus": len(os.sched_getaffinity(0)),
     }
     for key, value in figures.items():
