@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.llama import EngineOptions, LlamaEngine
 from thyme_cli.engine.native import Native
@@ -82,3 +85,34 @@ def test_sequences_outside_the_context_are_refused(tiny_pair: TinyPair) -> None:
             dec.fork(0, 2)
         with pytest.raises(EngineError, match="no logits"):
             dec.sample(1, None)
+
+
+def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
+    run_thyme: RunThyme, tiny_pair: TinyPair, tmp_path: Path, sandbox_backend: str
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (56 + 28 * i, 84, 3), dtype=np.uint8)).save(
+            photos / f"p{i}.png")
+    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    # Flash attention off: with it, llama.cpp's CPU kernel rounds differently when other sequences'
+    # cells sit between a sequence's own (up to ~1e-3 of a logit), and this random model's near-ties flip.
+    common = ["-q", "what is it?", "-m", "tiny", "--max-tokens", "40", "--max-turns", "3", "--threads", "2",
+              "--no-flash-attn"]
+    runs: dict[int, dict[str, Any]] = {}
+    for jobs in (1, 3):
+        out = tmp_path / f"r{jobs}.jsonl"
+        result = run_thyme("batch", str(photos), *common, "-o", str(out), "--jobs", str(jobs))
+        assert result.returncode == 0, result.stderr
+        runs[jobs] = {}
+        for line in out.read_text().splitlines():
+            record = json.loads(line)
+            trace = json.loads((Path(record["run_dir"]) / "trace.json").read_text())
+            runs[jobs][record["id"]] = (record["answer"], [t["text"] for t in trace["turns"]],
+                                        record["counters"]["tokens_generated"])
+    assert len(runs[1]) == 4 and runs[3] == runs[1]
+    assert sum(r[2] for r in runs[1].values()) > 20  # the model really wrote something

@@ -43,6 +43,7 @@ class ModelSettings:
     base_url: str | None = None
     api_model: str | None = None
     protocol: str | None = None  # for remote models: "thyme" or "generic"
+    n_seq: int = 1  # local engine: questions that run at once as sequences of one context (batch --jobs)
 
 
 @dataclass
@@ -86,6 +87,10 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
         chat_format=settings.chat_format or spec.chat_format or "auto",
         chat_template_file=settings.chat_template or spec.chat_template,
     )
+    if settings.n_seq > 1:  # each sequence gets the context one question would have
+        from dataclasses import replace as _replace
+
+        options = _replace(options, n_seq=settings.n_seq, n_ctx=options.n_ctx * settings.n_seq)
     sampling = SamplingOptions(
         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed
     )

@@ -94,8 +94,8 @@ def batch(
     shard: Annotated[str | None, typer.Option("--shard", help="Process only shard i of N (i/N, 1-based), for N machines.")] = None,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, max=256,
-                          help="Items in flight at once (needs an engine that serves several conversations, "
-                               "e.g. a remote server).")
+                          help="Items in flight at once: parallel requests to a remote server, or with a "
+                               "local model sequences of one llama.cpp context decoded together.")
     ] = 1,
     runs: Annotated[
         Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
@@ -199,6 +199,11 @@ def execute_batch(
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
+    if jobs > 1 and model_settings.backend == "local" and model_settings.script is None:
+        from dataclasses import replace
+
+        # Local engine: the items in flight are sequences of one context, decoded together.
+        model_settings = replace(model_settings, n_seq=jobs)
     try:
         check_sandbox(question_settings)
         loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)

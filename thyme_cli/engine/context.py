@@ -95,6 +95,11 @@ class LiveContext:
         self.prefix_mark: int | None = None
         self.progress: ProgressFn | None = None
         self._probe: PreparedImage | None = None
+        # Several sequences in one context (engine/parallel.py): this one's id, and a copy of the
+        # logits its last feed left (another sequence's decode overwrites llama.cpp's buffer).
+        self.seq = 0
+        self.keep_logits = False
+        self.saved_logits: np.ndarray | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -211,7 +216,13 @@ class LiveContext:
         self._chars += len(plan.suffix)
         if self.marks[-1][_CHARS] != self._chars or self.marks[-1][_STREAM] != len(self.stream):
             self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
+        if self.logits_valid:
+            self._save_logits()
         self.broken = False
+
+    def _save_logits(self) -> None:
+        if self.keep_logits:
+            self.saved_logits = self.native.logits()
 
     def _probe_image(self) -> PreparedImage:
         """A small blank image whose only use is to make libmtmd tokenize text as it does after an image."""
@@ -236,7 +247,7 @@ class LiveContext:
     def _cut(self, index: int) -> None:
         """Remove everything after mark ``index`` from the KV cache and the records."""
         m = self.marks[index]
-        self.native.seq_rm(m[_POS])
+        self.native.seq_rm(m[_POS], self.seq)
         del self.marks[index + 1:]
         text = self.text[: m[_CHARS]]
         self._pieces = [text] if text else []
@@ -261,7 +272,7 @@ class LiveContext:
                     if progress is not None:
                         def on_batch(n: int, base: int = done) -> None:
                             progress("prefill", base + n, total)
-                    native.decode_tokens(chunk.tokens, self.pos, on_batch)
+                    native.decode_tokens(chunk.tokens, self.pos, on_batch, self.seq)
                     done += chunk.n_tokens
                     self.pos += chunk.n_tokens
                     self.cells += chunk.n_tokens
@@ -281,7 +292,7 @@ class LiveContext:
                 c.images_encoded += 1
                 if self.keep_embeddings:
                     embd = self._embeddings[image] = embd.copy()
-            self.pos = native.decode_image(chunk, embd, self.pos)
+            self.pos = native.decode_image(chunk, embd, self.pos, self.seq)
             done += chunk.n_tokens
             if progress is not None:
                 progress("prefill", done, total)
@@ -314,16 +325,31 @@ class LiveContext:
         if not isinstance(last, int):
             raise EngineError("cannot rewind to a point that does not end in text")
         self.broken = True
-        self.native.seq_rm(self.pos - 1)
-        self.native.decode_one(last, self.pos - 1)
+        self.native.seq_rm(self.pos - 1, self.seq)
+        self.native.decode_one(last, self.pos - 1, self.seq)
         self.logits_valid = True
+        self._save_logits()
         self.broken = False
 
-    def push_token(self, token: int, text: str, clean: bool) -> None:
-        """Evaluate one generated token and record it (the decode loop's only bookkeeping)."""
-        self.broken = True  # stays set if the decode fails or is interrupted
-        self.native.decode_one(token, self.pos)
+    def refresh_logits(self) -> None:
+        """Evaluate the last token again so its logits are current (and saved when kept)."""
+        last = self.stream[-1] if self.stream else None
+        if not isinstance(last, int):
+            raise EngineError("nothing to continue from: the context does not end in text")
+        self.broken = True
+        self.native.seq_rm(self.pos - 1, self.seq)
+        self.native.decode_one(last, self.pos - 1, self.seq)
         self.broken = False
+        self.logits_valid = True
+        self._save_logits()
+
+    def push_token(self, token: int, text: str, clean: bool, *, evaluated: bool = False) -> None:
+        """Evaluate one generated token and record it (the decode loop's only bookkeeping);
+        ``evaluated``: a parallel step already put it in the KV cache."""
+        if not evaluated:
+            self.broken = True  # stays set if the decode fails or is interrupted
+            self.native.decode_one(token, self.pos, self.seq)
+            self.broken = False
         self.pos += 1
         self.cells += 1
         if text:
@@ -371,7 +397,7 @@ class LiveContext:
         m = self.marks[self.prefix_mark]
         if not m[_CLEAN] or m[_CELLS] == 0:
             return None
-        self.native.seq_rm(m[_POS])  # this conversation's own record stays as it was, for its readers
+        self.native.seq_rm(m[_POS], self.seq)  # this conversation's own record stays as it was, for its readers
         return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
                             self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
                             images=self.images[: m[_IMAGES]])
@@ -397,7 +423,10 @@ class LiveContext:
 
     def clear(self) -> None:
         """Empty the KV cache and the record (a from-scratch diagnostic replay starts here)."""
-        self.native.clear()
+        if self.seq:
+            self.native.clear_seq(self.seq)
+        else:
+            self.native.clear()
         self._pieces, self._chars = [], 0
         self.pos = self.cells = 0
         self.images, self.stream, self.marks = [], [], [_EMPTY]
@@ -427,7 +456,7 @@ class LiveContext:
                 continue
             if run:
                 self._room_for(len(run))
-                native.decode_tokens(run, self.pos)
+                native.decode_tokens(run, self.pos, None, self.seq)
                 self.pos += len(run)
                 self.cells += len(run)
                 self.stream.extend(run)

@@ -14,6 +14,8 @@ measures what it gains on the real-shape model.
 
 from __future__ import annotations
 
+import ctypes
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -90,3 +92,81 @@ class ParallelDecoder:
         token: int = llama_cpp.llama_sampler_sample(sampler, self.native.ctx, row)
         self.native.native_s += time.perf_counter() - t0
         return token
+
+
+def sample_from_logits(sampler: Any, logits: np.ndarray) -> int:
+    """What llama_sampler_sample does, on a saved copy of one row of logits: apply the chain to
+    every token's logit, take the selected one, let the chain accept it."""
+    n = logits.shape[0]
+    data = (llama_cpp.llama_token_data * n)()
+    view = np.ctypeslib.as_array(ctypes.cast(data, ctypes.POINTER(ctypes.c_float)), shape=(n * 3,))
+    view[1::3] = logits
+    ids = np.ctypeslib.as_array(ctypes.cast(data, ctypes.POINTER(ctypes.c_int32)), shape=(n * 3,))
+    ids[0::3] = np.arange(n, dtype=np.int32)
+    arr = llama_cpp.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
+    if not 0 <= arr.selected < n:
+        raise EngineError("the sampler chain selected no token")
+    token = int(arr.data[arr.selected].id)
+    llama_cpp.llama_sampler_accept(sampler, token)
+    return token
+
+
+class StepRounds:
+    """Lets conversations in different threads decode together: each generating sequence hands
+    in its next token; when every generating sequence has (or one waited ``patience_s``), one
+    thread evaluates them all in one llama_decode and samples each sequence's next token from its
+    own row, under the engine's lock (so no other evaluation overwrites the logits in between).
+    """
+
+    def __init__(self, native: Native, lock: threading.RLock, *, patience_s: float = 0.05) -> None:
+        self.decoder = ParallelDecoder(native)
+        self.cond = threading.Condition(lock)
+        self.patience_s = patience_s
+        self.active: set[int] = set()
+        self._pending: dict[int, tuple[int, int, Any]] = {}
+        self._results: dict[int, int | BaseException | None] = {}
+
+    def close(self) -> None:
+        self.decoder.close()
+
+    def enter(self, seq: int) -> None:
+        with self.cond:
+            self.active.add(seq)
+
+    def leave(self, seq: int) -> None:
+        with self.cond:
+            self.active.discard(seq)
+            self._pending.pop(seq, None)
+            self.cond.notify_all()  # the others may now be complete without this one
+
+    def decode(self, seq: int, token: int, pos: int, sampler: Any | None) -> int | None:
+        """Evaluate ``token`` at ``pos`` for ``seq`` in the next round; then the sequence's next
+        token drawn with ``sampler`` (None: nothing is drawn, e.g. after a stop string)."""
+        with self.cond:
+            self._pending[seq] = (token, pos, sampler)
+            deadline = time.monotonic() + self.patience_s
+            while seq not in self._results:
+                waiting_on = self.active - set(self._pending)
+                if not waiting_on or time.monotonic() >= deadline:
+                    self._round()
+                    break
+                self.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            result = self._results.pop(seq)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _round(self) -> None:
+        """Evaluate everything pending in one step; called with the lock held."""
+        pending, self._pending = self._pending, {}
+        seqs = sorted(pending)
+        try:
+            self.decoder.step([(s, pending[s][0], pending[s][1]) for s in seqs])
+            for s in seqs:
+                sampler = pending[s][2]
+                self._results[s] = None if sampler is None else self.decoder.sample(s, sampler)
+        except BaseException as e:  # every waiting sequence hears of the failure
+            for s in seqs:
+                self._results[s] = e
+        self.cond.notify_all()

@@ -96,7 +96,7 @@ class PromptStore:
 
     # --- load / save ---------------------------------------------------------------------------------
 
-    def load(self, native: Native, text: str) -> list[int] | None:
+    def load(self, native: Native, text: str, seq: int = 0) -> list[int] | None:
         """Put the saved state of ``text`` into the (empty) context; its tokens, or None when there
         is no usable file (a damaged or mismatched one is deleted)."""
         path = self.path(text)
@@ -107,21 +107,21 @@ class PromptStore:
         header, data = _parse(raw)
         why = _check(header, data, self.key(text))
         if why is None and header is not None and data is not None:
-            if native.state_seq_set(data):
+            if native.state_seq_set(data, seq):
                 with contextlib.suppress(OSError):
                     os.utime(path)  # recently used: kept longest by prune()
                 self.last_event = "loaded"
                 return [int(t) for t in header["tokens"]]
-            native.clear()
+            native.clear_seq(seq)
             why = "llama.cpp refused the state"
         self.last_event = f"rebuilt ({why})"
         with contextlib.suppress(OSError):
             path.unlink()
         return None
 
-    def save(self, native: Native, text: str, tokens: Sequence[int]) -> Path | None:
-        """Save sequence 0 (which holds exactly ``text``) atomically; None when it would not fit."""
-        data = native.state_seq_get()
+    def save(self, native: Native, text: str, tokens: Sequence[int], seq: int = 0) -> Path | None:
+        """Save sequence ``seq`` (which holds exactly ``text``) atomically; None when it would not fit."""
+        data = native.state_seq_get(seq)
         header = {"key": self.key(text), "tokens": list(tokens), "size": len(data),
                   "sha256": hashlib.sha256(data).hexdigest(), "model": self.settings["model"]["path"]}
         blob = json.dumps(header).encode()
