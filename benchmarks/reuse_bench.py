@@ -19,10 +19,11 @@ forked from the same prompt (engine/parallel.py: one llama_decode per step for a
 Figures: ``second_ask_prefill_saved_s`` (prefill of the first process's question minus the
 second's), ``second_question_over_first`` (wall time of the 2nd question on the same image over
 the 1st, in the second process), ``decode_tok_s_jobs4_over_jobs1`` (tokens/s of four sequences
-decoded together over one; engine level, as `batch --jobs 4` would decode once wired),
-``samples4_over_samples1`` (engine-level estimate: one question's encode + prefill, then the
-decode steps for 4 sequences, over the same with 1; the `--samples` option is not built).
-``items_per_min_jobs4_over_jobs1`` is null: `batch --jobs` does not use parallel sequences yet.
+decoded together over one, engine level), ``samples4_over_samples1`` (engine-level estimate:
+one question's encode + prefill, then the decode steps for 4 sequences, over the same with 1;
+the `--samples` option is not built), ``items_per_min_jobs4_over_jobs1`` (`thyme batch` on
+--batch-items photos, one question and one turn each, --jobs 4 over --jobs 1: the local engine
+runs the items as sequences of one context).
 Figures taken on a loaded machine are not final. The last line is one JSON object.
 """
 
@@ -135,6 +136,34 @@ def phase_parallel(args: argparse.Namespace) -> dict[str, Any]:
     return {"prompt_tokens": len(prompt), "decode_tokens": n, **timings}
 
 
+def batch_items_per_min(pair: Any, home: Path, args: argparse.Namespace) -> dict[str, float]:
+    """`thyme batch` on --batch-items photos (one question each, --reply-tokens of at least 16),
+    with --jobs 1 and --jobs 4: items per minute, each run in its own process."""
+    env = {**os.environ, "THYME_HOME": str(home)}
+    cli = [sys.executable, "-m", "thyme_cli.cli"]
+    subprocess.run([*cli, "models", "add", "bench", "--model", str(pair.model), "--mmproj", str(pair.mmproj),
+                    "--protocol", "thyme"], env=env, check=True, capture_output=True)
+    photos = home / "photos"
+    photos.mkdir(exist_ok=True)
+    for i in range(args.batch_items):
+        write_photo(photos / f"p{i}.jpg", (1600 - 40 * i, 1200))
+    out: dict[str, float] = {}
+    for jobs in (1, 4):
+        cmd = [*cli, "batch", str(photos), "-q", QUESTIONS[0], "-m", "bench", "--jobs", str(jobs),
+               "--max-tokens", str(max(16, args.reply_tokens)), "--max-turns", "1", "-o", str(home / f"b{jobs}.jsonl")]
+        if args.image_tokens:
+            cmd += ["--max-image-tokens", str(args.image_tokens)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode not in (0, 3):
+            raise SystemExit(f"batch --jobs {jobs} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+        out[f"batch_s_jobs{jobs}"] = wall
+        out[f"items_per_min_jobs{jobs}"] = 60 * args.batch_items / wall
+        print(f"  batch --jobs {jobs}: {args.batch_items} items in {wall:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def run_phase(common: list[str], home: Path, questions: list[str], phase: str = "ask") -> dict[str, Any]:
     result = home / f"result-{phase}-{len(questions)}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--result", str(result),
@@ -154,6 +183,7 @@ def main() -> None:
     parser.add_argument("--image-tokens", type=int, default=None,
                         help="image token budget (default: the thyme-7b entry's, as `thyme ask` uses)")
     parser.add_argument("--reply-tokens", type=int, default=16, help="tokens decoded per question")
+    parser.add_argument("--batch-items", type=int, default=4, help="photos in the batch --jobs 1 / 4 runs (0: skip)")
     parser.add_argument("--decode-tokens", type=int, default=32,
                         help="decode steps timed for 1 and for 4 parallel sequences")
     parser.add_argument("--quick", action="store_true",
@@ -186,6 +216,10 @@ def main() -> None:
         second = run_phase(common, home, QUESTIONS)["questions"]
         print("third process: decode steps for 1 and for 4 sequences of one context", file=sys.stderr, flush=True)
         par = run_phase(common, home, [], phase="parallel")
+        batch: dict[str, float] = {}
+        if args.batch_items:
+            print("batch: the same photos with --jobs 1 and --jobs 4", file=sys.stderr, flush=True)
+            batch = batch_items_per_min(pair, home, args)
     assert first["prompt_state"] == "saved" and second[0]["prompt_state_loaded"], (first, second)
     assert second[1]["images_encoded"] == 0, second
     prefill = first["prefill_s"] + first["image_encode_s"]
@@ -205,7 +239,9 @@ def main() -> None:
         "decode_tok_s_1": round(par["decode_tokens"] / par["decode_s_1"], 3),
         "decode_tok_s_4": round(4 * par["decode_tokens"] / par["decode_s_4"], 3),
         "decode_tok_s_jobs4_over_jobs1": round(4 * par["decode_s_1"] / par["decode_s_4"], 3),
-        "items_per_min_jobs4_over_jobs1": None,  # batch --jobs on the local engine: not wired yet
+        **{k: round(v, 3) for k, v in batch.items()},
+        "items_per_min_jobs4_over_jobs1": (round(batch["items_per_min_jobs4"] / batch["items_per_min_jobs1"], 3)
+                                           if batch else None),
         # Engine level, not `--samples` (not built): the first question's encode + prefill once, then
         # --decode-tokens steps for 4 sequences over the same for 1.
         "samples4_over_samples1": round((prefill + par["decode_s_4"]) / (prefill + par["decode_s_1"]), 4),

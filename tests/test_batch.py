@@ -207,6 +207,6 @@ def test_jobs_with_a_local_model_runs_sequences_of_one_context(
     assert isinstance(tiny_pair, TinyPair)
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
     result = run_thyme("batch", str(photos), "-q", "q", "-m", "tiny", "-o", str(tmp_path / "r.jsonl"), "--jobs", "2",
-                       "--max-tokens", "8", "--max-turns", "1")
+                       "--max-tokens", "16", "--max-turns", "1")
     assert result.returncode == 0, result.stderr
     assert len(_lines(tmp_path / "r.jsonl")) == len(list(photos.glob("*.png")))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,8 @@ class LiveContext:
         # logits its last feed left (another sequence's decode overwrites llama.cpp's buffer).
         self.seq = 0
         self.keep_logits = False
+        # Entered around the vision encoder when other sequences may decode during the encode.
+        self.encode_guard: Callable[[], AbstractContextManager[None]] | None = None
         self.saved_logits: np.ndarray | None = None
 
     # --- state -----------------------------------------------------------------------------------
@@ -287,7 +290,11 @@ class LiveContext:
                 if progress is not None:
                     progress("encode", 0, chunk.n_tokens)
                 t0 = time.perf_counter()
-                embd = native.encode_image(chunk)
+                if self.encode_guard is not None:  # other sequences decode meanwhile
+                    with self.encode_guard():
+                        embd = native.encode_image(chunk).copy()
+                else:
+                    embd = native.encode_image(chunk)
                 c.image_encode_s += time.perf_counter() - t0
                 c.images_encoded += 1
                 if self.keep_embeddings:

@@ -10,11 +10,12 @@ re-evaluated. ``generate`` samples token by token with adaptive temperature (gre
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ class LlamaEngine:
         self._free_seqs: list[int] = list(range(self.n_seq))
         self._running: dict[int, LlamaConversation] = {}
         self._prefix_seq = 0
+        self._encode_lock = threading.Lock()
         if self.n_seq > 1:
             self.concurrent = True
             self._rounds = StepRounds(native, self.lock)
@@ -199,6 +201,17 @@ class LlamaEngine:
         if prefix is not None:
             self._current._live.adopt(prefix)
         return self._current
+
+    @contextlib.contextmanager
+    def _encoding(self) -> Iterator[None]:
+        """Around an image encode in a feed (which holds the engine lock): let the other
+        sequences decode meanwhile; one encode at a time (libmtmd's output buffer is shared)."""
+        self.lock.release()
+        try:
+            with self._encode_lock:
+                yield
+        finally:
+            self.lock.acquire()
 
     def _open_parallel(self, sampling: SamplingOptions | None) -> LlamaConversation:
         """A conversation on a free sequence of the shared context; it starts from the last
@@ -310,6 +323,7 @@ class LlamaConversation:
         if engine.n_seq > 1:  # one of several sequences: its share of the context, its own logits
             self._live.seq, self._live.keep_logits = seq, True
             self._live.n_ctx = self._native.n_ctx // engine.n_seq
+            self._live.encode_guard = engine._encoding
         self._messages: list[Message] = []
         self._open: Message | None = None  # the assistant turn being written
         self._scanner = TurnScanner()
