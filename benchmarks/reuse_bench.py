@@ -187,7 +187,8 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32,
                         help="decode steps timed for 1 and for 4 parallel sequences")
     parser.add_argument("--quick", action="store_true",
-                        help="a 256-token image budget and 4-token replies (to test the benchmark, not its figures)")
+                        help="a 256-token image budget, 4-token replies, 8 decode steps, 2 batch items "
+                             "(to test the benchmark, not its figures)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--questions", help=argparse.SUPPRESS)
@@ -201,6 +202,7 @@ def main() -> None:
         return
     if args.quick:
         args.image_tokens, args.reply_tokens, args.decode_tokens = args.image_tokens or 256, 4, 8
+        args.batch_items = min(args.batch_items, 2)
     pair = ensure_pair(args.shape, progress=lambda m: print(f"  writing {m}", file=sys.stderr, flush=True))
     with tempfile.TemporaryDirectory(prefix="thyme-reuse-") as tmp:
         home = Path(tmp)
