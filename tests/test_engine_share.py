@@ -134,6 +134,7 @@ def test_ask_with_several_questions_answers_each_as_if_asked_alone(
     assert [Path(r["run_dir"]).name for r in runs] == ["q1", "q2"]
     assert all((tmp_path / "r" / q / "trace.json").is_file() for q in ("q1", "q2"))
     assert runs[0]["counters"]["images_encoded"] >= 1 and runs[1]["counters"]["images_encoded"] == 0
+    assert runs[1]["counters"]["rollbacks"] == 0  # a new question is not a rollback
     alone = run_thyme("ask", str(photo), "how many colours?", *common)
     assert alone.returncode in (0, 3), alone.stderr
     solo = json.loads(alone.stdout)
@@ -159,6 +160,7 @@ def test_batch_groups_items_about_the_same_image_and_answers_them_as_alone(
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in lines] == ["a", "c", "b"]
     assert [r["counters"]["images_encoded"] >= 1 for r in lines] == [True, False, True]
+    assert [r["counters"]["rollbacks"] for r in lines] == [0, 0, 0]
     alone = run_thyme("ask", str(photo), "how many colours?", *common, "--json")
     solo = json.loads(alone.stdout)
     assert solo["answer"] == lines[1]["answer"]

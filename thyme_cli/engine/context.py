@@ -262,6 +262,12 @@ class LiveContext:
             self.prefix_mark = None
         self.rollbacks += 1
 
+    def forget_after(self, index: int) -> None:
+        """Cut back to mark ``index`` as the start of a new question (not counted as a rollback)."""
+        if index < len(self.marks) - 1:
+            self._cut(index)
+            self.rollbacks -= 1
+
     def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> list[tuple[int, int, int, int]]:
         """Evaluate the chunks; returns (pos, cells, images, stream length) right after each image."""
         native, c, progress = self.native, self.counters, self.progress

@@ -361,6 +361,9 @@ class LlamaConversation:
             # in any case, and the image too when this question is about the same picture.
             self._live.prefix_mark = system_mark
             prepared = self._same_images(self._prepare(images))
+            live = self._live
+            same = bool(prepared) and len(live.images) == 1 and prepared[0] is live.images[0]
+            live.forget_after(len(live.marks) - 1 if same else system_mark)  # a new question, not a rollback
         elif system:
             # Evaluate the system prompt as its own unit, so that the next question can keep it in
             # the KV cache; the images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
