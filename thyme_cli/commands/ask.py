@@ -32,6 +32,7 @@ def ask(
     step_timeout: o.StepTimeoutOpt = 30.0,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
+    samples: o.SamplesOpt = 1,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 0.9,
@@ -130,6 +131,7 @@ def ask(
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
         chat_format=chat_format, chat_template=chat_template,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
+        n_seq=samples if backend == o.Backend.local and script is None else 1,
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
     if model is None and script is None and backend == o.Backend.local and not (quiet or as_json):
@@ -141,6 +143,7 @@ def ask(
         sandbox=sandbox.value,
         step_timeout_s=step_timeout,
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
+        samples=samples,
     )
     try:
         check_sandbox(question_settings)

@@ -109,6 +109,7 @@ def batch(
     step_timeout: o.StepTimeoutOpt = 30.0,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
+    samples: o.SamplesOpt = 1,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 0.9,
@@ -144,7 +145,7 @@ def batch(
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout,
+        sandbox=sandbox.value, step_timeout_s=step_timeout, samples=samples,
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
     )
     summary = execute_batch(
@@ -199,11 +200,13 @@ def execute_batch(
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
-    if jobs > 1 and model_settings.backend == "local" and model_settings.script is None:
+    n_seq = jobs * question_settings.samples
+    if n_seq > 1 and model_settings.backend == "local" and model_settings.script is None:
         from dataclasses import replace
 
-        # Local engine: the items in flight are sequences of one context, decoded together.
-        model_settings = replace(model_settings, n_seq=jobs)
+        # Local engine: the items in flight (and their --samples trajectories) are sequences of one
+        # context, decoded together.
+        model_settings = replace(model_settings, n_seq=n_seq)
     try:
         check_sandbox(question_settings)
         loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)

@@ -89,6 +89,7 @@ def run(
     step_timeout: o.StepTimeoutOpt = 30.0,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
+    samples: o.SamplesOpt = 1,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 0.9,
@@ -145,7 +146,7 @@ def run(
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout,
+        sandbox=sandbox.value, step_timeout_s=step_timeout, samples=samples,
         agent=agent_options(no_tools=no_tools, max_turns=max_turns, max_tokens=max_tokens, on_error=on_error.value),
     )
     batch_items = [Item(item.id, item.image, item.prompt, item.answer) for item in items]

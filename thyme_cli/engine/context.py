@@ -399,6 +399,23 @@ class LiveContext:
             return None
         return next((i for i, m in enumerate(self.marks) if m[_CHARS] == len(text) and m[_CLEAN]), None)
 
+    def snapshot_prefix(self) -> SharedPrefix | None:
+        """The prefix (see mark_prefix) as it stands, the context left as it is: other sequences
+        of the context may copy its cells while this conversation goes on."""
+        if self.broken or self.prefix_mark is None or self.prefix_mark >= len(self.marks):
+            return None
+        m = self.marks[self.prefix_mark]
+        if not m[_CLEAN] or m[_CELLS] == 0:
+            return None
+        return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
+                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
+                            images=self.images[: m[_IMAGES]])
+
+    def still_holds(self, prefix: SharedPrefix) -> bool:
+        """True while the KV cells of ``prefix`` (taken from this context) are still in it."""
+        n = len(prefix.marks)
+        return len(self.marks) >= n and self.marks[n - 1] == prefix.marks[-1]
+
     def detach_prefix(self) -> SharedPrefix | None:
         """Cut back to the prefix mark and hand that state over (the conversation is over).
 

@@ -39,7 +39,7 @@ from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.memory import check_fits
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
-from thyme_cli.engine.parallel import StepRounds, sample_from_logits
+from thyme_cli.engine.parallel import StepRounds, sample_from_logits, token_logprob
 from thyme_cli.engine.prompt_state import PromptStore
 from thyme_cli.engine.sampling import AtsSamplers
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces
@@ -61,6 +61,10 @@ class LlamaCounters(Counters):
     image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
     rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
     prompt_state_loaded: bool = False  # the system prompt's KV state came from disk (prompt_state)
+    # Sum and count of the log-probabilities of generated tokens (parallel sequences only: --samples
+    # ranks trajectories by their mean).
+    logprob_sum: float = 0.0
+    logprob_tokens: int = 0
 
 
 def _read_template(path: Path) -> str:
@@ -126,6 +130,7 @@ class LlamaEngine:
         self._running: dict[int, LlamaConversation] = {}
         self._prefix_seq = 0
         self._encode_lock = threading.Lock()
+        self.prefix_ready = threading.Event()  # set when a running conversation published its prefix
         if self.n_seq > 1:
             self.concurrent = True
             self._rounds = StepRounds(native, self.lock)
@@ -213,6 +218,13 @@ class LlamaEngine:
         finally:
             self.lock.acquire()
 
+    def _publish(self, conversation: LlamaConversation) -> None:
+        """Offer a running conversation's prefix (system prompt and image) to the next ones."""
+        prefix = conversation._live.snapshot_prefix()
+        if prefix is not None:
+            self._prefix, self._prefix_seq = prefix, conversation._live.seq
+            self.prefix_ready.set()
+
     def _open_parallel(self, sampling: SamplingOptions | None) -> LlamaConversation:
         """A conversation on a free sequence of the shared context; it starts from the last
         finished question's prefix (system prompt, maybe its image) when that sequence is idle."""
@@ -225,7 +237,8 @@ class LlamaEngine:
             conv = LlamaConversation(self, samplers, own_samplers=True, seq=seq)
             self._running[seq] = conv
             prefix, holder = self._prefix, self._prefix_seq
-            usable = prefix is not None and holder not in self._running
+            owner = self._running.get(holder)
+            usable = prefix is not None and (owner is None or owner._live.still_holds(prefix))
             if seq != holder or not usable:
                 self._native.clear_seq(seq)
             if prefix is not None and usable:
@@ -380,6 +393,8 @@ class LlamaConversation:
         self._live.sync(target, all_images)
         if first_turn and prepared:
             self._live.mark_image_prefix()
+            if self._engine.n_seq > 1:  # other sequences may start from it right away (--samples)
+                self._engine._publish(self)
         self._messages = messages
         self._open = Message("assistant", "")
         self._scanner.reset()
@@ -539,6 +554,7 @@ class LlamaConversation:
         code_chain, prose_chain, shared = samplers.code, samplers.prose, samplers.shared_history
         chain = code_chain if scanner.in_code else prose_chain
         token = sample_from_logits(chain, logits)
+        logprob = token_logprob(logits, token)
         if shared:
             samplers.accept_other(chain, token)
         live.saved_logits = None  # used: the next generate without a feed evaluates the last token again
@@ -561,6 +577,8 @@ class LlamaConversation:
                 live.broken = False
                 live.push_token(token, text, not utf8.pending, evaluated=True)
                 tokens.append(token)
+                self._counters.logprob_sum += logprob
+                self._counters.logprob_tokens += 1
                 if text:
                     out.append(text)
                     if on_text is not None:
@@ -570,7 +588,7 @@ class LlamaConversation:
                     break
                 if last or following is None:
                     break
-                token = following
+                token, logprob = following
                 if shared:
                     samplers.accept_other(chain, token)
         finally:

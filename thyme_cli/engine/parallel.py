@@ -83,6 +83,12 @@ class ParallelDecoder:
                               hint="raise --ctx or decode fewer sequences together")
         self._rows = {seq: i for i, (seq, _, _) in enumerate(items)}
 
+    def logprob(self, seq: int, token: int) -> float:
+        """log p(token) under the unmodified logits of ``seq``'s row of the last step."""
+        row = self._rows.get(seq, -1)
+        ptr = llama_cpp.llama_get_logits_ith(self.native.ctx, row)
+        return token_logprob(np.ctypeslib.as_array(ptr, shape=(self.native.n_vocab,)), token)
+
     def sample(self, seq: int, sampler: Any) -> int:
         """The next token of ``seq`` from its row of the last step (or the forked prefix's logits)."""
         row = self._rows.get(seq)
@@ -92,6 +98,12 @@ class ParallelDecoder:
         token: int = llama_cpp.llama_sampler_sample(sampler, self.native.ctx, row)
         self.native.native_s += time.perf_counter() - t0
         return token
+
+
+def token_logprob(logits: np.ndarray, token: int) -> float:
+    """log-softmax of ``logits`` at ``token`` (for ranking sampled trajectories)."""
+    top = float(logits.max())
+    return float(logits[token]) - top - float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
 
 
 def sample_from_logits(sampler: Any, logits: np.ndarray) -> int:
@@ -125,7 +137,7 @@ class StepRounds:
         self.patience_s = patience_s
         self.active: set[int] = set()
         self._pending: dict[int, tuple[int, int, Any]] = {}
-        self._results: dict[int, int | BaseException | None] = {}
+        self._results: dict[int, tuple[int, float] | BaseException | None] = {}
 
     def close(self) -> None:
         self.decoder.close()
@@ -140,9 +152,10 @@ class StepRounds:
             self._pending.pop(seq, None)
             self.cond.notify_all()  # the others may now be complete without this one
 
-    def decode(self, seq: int, token: int, pos: int, sampler: Any | None) -> int | None:
+    def decode(self, seq: int, token: int, pos: int, sampler: Any | None) -> tuple[int, float] | None:
         """Evaluate ``token`` at ``pos`` for ``seq`` in the next round; then the sequence's next
-        token drawn with ``sampler`` (None: nothing is drawn, e.g. after a stop string)."""
+        token drawn with ``sampler`` and its log-probability (None: nothing is drawn, e.g. after a
+        stop string)."""
         with self.cond:
             self._pending[seq] = (token, pos, sampler)
             deadline = time.monotonic() + self.patience_s
@@ -165,7 +178,11 @@ class StepRounds:
             self.decoder.step([(s, pending[s][0], pending[s][1]) for s in seqs])
             for s in seqs:
                 sampler = pending[s][2]
-                self._results[s] = None if sampler is None else self.decoder.sample(s, sampler)
+                if sampler is None:
+                    self._results[s] = None
+                else:
+                    drawn = self.decoder.sample(s, sampler)
+                    self._results[s] = (drawn, self.decoder.logprob(s, drawn))
         except BaseException as e:  # every waiting sequence hears of the failure
             for s in seqs:
                 self._results[s] = e
