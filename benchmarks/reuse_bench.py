@@ -19,9 +19,10 @@ forked from the same prompt (engine/parallel.py: one llama_decode per step for a
 Figures: ``second_ask_prefill_saved_s`` (prefill of the first process's question minus the
 second's), ``second_question_over_first`` (wall time of the 2nd question on the same image over
 the 1st, in the second process), ``decode_tok_s_jobs4_over_jobs1`` (tokens/s of four sequences
-decoded together over one, engine level), ``samples4_over_samples1`` (engine-level estimate:
-one question's encode + prefill, then the decode steps for 4 sequences, over the same with 1;
-the `--samples` option is not built), ``items_per_min_jobs4_over_jobs1`` (`thyme batch` on
+decoded together over one, engine level), ``samples4_over_samples1`` (wall time of
+`thyme ask --samples 4` over `--samples 1`, whole processes with the model load, one turn of at
+least 16 tokens at temperature 1, no saved prompt state; ``samples4_over_samples1_engine`` is the same from the engine-level parts),
+``items_per_min_jobs4_over_jobs1`` (`thyme batch` on
 --batch-items photos, one question and one turn each, --jobs 4 over --jobs 1: the local engine
 runs the items as sequences of one context).
 Figures taken on a loaded machine are not final. The last line is one JSON object.
@@ -164,6 +165,29 @@ def batch_items_per_min(pair: Any, home: Path, args: argparse.Namespace) -> dict
     return out
 
 
+def samples_wall(pair: Any, home: Path, args: argparse.Namespace) -> dict[str, float]:
+    """`thyme ask --samples 1` and `--samples 4` on the photo (one turn of --reply-tokens, at least
+    16, temperature 1), each in its own process with no saved prompt state: wall seconds."""
+    env = {**os.environ, "THYME_HOME": str(home), "THYME_PROMPT_STATE_MB": "0"}
+    cli = [sys.executable, "-m", "thyme_cli.cli"]
+    subprocess.run([*cli, "models", "add", "bench-s", "--model", str(pair.model), "--mmproj", str(pair.mmproj),
+                    "--protocol", "thyme"], env=env, check=True, capture_output=True)
+    out: dict[str, float] = {}
+    for n in (1, 4):
+        cmd = [*cli, "ask", str(home / "photo.jpg"), QUESTIONS[0], "-m", "bench-s", "--samples", str(n),
+               "--temperature", "1.0", "--max-tokens", str(max(16, args.reply_tokens)), "--max-turns", "1",
+               "--quiet", "--out", str(home / f"samples{n}")]
+        if args.image_tokens:
+            cmd += ["--max-image-tokens", str(args.image_tokens)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out[f"ask_s_samples{n}"] = time.perf_counter() - t0
+        if proc.returncode not in (0, 3):
+            raise SystemExit(f"ask --samples {n} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+        print(f"  ask --samples {n}: {out[f'ask_s_samples{n}']:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def run_phase(common: list[str], home: Path, questions: list[str], phase: str = "ask") -> dict[str, Any]:
     result = home / f"result-{phase}-{len(questions)}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--result", str(result),
@@ -218,6 +242,8 @@ def main() -> None:
         second = run_phase(common, home, QUESTIONS)["questions"]
         print("third process: decode steps for 1 and for 4 sequences of one context", file=sys.stderr, flush=True)
         par = run_phase(common, home, [], phase="parallel")
+        print("samples: ask --samples 1 and --samples 4", file=sys.stderr, flush=True)
+        sampled = samples_wall(pair, home, args)
         batch: dict[str, float] = {}
         if args.batch_items:
             print("batch: the same photos with --jobs 1 and --jobs 4", file=sys.stderr, flush=True)
@@ -244,9 +270,11 @@ def main() -> None:
         **{k: round(v, 3) for k, v in batch.items()},
         "items_per_min_jobs4_over_jobs1": (round(batch["items_per_min_jobs4"] / batch["items_per_min_jobs1"], 3)
                                            if batch else None),
-        # Engine level, not `--samples` (not built): the first question's encode + prefill once, then
-        # --decode-tokens steps for 4 sequences over the same for 1.
-        "samples4_over_samples1": round((prefill + par["decode_s_4"]) / (prefill + par["decode_s_1"]), 4),
+        **{k: round(v, 3) for k, v in sampled.items()},
+        "samples4_over_samples1": round(sampled["ask_s_samples4"] / sampled["ask_s_samples1"], 4),
+        # Engine level: the first question's encode + prefill once, then --decode-tokens steps for 4
+        # sequences over the same for 1.
+        "samples4_over_samples1_engine": round((prefill + par["decode_s_4"]) / (prefill + par["decode_s_1"]), 4),
         "cpus": len(os.sched_getaffinity(0)),
     }
     for key, value in figures.items():
