@@ -52,3 +52,17 @@ def test_ask_samples_decodes_trajectories_from_one_prefix_and_records_them(
     assert sum(run["votes"].values()) == sum(1 for t in traces if t["answer"] is not None)
     html = (out / "report.html").read_text()
     assert 'id="samples"' in html and html.count('class="sample"') == 3
+
+
+def test_samples_with_a_scripted_engine_vote_on_equal_answers(run_thyme: RunThyme, tmp_path: Path,
+                                                               sandbox_backend: str) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (200, 100), "white").save(photo)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(["Looks like (B).</think>\n<answer>B. the red one</answer>"]))
+    result = run_thyme("ask", str(photo), "which?", "--script", str(script), "--samples", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert run["votes"] == {"B": 3} and run["answer"] == "B. the red one"
+    assert [s["vote"] for s in run["samples"]] == ["B", "B", "B"]
+    assert all(Path(run["run_dir"], s["run_dir"], "trace.json").is_file() for s in run["samples"])

@@ -88,7 +88,11 @@ def ask_samples(model: LoadedModel, input_image: InputImage, question: str, run_
     from thyme_cli.runner import ask_one
 
     engine = model.engine
-    base = getattr(engine, "sampling", None)
+    import inspect
+
+    # A seed per trajectory where the engine's open() takes sampling options (the local engine).
+    takes = "sampling" in inspect.signature(engine.open).parameters
+    base = getattr(engine, "sampling", None) if takes else None
     single = replace(settings, samples=1)
     traces: list[Trace | None] = [None] * n
     errors: list[str | None] = [None] * n
