@@ -679,6 +679,11 @@ class LlamaConversation:
         self._check()
         if not self._live.logits_valid:
             raise EngineError("no logits: the context ends on an image or is empty")
+        if self._live.keep_logits:  # one of several sequences: its own saved row, not the context's last
+            if self._live.saved_logits is None:
+                self._live.refresh_logits()
+            assert self._live.saved_logits is not None
+            return self._live.saved_logits.copy()
         return self._native.logits()
 
     def token_stream(self) -> list[StreamItem]:
