@@ -22,7 +22,7 @@ def ask(
     questions: Annotated[list[str], typer.Argument(
         help="What you want to know about it. Several questions are answered one after the other, "
              "each on its own (a run and an answer each); the image is encoded once for all.",
-        metavar="QUESTION...")],
+        metavar="QUESTION")],
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,
