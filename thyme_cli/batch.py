@@ -179,10 +179,14 @@ def run_batch(
     on_item: Callable[[dict[str, Any]], None],
     *,
     jobs: int = 1,
+    group_images: bool = True,
 ) -> BatchSummary:
-    """Process every item not already in the journal; up to ``jobs`` at a time."""
+    """Process every item not already in the journal; up to ``jobs`` at a time (items about the
+    same image one after the other unless ``group_images`` is off: eval keeps its items' order)."""
     summary = BatchSummary(total=len(items))
-    todo = group_by_image([item for item in items if item.id not in journal.done_ids])
+    todo = [item for item in items if item.id not in journal.done_ids]
+    if group_images:
+        todo = group_by_image(todo)
     summary.skipped = len(items) - len(todo)
     started = time.perf_counter()
 

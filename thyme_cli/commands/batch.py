@@ -222,7 +222,8 @@ def execute_batch(
     progress = BatchProgress(len(items), done_before)
     try:
         summary = run_batch(items, loaded, question_settings, journal, runs_root,
-                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs)
+                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs,
+                            group_images=command == "batch")
     finally:
         progress.close()
         journal.close()
