@@ -199,10 +199,14 @@ def test_jobs_runs_items_concurrently_and_loses_none(
     assert sorted(ids) == sorted(str(p) for p in photos.glob("*.png")) and len(set(ids)) == 6
 
 
-def test_jobs_with_a_local_model_is_refused(run_thyme: RunThyme, tmp_path: Path, photos: Path, tiny_pair: object) -> None:
+def test_jobs_with_a_local_model_runs_sequences_of_one_context(
+    run_thyme: RunThyme, tmp_path: Path, photos: Path, tiny_pair: object
+) -> None:
     from thyme_cli.devtools.tiny_gguf import TinyPair
 
     assert isinstance(tiny_pair, TinyPair)
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
-    result = run_thyme("batch", str(photos), "-q", "q", "-m", "tiny", "-o", str(tmp_path / "r.jsonl"), "--jobs", "2")
-    assert result.returncode == 2 and "one conversation at a time" in result.stderr
+    result = run_thyme("batch", str(photos), "-q", "q", "-m", "tiny", "-o", str(tmp_path / "r.jsonl"), "--jobs", "2",
+                       "--max-tokens", "16", "--max-turns", "1")
+    assert result.returncode == 0, result.stderr
+    assert len(_lines(tmp_path / "r.jsonl")) == len(list(photos.glob("*.png")))

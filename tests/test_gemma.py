@@ -134,11 +134,39 @@ def test_gemma_system_prompt_is_evaluated_once_per_engine(gemma: TinyPair, image
             conv.feed_system(system_prompt("generic"))
             conv.feed_user(user_prompt(question, "/mnt/data/red.png", 320, 240), [image])
             evaluated.append(conv.counters.tokens_evaluated)
+            encoded = conv.counters.images_encoded
             text = conv.text
             conv.close()
         prefix = text[: text.index("<__media__>")] if "<__media__>" in text else ""
         assert prefix.startswith("<start_of_turn>user\nYou are a helpful assistant.")  # system joins the user turn
         bos = int(engine.native.add_bos)  # added when the context starts, so kept with the prefix too
-        assert evaluated[0] - evaluated[1] == len(engine.token_ids(prefix)) + bos > 200
+        # The second question about the same image keeps the system prompt and the image (issue 18).
+        assert evaluated[0] - evaluated[1] > len(engine.token_ids(prefix)) + bos > 200
+        assert encoded == 0
     finally:
         engine.close()
+
+
+def test_gemma_second_question_on_the_same_image_matches_asking_it_alone(gemma: TinyPair, image: Path) -> None:
+    """Issue 18: the text after a kept image is tokenized as libmtmd does after an image (Gemma's
+    end-of-image tokens included), so the logits equal those of the question asked alone."""
+    import numpy as np
+
+    def ask(engine: LlamaEngine, question: str) -> tuple[list[object], np.ndarray, int]:
+        conv = engine.open()
+        conv.feed_system(system_prompt("generic"))
+        conv.feed_user(user_prompt(question, "/mnt/data/red.png", 320, 240), [image])
+        stream = [t if isinstance(t, int) else "image" for t in conv.token_stream()]
+        logits, encoded = conv.logits(), conv.counters.images_encoded
+        conv.close()
+        return stream, logits, encoded
+
+    options = EngineOptions(n_ctx=2048, chat_format="gemma", n_threads=2)
+    with LlamaEngine.load(gemma.model, gemma.mmproj, options=options) as engine:
+        ask(engine, "What colour is it?")
+        stream, logits, encoded = ask(engine, "How bright is it?")
+    with LlamaEngine.load(gemma.model, gemma.mmproj, options=options) as alone:
+        a_stream, a_logits, a_encoded = ask(alone, "How bright is it?")
+    assert encoded == 0 and a_encoded == 1
+    assert stream == a_stream
+    assert float(np.abs(logits - a_logits).max()) == 0.0

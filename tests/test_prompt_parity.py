@@ -108,24 +108,24 @@ def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> 
     native = engine.native
     plain_tokens, plain_image = native.decode_tokens, native.decode_image
 
-    def decode_tokens(tokens: Any, pos0: int, on_batch: Any = None) -> None:
+    def decode_tokens(tokens: Any, pos0: int, on_batch: Any = None, seq: int = 0) -> None:
         n = len(tokens)
         positions.append(np.tile(np.arange(pos0, pos0 + n), (3, 1)))
-        plain_tokens(tokens, pos0, on_batch)
+        plain_tokens(tokens, pos0, on_batch, seq)
 
-    def decode_image(chunk: Any, embd: Any, pos: int) -> int:
+    def decode_image(chunk: Any, embd: Any, pos: int, seq: int = 0) -> int:
         nx, ny = chunk.grid  # mtmd's own grid for this image; llama.cpp's M-RoPE rule: t=pos, h=pos+y, w=pos+x
         ys, xs = np.mgrid[0:ny, 0:nx]
         positions.append(np.stack([np.full(nx * ny, pos), pos + ys.ravel(), pos + xs.ravel()]))
-        new = plain_image(chunk, embd, pos)
+        new = plain_image(chunk, embd, pos, seq)
         assert new == pos + max(nx, ny)  # what llama.cpp returned as the next position
         return new
 
     plain_rm = native.seq_rm
 
-    def seq_rm(p0: int) -> None:  # llama.cpp drops the cells at positions >= p0 (their t component)
+    def seq_rm(p0: int, seq: int = 0) -> None:  # llama.cpp drops the cells at positions >= p0 (their t component)
         positions[:] = [block[:, block[0] < p0] for block in positions]
-        plain_rm(p0)
+        plain_rm(p0, seq)
 
     native.decode_tokens, native.decode_image = decode_tokens, decode_image  # type: ignore[method-assign]
     native.seq_rm = seq_rm  # type: ignore[method-assign]

@@ -163,6 +163,16 @@ def run_item(
     return finish_item(model, prepare_item(item, runs_root, settings, pool), settings)
 
 
+def group_by_image(items: list[Item]) -> list[Item]:
+    """Items that name the same image, one after the other (in the order each image first
+    appears): the engine keeps the last question's image in its context, so the next question
+    about it neither encodes nor evaluates it again."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.image, []).append(item)
+    return [item for group in groups.values() for item in group]
+
+
 def run_batch(
     items: list[Item],
     model: LoadedModel,
@@ -172,10 +182,14 @@ def run_batch(
     on_item: Callable[[dict[str, Any]], None],
     *,
     jobs: int = 1,
+    group_images: bool = True,
 ) -> BatchSummary:
-    """Process every item not already in the journal; up to ``jobs`` at a time."""
+    """Process every item not already in the journal; up to ``jobs`` at a time (items about the
+    same image one after the other unless ``group_images`` is off: eval keeps its items' order)."""
     summary = BatchSummary(total=len(items))
     todo = [item for item in items if item.id not in journal.done_ids]
+    if group_images:
+        todo = group_by_image(todo)
     summary.skipped = len(items) - len(todo)
     started = time.perf_counter()
 

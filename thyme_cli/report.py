@@ -65,6 +65,26 @@ def _without_fences(text: str, step: int) -> str:
     return _PY_FENCE_RE.sub(f"[code: step {step} below]", text, count=1)
 
 
+def _samples_section(trace: Trace) -> list[str]:
+    """--samples: every trajectory side by side (answer, vote, log-probability, its turns)."""
+    if not trace.samples:
+        return []
+    esc = html.escape
+    votes = ", ".join(f"{esc(k)}: {v}" for k, v in sorted(trace.votes.items(), key=lambda kv: -kv[1]))
+    cols = []
+    for s in trace.samples:
+        lp = s.get("mean_logprob")
+        head = (f"<h3>Trajectory {s['index']}</h3><p><b>{esc(str(s.get('answer')))}</b></p>"
+                f"<p class=meta>vote {esc(str(s.get('vote')))}, mean log-prob "
+                f"{'n/a' if lp is None else f'{lp:.3f}'}, {s.get('steps', 0)} step(s), "
+                f"<a href=\"{esc(s['run_dir'])}/trace.json\">{esc(s['run_dir'])}</a></p>")
+        body = "".join(f"<pre class=turn>{esc(t)}</pre>" for t in s.get("turns", []))
+        err = f'<pre class="error">{esc(s["error"])}</pre>' if s.get("error") else ""
+        cols.append(f'<div class="sample">{head}{err}{body}</div>')
+    return [f"<h2>Samples</h2><p class=meta>votes: {votes or 'none'}</p>"
+            '<div id="samples" style="display:flex;gap:1em;overflow-x:auto">' + "".join(cols) + "</div>"]
+
+
 def render_html(trace: Trace, run_dir: Path) -> str:
     """The report as one HTML string."""
     esc = html.escape
@@ -80,6 +100,7 @@ def render_html(trace: Trace, run_dir: Path) -> str:
         parts.append(f'<div class="answer" id="answer"><b>Answer:</b> {esc(trace.answer)}</div>')
     else:
         parts.append(f'<div class="noanswer" id="answer"><b>No answer:</b> {esc(trace.stop_detail)}</div>')
+    parts.extend(_samples_section(trace))
     w, h = trace.image_size
     parts.append("<h2>Input</h2>" + _figure(run_dir / trace.image, f"{trace.image} ({w}x{h})"))
     parts.extend(_crops_section(trace, run_dir))

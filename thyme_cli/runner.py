@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from thyme_cli.agent import AgentEvents, AgentOptions, answer_question
 from thyme_cli.engine.base import Engine
@@ -18,6 +18,7 @@ from thyme_cli.registry import ModelSpec, Registry
 from thyme_cli.trace import Trace, write_trace
 
 if TYPE_CHECKING:
+    from thyme_cli.engine.options import SamplingOptions
     from thyme_cli.sandbox.limits import Limits
     from thyme_cli.sandbox.pool import PerQuestionPool, SandboxPool
     from thyme_cli.sandbox.session import WorkerSandbox
@@ -45,6 +46,7 @@ class ModelSettings:
     base_url: str | None = None
     api_model: str | None = None
     protocol: str | None = None  # for remote models: "thyme" or "generic"
+    n_seq: int = 1  # local engine: questions that run at once as sequences of one context (batch --jobs)
 
 
 @dataclass
@@ -89,6 +91,10 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
         chat_format=settings.chat_format or spec.chat_format or "auto",
         chat_template_file=settings.chat_template or spec.chat_template, **extra,
     )
+    if settings.n_seq > 1:  # each sequence gets the context one question would have
+        from dataclasses import replace as _replace
+
+        options = _replace(options, n_seq=settings.n_seq, n_ctx=options.n_ctx * settings.n_seq)
     sampling = SamplingOptions(
         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed
     )
@@ -103,6 +109,7 @@ class QuestionSettings:
     limits: Limits | None = None  # sandbox limits (None: the defaults)
     keep_images: str = "all"  # batch/eval: which step images a run dir keeps (run_storage.KEEP_CHOICES)
     agent: AgentOptions = field(default_factory=AgentOptions)
+    samples: int = 1  # --samples: trajectories per question, answer by vote (thyme_cli/samples.py)
 
 
 def prepare_input(
@@ -157,6 +164,7 @@ def ask_one(
     events: AgentEvents,
     *,
     sandbox: WorkerSandbox | None = None,
+    sampling: SamplingOptions | None = None,
 ) -> Trace:
     """Answer one question about one image; everything lands in run_dir (trace.json last).
 
@@ -167,6 +175,14 @@ def ask_one(
         if sandbox is not None:
             sandbox.close()
         raise UsageError("the question is empty")
+    if settings.samples > 1:
+        if sandbox is not None:
+            sandbox.close()  # each trajectory opens its own
+        from thyme_cli.samples import ask_samples
+
+        base = getattr(model.engine, "sampling", None)
+        return ask_samples(model, input_image, question, run_dir, settings, events, n=settings.samples,
+                           seed=getattr(base, "seed", 0))
     for note in input_image.notes:
         events.note(f"input image {note}")
     with sandbox or open_question_sandbox(input_image, run_dir, settings) as sandbox:
@@ -180,7 +196,8 @@ def ask_one(
             sandbox=sandbox.backend,
             notes=[f"input image {n}" for n in input_image.notes],
         )
-        conversation = model.engine.open()
+        opener: Any = model.engine.open
+        conversation = opener(sampling) if sampling is not None else opener()  # a seed per --samples trajectory
         if hasattr(conversation, "on_progress"):  # engines that can tell how a long feed is going
             setattr(conversation, "on_progress", getattr(events, "progress", None))  # noqa: B010
         try:

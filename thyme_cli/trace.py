@@ -69,6 +69,10 @@ class Trace:
     counters: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # --samples N: every trajectory (answer, vote, mean token log-probability, its run dir under
+    # samples/) and the votes per normalised answer; empty for a single trajectory.
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    votes: dict[str, int] = field(default_factory=dict)
     thyme_version: str = __version__
     trace_version: int = TRACE_VERSION
 

@@ -19,7 +19,10 @@ from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
 def ask(
     image: Annotated[str, typer.Argument(help="The image (PNG, JPEG, WebP, TIFF, BMP) or a PDF (see --page), "
                                           "or '-' to read it from stdin.")],
-    question: Annotated[str, typer.Argument(help="What you want to know about it.")],
+    questions: Annotated[list[str], typer.Argument(
+        help="What you want to know about it. Several questions are answered one after the other, "
+             "each on its own (a run and an answer each); the image is encoded once for all.",
+        metavar="QUESTION")],
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,
@@ -31,6 +34,7 @@ def ask(
     question_images: o.QuestionImagesOpt = None,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
+    samples: o.SamplesOpt = 1,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 0.9,
@@ -75,7 +79,8 @@ def ask(
     ] = True,
     script: o.ScriptOpt = None,
 ) -> None:
-    """Ask one question about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer."""
+    """Ask questions about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer
+    (for several questions: 1 if any failed, else 3 if any has no answer)."""
     from thyme_cli import paths, pdf
     from thyme_cli.agent import AgentOptions, QuietEvents
     from thyme_cli.download import preferred_default
@@ -92,7 +97,7 @@ def ask(
     )
     from thyme_cli.trace import new_run_dir, prepare_out_dir
 
-    if not question.strip():
+    if not questions or any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
     from thyme_cli.crash_guard import announce_run_dir, guard
 
@@ -107,10 +112,18 @@ def ask(
         label = f"{image}#p{page or 1}"
     elif page is not None or dpi is not None:
         raise UsageError("--page and --dpi apply to PDF input", hint=f"{image} is not a PDF")
-    created = out is None or not out.exists()
-    run_dir = prepare_out_dir(out) if out else new_run_dir(paths.runs_dir(), question)
-    if created:
-        announce_run_dir(run_dir)
+    several = len(questions) > 1
+
+    def make_run_dir(index: int) -> tuple[Path, bool]:
+        """--out DIR holds one run, or DIR/q1, DIR/q2, ... for several questions."""
+        target = (out / f"q{index + 1}" if several else out) if out else None
+        created = target is None or not target.exists()
+        run_dir = prepare_out_dir(target) if target else new_run_dir(paths.runs_dir(), questions[index])
+        if created:
+            announce_run_dir(run_dir)
+        return run_dir, created
+
+    run_dir, created = make_run_dir(0)
     input_image = prepare_input(source, run_dir, label=label, remove_on_error=created)
     if pdf_note:
         input_image.notes.insert(0, pdf_note)
@@ -120,6 +133,7 @@ def ask(
         max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
         chat_format=chat_format, chat_template=chat_template,
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
+        n_seq=samples if backend == o.Backend.local and script is None else 1,
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
     if model is None and script is None and backend == o.Backend.local and not (quiet or as_json):
@@ -132,6 +146,7 @@ def ask(
         step_timeout_s=step_timeout,
         limits=o.sandbox_limits(step_images, question_images),
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
+        samples=samples,
     )
     try:
         check_sandbox(question_settings)
@@ -141,32 +156,47 @@ def ask(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     live = not (quiet or as_json)
-    events = LiveRenderer(run_dir, previews="auto" if previews else None) if live else QuietEvents()
-    try:
-        trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
-    finally:
-        loaded.engine.close()
-    if html:
-        from thyme_cli.report import write_html_report
-
-        write_html_report(trace, run_dir)
     from thyme_cli.runs import run_id
 
-    if as_json:
-        typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)}, ensure_ascii=False))
-    else:
-        if live:
-            print_summary(trace, run_dir, verbose=verbose)
-            listed = run_dir.resolve().is_relative_to(paths.runs_dir().resolve())  # --out DIR: named by its path
-            name = run_id(run_dir) if listed else str(run_dir)
-            info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {name}`)")
-        if trace.answer is not None:
-            print_answer(trace, quiet=quiet)
-    if trace.stop_reason == "error":
-        raise typer.Exit(EXIT_RUNTIME)
-    if trace.answer is None:
-        if not as_json:
-            from thyme_cli.console import print_error
+    failed = unanswered = False
+    try:
+        for index, question in enumerate(questions):
+            if index:
+                run_dir, created = make_run_dir(index)
+                input_image = prepare_input(source, run_dir, label=label, remove_on_error=created)
+                if pdf_note:
+                    input_image.notes.insert(0, pdf_note)
+            if several and live:
+                info(f"question {index + 1} of {len(questions)}: {question}")
+            events = LiveRenderer(run_dir, previews="auto" if previews else None) if live else QuietEvents()
+            trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
+            if html:
+                from thyme_cli.report import write_html_report
 
-            print_error(f"no answer: {trace.stop_detail}")
+                write_html_report(trace, run_dir)
+            if as_json:
+                typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)},
+                                      ensure_ascii=False))
+            else:
+                if live:
+                    print_summary(trace, run_dir, verbose=verbose)
+                    listed = run_dir.resolve().is_relative_to(paths.runs_dir().resolve())  # --out DIR: by path
+                    name = run_id(run_dir) if listed else str(run_dir)
+                    info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {name}`)")
+                if trace.answer is not None:
+                    print_answer(trace, quiet=quiet)
+            if trace.stop_reason == "error":
+                failed = True
+            elif trace.answer is None:
+                unanswered = True
+                if not as_json:
+                    from thyme_cli.console import print_error
+
+                    print_error(f"no answer: {trace.stop_detail}" if not several
+                                else f"no answer to question {index + 1}: {trace.stop_detail}")
+    finally:
+        loaded.engine.close()
+    if failed:
+        raise typer.Exit(EXIT_RUNTIME)
+    if unanswered:
         raise typer.Exit(EXIT_NO_ANSWER)

@@ -94,8 +94,8 @@ def batch(
     shard: Annotated[str | None, typer.Option("--shard", help="Process only shard i of N (i/N, 1-based), for N machines.")] = None,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, max=256,
-                          help="Items in flight at once (needs an engine that serves several conversations, "
-                               "e.g. a remote server).")
+                          help="Items in flight at once: parallel requests to a remote server, or with a "
+                               "local model sequences of one llama.cpp context decoded together.")
     ] = 1,
     runs: Annotated[
         Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
@@ -112,6 +112,7 @@ def batch(
     keep_images: o.KeepImagesOpt = o.KeepImages.all,
     on_error: o.OnErrorOpt = o.OnError.show,
     max_turns: o.MaxTurnsOpt = 5,
+    samples: o.SamplesOpt = 1,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 0.9,
@@ -147,7 +148,7 @@ def batch(
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout,
+        sandbox=sandbox.value, step_timeout_s=step_timeout, samples=samples,
         limits=o.sandbox_limits(step_images, question_images), keep_images=keep_images.value,
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
     )
@@ -203,6 +204,13 @@ def execute_batch(
     runs_root.mkdir(parents=True, exist_ok=True)
     if journal.dropped_tail:
         warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
+    n_seq = jobs * question_settings.samples
+    if n_seq > 1 and model_settings.backend == "local" and model_settings.script is None:
+        from dataclasses import replace
+
+        # Local engine: the items in flight (and their --samples trajectories) are sequences of one
+        # context, decoded together.
+        model_settings = replace(model_settings, n_seq=n_seq)
     try:
         check_sandbox(question_settings)
         loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)
@@ -218,7 +226,8 @@ def execute_batch(
     progress = BatchProgress(len(items), done_before)
     try:
         summary = run_batch(items, loaded, question_settings, journal, runs_root,
-                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs)
+                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs,
+                            group_images=command == "batch")
     finally:
         progress.close()
         journal.close()

@@ -101,6 +101,7 @@ def run(
     keep_images: o.KeepImagesOpt = o.KeepImages.all,
     on_error: o.OnErrorOpt = o.OnError.retry,  # the paper's evaluation discards failed steps (eval/paper.py)
     max_turns: o.MaxTurnsOpt = 5,
+    samples: o.SamplesOpt = 1,
     max_tokens: o.MaxTokensOpt = 2048,
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 0.9,
@@ -167,7 +168,7 @@ def run(
         script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
     )
     question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout,
+        sandbox=sandbox.value, step_timeout_s=step_timeout, samples=samples,
         limits=o.sandbox_limits(step_images, question_images), keep_images=keep_images.value,
         agent=agent_options(no_tools=no_tools, max_turns=max_turns, max_tokens=max_tokens, on_error=on_error.value),
     )

@@ -293,6 +293,13 @@ def rm_cmd(
             return
     shared = shared_with(spec, list(registry.models.values()))
     freed = remove(spec, registry_models=list(registry.models.values()))
+    from thyme_cli.engine import prompt_state
+
+    # Saved prompt states of this model (a local pair's), or of any model whose file is now gone.
+    own = [spec.model_path] if spec.is_local and spec.model_path else []
+    states, states_bytes = prompt_state.remove(models=own, orphans=True)
+    if states:
+        info(f"removed {states} saved prompt state(s) of deleted models ({human_size(states_bytes)})")
     if spec.is_local:
         info(f"removed the entry {name} from {registry.config_path} (a .bak copy of the old file is next to it)")
         info(f"your files were not touched: {spec.model_path}, {spec.mmproj_path}")

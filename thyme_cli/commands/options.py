@@ -86,6 +86,12 @@ ChatTemplateOpt = Annotated[
     typer.Option("--chat-template", metavar="FILE", help="A Jinja chat template file to use instead of the GGUF's.",
                  rich_help_panel=MODEL_PANEL),
 ]
+SamplesOpt = Annotated[
+    int, typer.Option("--samples", min=1, max=16,
+                      help="Trajectories per question, prose sampled at --temperature (code greedy); the answer "
+                           "is their majority vote. A local model decodes them together from one shared prefix.",
+                      rich_help_panel=MODEL_PANEL)
+]
 MaxTurnsOpt = Annotated[
     int, typer.Option("--max-turns", min=0, max=50, help="Code steps allowed before the model must answer.",
                       rich_help_panel=MODEL_PANEL)

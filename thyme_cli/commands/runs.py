@@ -155,7 +155,16 @@ def gc_cmd(
     from thyme_cli.runs import delete_run, dir_bytes, parse_age
     from thyme_cli.runs import older_than as find_old
 
-    old = find_old(parse_age(older_than))
+    age = parse_age(older_than)
+    old = find_old(age)
+    if not dry_run:
+        from thyme_cli.engine import prompt_state
+
+        # Saved system-prompt states (engine/prompt_state.py): those of deleted models, and those
+        # not used for as long as the runs being deleted.
+        states, states_bytes = prompt_state.remove(orphans=True, unused_for_s=age)
+        if states:
+            info(f"removed {states} saved prompt state(s); freed {human_size(states_bytes)}")
     if not old:
         info(f"no run is older than {older_than}")
         return

@@ -17,7 +17,9 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -44,7 +46,8 @@ ProgressFn = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """A text-only start of the context (the system prompt) left in the KV cache for the next question."""
+    """A start of the context (the system prompt, maybe the question's image) left in the KV cache
+    for the next question."""
 
     text: str
     marks: list[Mark]
@@ -52,6 +55,7 @@ class SharedPrefix:
     pos: int
     cells: int
     logits_valid: bool
+    images: list[PreparedImage]
 
 
 @dataclass
@@ -92,6 +96,14 @@ class LiveContext:
         self.retokenized = 0  # cells dropped and evaluated again by append's re-tokenization
         self.prefix_mark: int | None = None
         self.progress: ProgressFn | None = None
+        self._probe: PreparedImage | None = None
+        # Several sequences in one context (engine/parallel.py): this one's id, and a copy of the
+        # logits its last feed left (another sequence's decode overwrites llama.cpp's buffer).
+        self.seq = 0
+        self.keep_logits = False
+        # Entered around the vision encoder when other sequences may decode during the encode.
+        self.encode_guard: Callable[[], AbstractContextManager[None]] | None = None
+        self.saved_logits: np.ndarray | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -246,30 +258,55 @@ class LiveContext:
         add_special = base[_POS] == 0 and native.add_bos and not (
             native.bos_text and plan.suffix.startswith(native.bos_text))
         t0, encode0 = time.perf_counter(), c.image_encode_s
-        with native.tokenize_multimodal(plan.suffix, plan.images, add_special=add_special) as chunks:
+        # Resuming right after an image (a question sharing an earlier one's image): libmtmd puts
+        # the model's end-of-image tokens at the start of the text after an image, so the suffix is
+        # tokenized behind a tiny probe image and the probe's chunks are dropped. The text then
+        # becomes exactly the chunk a lone question evaluates there (same tokens, same batches).
+        after_image = base[_STREAM] > 0 and not isinstance(self.stream[base[_STREAM] - 1], int)
+        text, images = plan.suffix, list(plan.images)
+        if after_image:
+            text, images = IMAGE_MARKER + text, [self._probe_image(), *images]
+        with native.tokenize_multimodal(text, images, add_special=add_special) as all_chunks:
+            chunks = all_chunks
+            if after_image:
+                first = next(i for i, ch in enumerate(all_chunks) if ch.image)
+                chunks = all_chunks[first + 1:]
             n_new = sum(c.n_tokens for c in chunks)
             self._check_room(base[_CELLS], n_new, plan.images)
             self.broken = True  # until the whole suffix is in
             if plan.rolls_back:
                 self._cut(plan.mark_index)
+            chars0 = self._chars
             after_images = self._evaluate(chunks, plan.images)
         # Prefill: everything but the vision encoder (tokenizing, image preprocessing, decoding).
         c.prefill_s += time.perf_counter() - t0 - (c.image_encode_s - encode0)
-        # A mark right after each image (and the control tokens the projector puts after it, e.g.
-        # <|vision_end|>): libmtmd tokenizes the text after an image on its own, so a later
-        # append may re-tokenize from there (see append).
-        marker_ends = []
-        at = plan.suffix.find(IMAGE_MARKER)
-        while at >= 0:
-            marker_ends.append(at + len(IMAGE_MARKER))
-            at = plan.suffix.find(IMAGE_MARKER, at + 1)
-        n_before = len(self.images) - len(after_images)
-        for k, (end, (stream_len, pos, cells)) in enumerate(zip(marker_ends, after_images, strict=False)):
-            self.marks.append((self._chars + end, pos, cells, n_before + k + 1, stream_len, True))
+        # A mark right after each image and the control tokens the projector puts after it (e.g.
+        # <|vision_end|>): libmtmd tokenizes the text after an image on its own, so a later append
+        # may re-tokenize from there (see append), and a later question about the same image resumes
+        # there (mark_image_prefix) with its text tokenized as a lone question's is.
+        at = 0
+        for stream_len, pos, cells, n_images in after_images:
+            at = plan.suffix.index(IMAGE_MARKER, at) + len(IMAGE_MARKER)
+            self.marks.append((chars0 + at, pos, cells, n_images, stream_len, True))
         self._pieces.append(plan.suffix)
         self._chars += len(plan.suffix)
-        self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
+        if self.marks[-1][_CHARS] != self._chars or self.marks[-1][_STREAM] != len(self.stream):
+            self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
+        if self.logits_valid:
+            self._save_logits()
         self.broken = False
+
+    def _save_logits(self) -> None:
+        if self.keep_logits:
+            self.saved_logits = self.native.logits()
+
+    def _probe_image(self) -> PreparedImage:
+        """A small blank image whose only use is to make libmtmd tokenize text as it does after an image."""
+        if self._probe is None:
+            side = 2 * (self.sizing.factor or 28)
+            self._probe = PreparedImage(path=Path("<probe>"), width=side, height=side,
+                                        rgb=bytes(side * side * 3), original_size=(side, side))
+        return self._probe
 
     def _check_room(self, cells: int, n_new: int, images: Sequence[PreparedImage]) -> None:
         need = cells + n_new + self.reserve_tokens
@@ -286,7 +323,7 @@ class LiveContext:
     def _cut(self, index: int) -> None:
         """Remove everything after mark ``index`` from the KV cache and the records."""
         m = self.marks[index]
-        self.native.seq_rm(m[_POS])
+        self.native.seq_rm(m[_POS], self.seq)
         del self.marks[index + 1:]
         text = self.text[: m[_CHARS]]
         self._pieces = [text] if text else []
@@ -294,14 +331,22 @@ class LiveContext:
         self.pos, self.cells = m[_POS], m[_CELLS]
         del self.images[m[_IMAGES]:]
         del self.stream[m[_STREAM]:]
+        if self.prefix_mark is not None and self.prefix_mark > index:
+            self.prefix_mark = None
         self.rollbacks += 1
 
-    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> list[tuple[int, int, int]]:
-        """Evaluate the chunks; returns (stream length, position, cells) right after each image and
-        the control tokens that follow it."""
+    def forget_after(self, index: int) -> None:
+        """Cut back to mark ``index`` as the start of a new question (not counted as a rollback)."""
+        if index < len(self.marks) - 1:
+            self._cut(index)
+            self.rollbacks -= 1
+
+    def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> list[tuple[int, int, int, int]]:
+        """Evaluate the chunks; returns (stream length, position, cells, images) right after each
+        image and the control tokens that follow it."""
         native, c, progress = self.native, self.counters, self.progress
         it = iter(images)
-        after: list[tuple[int, int, int]] = []
+        after: list[tuple[int, int, int, int]] = []
         total, done = sum(ch.n_tokens for ch in chunks), 0
         for chunk in chunks:
             if not chunk.image:
@@ -309,13 +354,13 @@ class LiveContext:
                     lead = 0
                     while lead < len(chunk.tokens) and native.is_control(chunk.tokens[lead]):
                         lead += 1
-                    after[-1] = (len(self.stream) + lead, self.pos + lead, self.cells + lead)
+                    after[-1] = (len(self.stream) + lead, self.pos + lead, self.cells + lead, after[-1][3])
                 if chunk.tokens:
                     on_batch = None
                     if progress is not None:
                         def on_batch(n: int, base: int = done) -> None:
                             progress("prefill", base + n, total)
-                    native.decode_tokens(chunk.tokens, self.pos, on_batch)
+                    native.decode_tokens(chunk.tokens, self.pos, on_batch, self.seq)
                     done += chunk.n_tokens
                     self.pos += chunk.n_tokens
                     self.cells += chunk.n_tokens
@@ -330,12 +375,16 @@ class LiveContext:
                 if progress is not None:
                     progress("encode", 0, chunk.n_tokens)
                 t0 = time.perf_counter()
-                embd = native.encode_image(chunk)
+                if self.encode_guard is not None:  # other sequences decode meanwhile
+                    with self.encode_guard():
+                        embd = native.encode_image(chunk).copy()
+                else:
+                    embd = native.encode_image(chunk)
                 c.image_encode_s += time.perf_counter() - t0
                 c.images_encoded += 1
                 if self.keep_embeddings:
                     embd = self._embeddings[image] = embd.copy()
-            self.pos = native.decode_image(chunk, embd, self.pos)
+            self.pos = native.decode_image(chunk, embd, self.pos, self.seq)
             done += chunk.n_tokens
             if progress is not None:
                 progress("prefill", done, total)
@@ -344,7 +393,7 @@ class LiveContext:
             self.images.append(image)
             self.stream.append(image)
             self.logits_valid = False  # image decodes produce no logits
-            after.append((len(self.stream), self.pos, self.cells))
+            after.append((len(self.stream), self.pos, self.cells, len(self.images)))
         return after
 
     def _check_grid(self, image: PreparedImage, chunk: Chunk) -> None:
@@ -368,29 +417,45 @@ class LiveContext:
         if not isinstance(last, int):
             raise EngineError("cannot rewind to a point that does not end in text")
         self.broken = True
-        self.native.seq_rm(self.pos - 1)
-        self.native.decode_one(last, self.pos - 1)
+        self.native.seq_rm(self.pos - 1, self.seq)
+        self.native.decode_one(last, self.pos - 1, self.seq)
         self.logits_valid = True
+        self._save_logits()
         self.broken = False
 
     def _push_tokens(self, tokens: list[int], text: str) -> None:
         """Evaluate exact tokens (which spell ``text``) after the current end, as one unit."""
         if tokens:
-            self.native.decode_tokens(tokens, self.pos)
+            self.native.decode_tokens(tokens, self.pos, None, self.seq)
             self.pos += len(tokens)
             self.cells += len(tokens)
             self.stream.extend(tokens)
             self.counters.tokens_evaluated += len(tokens)
             self.logits_valid = True
+            self._save_logits()
         self._pieces.append(text)
         self._chars += len(text)
         self.marks.append((self._chars, self.pos, self.cells, len(self.images), len(self.stream), True))
 
-    def push_token(self, token: int, text: str, clean: bool) -> None:
-        """Evaluate one generated token and record it (the decode loop's only bookkeeping)."""
-        self.broken = True  # stays set if the decode fails or is interrupted
-        self.native.decode_one(token, self.pos)
+    def refresh_logits(self) -> None:
+        """Evaluate the last token again so its logits are current (and saved when kept)."""
+        last = self.stream[-1] if self.stream else None
+        if not isinstance(last, int):
+            raise EngineError("nothing to continue from: the context does not end in text")
+        self.broken = True
+        self.native.seq_rm(self.pos - 1, self.seq)
+        self.native.decode_one(last, self.pos - 1, self.seq)
         self.broken = False
+        self.logits_valid = True
+        self._save_logits()
+
+    def push_token(self, token: int, text: str, clean: bool, *, evaluated: bool = False) -> None:
+        """Evaluate one generated token and record it (the decode loop's only bookkeeping);
+        ``evaluated``: a parallel step already put it in the KV cache."""
+        if not evaluated:
+            self.broken = True  # stays set if the decode fails or is interrupted
+            self.native.decode_one(token, self.pos, self.seq)
+            self.broken = False
         self.pos += 1
         self.cells += 1
         if text:
@@ -411,20 +476,65 @@ class LiveContext:
         """Remember the current end (e.g. the system prompt) as worth keeping for the next question."""
         self.prefix_mark = len(self.marks) - 1
 
+    def mark_image_prefix(self) -> None:
+        """Keep through the last image evaluated so far (the question's image), when there is one:
+        the next question about the same image resumes there without encoding it again."""
+        for index in range(len(self.marks) - 1, 0, -1):
+            if self._follows_image(self.marks[index][_STREAM]):
+                self.prefix_mark = index
+                return
+
+    def _follows_image(self, end: int) -> bool:
+        """Whether stream position ``end`` comes right after an image and the control tokens
+        libmtmd puts after it (e.g. <|vision_end|>)."""
+        while end > 0:
+            item = self.stream[end - 1]
+            if not isinstance(item, int):
+                return True
+            if not self.native.is_control(item):
+                return False
+            end -= 1
+        return False
+
+    def holds_beyond(self, text: str) -> int | None:
+        """The index of the mark that ends exactly at ``text`` when the context holds ``text`` and
+        more (an adopted prefix through an image), else None."""
+        if len(self.text) <= len(text) or not self.text.startswith(text):
+            return None
+        return next((i for i, m in enumerate(self.marks) if m[_CHARS] == len(text) and m[_CLEAN]), None)
+
+    def snapshot_prefix(self) -> SharedPrefix | None:
+        """The prefix (see mark_prefix) as it stands, the context left as it is: other sequences
+        of the context may copy its cells while this conversation goes on."""
+        if self.broken or self.prefix_mark is None or self.prefix_mark >= len(self.marks):
+            return None
+        m = self.marks[self.prefix_mark]
+        if not m[_CLEAN] or m[_CELLS] == 0:
+            return None
+        return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
+                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
+                            images=self.images[: m[_IMAGES]])
+
+    def still_holds(self, prefix: SharedPrefix) -> bool:
+        """True while the KV cells of ``prefix`` (taken from this context) are still in it."""
+        n = len(prefix.marks)
+        return len(self.marks) >= n and self.marks[n - 1] == prefix.marks[-1]
+
     def detach_prefix(self) -> SharedPrefix | None:
         """Cut back to the prefix mark and hand that state over (the conversation is over).
 
-        The next question on the same engine usually starts with the same system prompt; keeping
-        its KV cells saves evaluating it again. Only a text-only prefix is kept.
+        The next question on the same engine usually starts with the same system prompt, and often
+        with the same image; keeping their KV cells saves evaluating (and encoding) them again.
         """
-        if self.broken or self.prefix_mark is None:
+        if self.broken or self.prefix_mark is None or self.prefix_mark >= len(self.marks):
             return None
         m = self.marks[self.prefix_mark]
-        if m[_IMAGES] or not m[_CLEAN] or m[_CELLS] == 0:
+        if not m[_CLEAN] or m[_CELLS] == 0:
             return None
-        self.native.seq_rm(m[_POS])  # this conversation's own record stays as it was, for its readers
+        self.native.seq_rm(m[_POS], self.seq)  # this conversation's own record stays as it was, for its readers
         return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
-                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False)
+                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
+                            images=self.images[: m[_IMAGES]])
 
     def adopt(self, prefix: SharedPrefix) -> None:
         """Start from what the previous question left in the KV cache (see detach_prefix)."""
@@ -432,12 +542,25 @@ class LiveContext:
         self._chars = len(prefix.text)
         self.marks = list(prefix.marks)
         self.stream = list(prefix.stream)
+        self.images = list(prefix.images)
         self.pos, self.cells, self.logits_valid = prefix.pos, prefix.cells, prefix.logits_valid
         self.prefix_mark = len(self.marks) - 1
 
+    def restore(self, text: str, tokens: Sequence[int]) -> None:
+        """Record that an empty context now holds ``text`` as ``tokens`` (a sequence state loaded
+        from disk, see prompt_state); llama.cpp restores no logits with it."""
+        self._pieces, self._chars = [text], len(text)
+        self.stream = list(tokens)
+        self.pos = self.cells = len(tokens)
+        self.marks = [_EMPTY, (len(text), self.pos, self.cells, 0, len(self.stream), True)]
+        self.images, self.logits_valid = [], False
+
     def clear(self) -> None:
         """Empty the KV cache and the record (a from-scratch diagnostic replay starts here)."""
-        self.native.clear()
+        if self.seq:
+            self.native.clear_seq(self.seq)
+        else:
+            self.native.clear()
         self._pieces, self._chars = [], 0
         self.pos = self.cells = 0
         self.images, self.stream, self.marks = [], [], [_EMPTY]
@@ -467,7 +590,7 @@ class LiveContext:
                 continue
             if run:
                 self._room_for(len(run))
-                native.decode_tokens(run, self.pos)
+                native.decode_tokens(run, self.pos, None, self.seq)
                 self.pos += len(run)
                 self.cells += len(run)
                 self.stream.extend(run)

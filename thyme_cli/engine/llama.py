@@ -10,14 +10,17 @@ re-evaluated. ``generate`` samples token by token with adaptive temperature (gre
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -36,6 +39,8 @@ from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.memory import check_fits
 from thyme_cli.engine.native import Native, ProjectorInfo, inspect_files
 from thyme_cli.engine.options import EngineOptions, SamplingOptions
+from thyme_cli.engine.parallel import StepRounds, sample_from_logits, token_logprob
+from thyme_cli.engine.prompt_state import PromptStore
 from thyme_cli.engine.sampling import AtsSamplers
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces, without_observations
 from thyme_cli.errors import EngineError, UsageError
@@ -56,6 +61,11 @@ class LlamaCounters(Counters):
     image_load_s: float = 0.0  # seconds reading and resizing image files (Pillow)
     rollbacks: int = 0  # times a re-rendered prompt diverged and the context tail was re-evaluated
     retokenized: int = 0  # cells evaluated again because fed text joined the text before it into other tokens
+    prompt_state_loaded: bool = False  # the system prompt's KV state came from disk (prompt_state)
+    # Sum and count of the log-probabilities of generated tokens (parallel sequences only: --samples
+    # ranks trajectories by their mean).
+    logprob_sum: float = 0.0
+    logprob_tokens: int = 0
 
 
 def _read_template(path: Path) -> str:
@@ -111,6 +121,20 @@ class LlamaEngine:
         self._samplers = AtsSamplers(sampling, native.n_vocab)
         self._current: LlamaConversation | None = None
         self._prefix: SharedPrefix | None = None  # the last question's system prompt, still in the KV cache
+        self.prompt_store: PromptStore | None = None  # the system prompt's state on disk (prompt_state)
+        # Every llama.cpp call of a conversation runs under this lock; with several sequences
+        # (options.n_seq > 1) conversations run in threads and decode together (engine/parallel.py).
+        self.lock = threading.RLock()
+        self.n_seq = native.n_seq_max
+        self._rounds: StepRounds | None = None
+        self._free_seqs: list[int] = list(range(self.n_seq))
+        self._running: dict[int, LlamaConversation] = {}
+        self._prefix_seq = 0
+        self._encode_lock = threading.Lock()
+        self.prefix_ready = threading.Event()  # set when a running conversation published its prefix
+        if self.n_seq > 1:
+            self.concurrent = True
+            self._rounds = StepRounds(native, self.lock)
 
     @classmethod
     def load(cls, model_path: Path | str, mmproj_path: Path | str, *, options: EngineOptions | None = None,
@@ -129,7 +153,9 @@ class LlamaEngine:
         except BaseException:
             native.close()
             raise
-        return cls(native, renderer, sizing, options, sampling, name=f"llama.cpp:{model_path.stem}")
+        engine = cls(native, renderer, sizing, options, sampling, name=f"llama.cpp:{model_path.stem}")
+        engine.prompt_store = PromptStore.for_engine(model_path, mmproj_path, options, native)
+        return engine
 
     @staticmethod
     def _renderer(native: Native, options: EngineOptions) -> Renderer:
@@ -165,6 +191,8 @@ class LlamaEngine:
         for the previous question's system prompt, which the new one reuses when it is the same
         (the first feed cuts back to the common prefix otherwise)."""
         self._check()
+        if self.n_seq > 1:
+            return self._open_parallel(sampling)
         if self._current is not None:
             self._current.close()
         prefix, self._prefix = self._prefix, None
@@ -180,11 +208,58 @@ class LlamaEngine:
             self._current._live.adopt(prefix)
         return self._current
 
+    @contextlib.contextmanager
+    def _encoding(self) -> Iterator[None]:
+        """Around an image encode in a feed (which holds the engine lock): let the other
+        sequences decode meanwhile; one encode at a time (libmtmd's output buffer is shared)."""
+        self.lock.release()
+        try:
+            with self._encode_lock:
+                yield
+        finally:
+            self.lock.acquire()
+
+    def _publish(self, conversation: LlamaConversation) -> None:
+        """Offer a running conversation's prefix (system prompt and image) to the next ones."""
+        prefix = conversation._live.snapshot_prefix()
+        if prefix is not None:
+            self._prefix, self._prefix_seq = prefix, conversation._live.seq
+            self.prefix_ready.set()
+
+    def _open_parallel(self, sampling: SamplingOptions | None) -> LlamaConversation:
+        """A conversation on a free sequence of the shared context; it starts from the last
+        finished question's prefix (system prompt, maybe its image) when that sequence is idle."""
+        with self.lock:
+            if not self._free_seqs:
+                raise EngineError(f"all {self.n_seq} sequences of this context are in use",
+                                  hint="run at most as many questions at once as the engine has sequences")
+            seq = self._free_seqs.pop(0)
+            samplers = AtsSamplers(sampling or self.sampling, self._native.n_vocab)
+            conv = LlamaConversation(self, samplers, own_samplers=True, seq=seq)
+            self._running[seq] = conv
+            prefix, holder = self._prefix, self._prefix_seq
+            owner = self._running.get(holder)
+            usable = prefix is not None and (owner is None or owner._live.still_holds(prefix))
+            if seq != holder or not usable:
+                self._native.clear_seq(seq)
+            if prefix is not None and usable:
+                if seq != holder:
+                    import llama_cpp
+
+                    llama_cpp.llama_memory_seq_cp(self._native.mem, holder, seq, 0, prefix.pos)
+                conv._live.adopt(prefix)
+            return conv
+
     def close(self) -> None:
         """Free the model; the engine cannot be used afterwards. Safe to call twice."""
         if self._current is not None:
             self._current.close()
             self._current = None
+        for conv in list(self._running.values()):
+            conv.close()
+        if self._rounds is not None:
+            self._rounds.close()
+            self._rounds = None
         if not self._native.closed:
             self._samplers.close()
             self._native.close()
@@ -222,12 +297,31 @@ class LlamaEngine:
     def _released(self, conversation: LlamaConversation) -> None:
         if self._current is conversation:
             self._current = None
+        seq = conversation._live.seq
+        if self._running.get(seq) is conversation:
+            del self._running[seq]
+            self._free_seqs.append(seq)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[LlamaConversation, _P], _R]) -> Callable[Concatenate[LlamaConversation, _P], _R]:
+    """Run a conversation method under its engine's lock (other sequences share the context)."""
+
+    @functools.wraps(method)
+    def wrapper(self: LlamaConversation, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._engine.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class LlamaConversation:
     """One question's live context (see thyme_cli.engine.base.Conversation)."""
 
-    def __init__(self, engine: LlamaEngine, samplers: AtsSamplers, *, own_samplers: bool) -> None:
+    def __init__(self, engine: LlamaEngine, samplers: AtsSamplers, *, own_samplers: bool, seq: int = 0) -> None:
         self._engine = engine
         self._native = engine.native
         self._samplers = samplers
@@ -240,6 +334,10 @@ class LlamaConversation:
             reserve_tokens=engine.options.reserve_tokens,
             keep_embeddings=engine.renderer.name == "template",
         )
+        if engine.n_seq > 1:  # one of several sequences: its share of the context, its own logits
+            self._live.seq, self._live.keep_logits = seq, True
+            self._live.n_ctx = self._native.n_ctx // engine.n_seq
+            self._live.encode_guard = engine._encoding
         self._messages: list[Message] = []
         self._open: Message | None = None  # the assistant turn being written
         self._scanner = TurnScanner()
@@ -260,6 +358,7 @@ class LlamaConversation:
         check_markers(text, (), "feed_system")
         self._messages.append(Message("system", text))
 
+    @_locked
     def feed_user(self, text: str, images: Sequence[Path] = ()) -> None:
         """Close any open assistant turn, add a user turn and open the next assistant turn."""
         self._check()
@@ -270,23 +369,62 @@ class LlamaConversation:
             messages.append(self._open)
         first_turn = len(messages) == 1 and messages[0].role == "system"
         system = self._system_prefix(messages, text) if first_turn else ""
-        if system:
+        system_mark = self._live.holds_beyond(system) if system else None
+        if system_mark is not None:
+            # The previous question left its system prompt and image here: keep the system prompt
+            # in any case, and the image too when this question is about the same picture.
+            self._live.prefix_mark = system_mark
+            prepared = self._same_images(self._prepare(images))
+            live = self._live
+            same = bool(prepared) and len(live.images) == 1 and prepared[0] is live.images[0]
+            live.forget_after(len(live.marks) - 1 if same else system_mark)  # a new question, not a rollback
+        elif system:
             # Evaluate the system prompt as its own unit, so that the next question can keep it in
             # the KV cache; the images are decoded meanwhile (Pillow and llama.cpp both release the GIL).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thyme-image") as pool:
                 decoding = pool.submit(self._prepare, images)
-                self._live.sync(system, [])
+                self._sync_system(system)
                 self._live.mark_prefix()
                 prepared = decoding.result()
         else:
-            prepared = self._prepare(images)
+            prepared = self._same_images(self._prepare(images))
         messages.append(Message("user", text, prepared))
         target = self._renderer.render(messages, add_generation_prompt=True)
         all_images = [img for m in messages for img in m.images]
         self._live.sync(target, all_images)
+        if first_turn and prepared:
+            self._live.mark_image_prefix()
+            if self._engine.n_seq > 1:  # other sequences may start from it right away (--samples)
+                self._engine._publish(self)
         self._messages = messages
         self._open = Message("assistant", "")
         self._scanner.reset()
+
+    def _same_images(self, prepared: list[PreparedImage]) -> list[PreparedImage]:
+        """The images the previous question left in the KV cache stand for equal pixels here, so
+        that the context is kept through them (it keeps only the very same image objects)."""
+        kept = self._live.images
+        return [old if i < len(kept) and (old := kept[i]).width == new.width and old.height == new.height
+                and old.rgb == new.rgb else new for i, new in enumerate(prepared)]
+
+    def _sync_system(self, system: str) -> None:
+        """Evaluate the system prompt into an empty context, or load its saved state from disk
+        (prompt_state) when an earlier process evaluated the same prompt with the same settings."""
+        live = self._live
+        store = self._engine.prompt_store
+        if store is None or live.cells or not system:
+            live.sync(system, [])
+            return
+        t0 = time.perf_counter()
+        tokens = store.load(self._native, system, live.seq)
+        if tokens is not None:
+            live.restore(system, tokens)
+            self._counters.prefill_s += time.perf_counter() - t0
+            self._counters.prompt_state_loaded = True
+            return
+        live.sync(system, [])
+        if live.cells and live.stream and all(isinstance(t, int) for t in live.stream):
+            store.save(self._native, system, [t for t in live.stream if isinstance(t, int)], live.seq)
 
     def _system_prefix(self, messages: list[Message], user_text: str) -> str:
         """The rendered text every question on this model starts with (the system prompt), when it
@@ -308,6 +446,7 @@ class LlamaConversation:
             return ""
         return prefix
 
+    @_locked
     def feed_assistant(self, text: str, images: Sequence[Path] = ()) -> None:
         """Append text (and images) inside the open assistant turn, e.g. a sandbox observation."""
         self._check()
@@ -365,6 +504,8 @@ class LlamaConversation:
         samplers = self._samplers
         if self._retry_warm:  # a retried turn must differ from the failed one: sample it warm
             samplers, self._retry_warm = self._warm_retry_samplers(), False
+        if self._engine._rounds is not None:
+            return self._generate_together(self._engine._rounds, samplers, budget, on_text)
         native, scanner, utf8 = self._native, self._scanner, self._utf8
         code_chain, prose_chain, shared = samplers.code, samplers.prose, samplers.shared_history
         sample, piece, is_eog, push = native.sample, native.piece, native.is_eog, live.push_token
@@ -400,6 +541,65 @@ class LlamaConversation:
             self._open.text += "".join(out)
         return Generation(text="".join(out), stop_reason=reason, n_tokens=len(tokens))
 
+    def _generate_together(self, rounds: StepRounds, samplers: AtsSamplers, budget: int,
+                           on_text: Callable[[str], None] | None) -> Generation:
+        """generate() for one of several sequences: the first token is drawn from the logits this
+        sequence's last feed left (a saved copy), every later one in a shared step (StepRounds)."""
+        live, scanner, utf8, native = self._live, self._scanner, self._utf8, self._native
+        assert self._open is not None
+        with self._engine.lock:
+            if live.saved_logits is None:
+                live.refresh_logits()
+            logits = live.saved_logits
+        assert logits is not None
+        code_chain, prose_chain, shared = samplers.code, samplers.prose, samplers.shared_history
+        chain = code_chain if scanner.in_code else prose_chain
+        token = sample_from_logits(chain, logits)
+        logprob = token_logprob(logits, token)
+        if shared:
+            samplers.accept_other(chain, token)
+        live.saved_logits = None  # used: the next generate without a feed evaluates the last token again
+        out: list[str] = []
+        tokens: list[int] = []
+        reason: StopReason = "max_tokens"
+        t0 = time.perf_counter()
+        rounds.enter(live.seq)
+        try:
+            while True:
+                if native.is_eog(token):
+                    reason = "end_of_turn"
+                    break
+                text = utf8.decode(native.piece(token))
+                stop = scanner.feed(text) if text else None
+                last = stop is not None or len(tokens) + 1 >= budget
+                chain = code_chain if scanner.in_code else prose_chain
+                live.broken = True  # until the step is in
+                following = rounds.decode(live.seq, token, live.pos, None if last else chain)
+                live.broken = False
+                live.push_token(token, text, not utf8.pending, evaluated=True)
+                tokens.append(token)
+                self._counters.logprob_sum += logprob
+                self._counters.logprob_tokens += 1
+                if text:
+                    out.append(text)
+                    if on_text is not None:
+                        on_text(text)
+                if stop is not None:
+                    reason = stop
+                    break
+                if last or following is None:
+                    break
+                token, logprob = following
+                if shared:
+                    samplers.accept_other(chain, token)
+        finally:
+            rounds.leave(live.seq)
+            self._counters.decode_s += time.perf_counter() - t0
+            self._counters.tokens_generated += len(tokens)
+            self.last_tokens = tokens
+            self._open.text += "".join(out)
+        return Generation(text="".join(out), stop_reason=reason, n_tokens=len(tokens))
+
     # --- retrying a turn (--on-error retry) ---------------------------------------------------------
 
     def checkpoint(self) -> int:
@@ -415,6 +615,7 @@ class LlamaConversation:
         ))
         return len(self._checkpoints) - 1
 
+    @_locked
     def rollback(self, mark: int, *, resample_warm: bool = True) -> None:
         """Drop everything generated or fed since checkpoint ``mark``; the KV cache follows.
 
@@ -474,23 +675,31 @@ class LlamaConversation:
         """True while the open assistant turn is inside a <code> block (decoding is greedy)."""
         return self._scanner.in_code
 
+    @_locked
     def logits(self) -> np.ndarray:
         """A copy of the logits for the next token (diagnostics and tests)."""
         self._check()
         if not self._live.logits_valid:
             raise EngineError("no logits: the context ends on an image or is empty")
+        if self._live.keep_logits:  # one of several sequences: its own saved row, not the context's last
+            if self._live.saved_logits is None:
+                self._live.refresh_logits()
+            assert self._live.saved_logits is not None
+            return self._live.saved_logits.copy()
         return self._native.logits()
 
     def token_stream(self) -> list[StreamItem]:
         """What the context holds: token ids and images, in order (diagnostics and tests)."""
         return list(self._live.stream)
 
+    @_locked
     def evaluate_stream(self, stream: Sequence[StreamItem]) -> None:
         """Evaluate a recorded stream from scratch in big batches (diagnostics)."""
         self._check()
         self._live.clear()
         self._live.replay(stream)
 
+    @_locked
     def close(self) -> None:
         """End the question; the next ``open()`` keeps only the shared system-prompt prefix."""
         if self._closed:
@@ -499,6 +708,7 @@ class LlamaConversation:
         # Drop the pixels and embeddings now: a batch keeps engines (not conversations) alive.
         self._messages, self._open = [], None
         self._engine._prefix = self._live.detach_prefix()
+        self._engine._prefix_seq = self._live.seq
         self._live.release()
         if self._own_samplers:
             self._samplers.close()

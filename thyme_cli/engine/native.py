@@ -224,7 +224,9 @@ class Native:
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = options.n_ctx
         cp.n_batch = cp.n_ubatch = min(options.n_batch, options.n_ctx)
-        cp.n_seq_max = 1
+        cp.n_seq_max = options.n_seq
+        if options.n_seq > 1:  # sequences forked from one prefix share its cells (engine/parallel.py)
+            cp.kv_unified = True
         cp.n_threads = threads
         cp.n_threads_batch = threads_batch
         cp.flash_attn_type = flash
@@ -238,6 +240,7 @@ class Native:
         self.n_batch = min(llama_cpp.llama_n_batch(self.ctx), llama_cpp.llama_n_ubatch(self.ctx))
         self.n_threads = threads
         self.n_threads_batch = threads_batch
+        self.n_seq_max = options.n_seq
 
         pp = mtmd.mtmd_context_params_default()
         pp.use_gpu = options.mmproj_gpu if options.mmproj_gpu is not None else (self.gpu and layers != 0)
@@ -264,6 +267,7 @@ class Native:
         self.use_mrope = bool(mtmd.mtmd_decode_use_mrope(self.mtmd_ctx))
 
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._batch_seq = 0
         b = self._batch
         for i in range(self.n_batch):
             b.seq_id[i][0] = 0
@@ -273,7 +277,6 @@ class Native:
         self._out = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
@@ -307,13 +310,13 @@ class Native:
         """The bytes of one token (special tokens as their text); cached."""
         got = self._pieces.get(token)
         if got is None:
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+            # A buffer per miss, not a shared one: conversations on other sequences run in threads.
+            buf = ctypes.create_string_buffer(256)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
                 n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
-                got = buf.raw[:n]
-            else:
-                got = self._piece_buf.raw[:n]
+            got = buf.raw[:n]
             self._pieces[token] = got
         return got
 
@@ -341,13 +344,22 @@ class Native:
 
     # --- evaluation ----------------------------------------------------------------------------
 
+    def _use_seq(self, seq: int) -> None:
+        """Point the shared batch at sequence ``seq`` (a context made with n_seq > 1)."""
+        if seq != self._batch_seq:
+            b = self._batch
+            for i in range(self.n_batch):
+                b.seq_id[i][0] = seq
+            self._batch_seq = seq
+
     def decode_tokens(self, tokens: Sequence[int], pos0: int,
-                      on_batch: Callable[[int], None] | None = None) -> None:
+                      on_batch: Callable[[int], None] | None = None, seq: int = 0) -> None:
         """Evaluate text tokens at positions pos0.., in n_batch pieces; logits for the last one.
 
         ``on_batch`` hears the number of tokens done after each piece (progress display)."""
         n_total = len(tokens)
         b, nb = self._batch, self.n_batch
+        self._use_seq(seq)
         for start in range(0, n_total, nb):
             n = min(nb, n_total - start)
             self._tok[:n] = tokens[start:start + n]
@@ -364,9 +376,11 @@ class Native:
             if on_batch is not None:
                 on_batch(start + n)
 
-    def decode_one(self, token: int, pos: int) -> None:
+    def decode_one(self, token: int, pos: int, seq: int = 0) -> None:
         """Evaluate one generated token (the hot path of the decode loop)."""
         b = self._batch
+        if seq != self._batch_seq:
+            self._use_seq(seq)
         b.token[0] = token
         b.pos[0] = pos
         b.logits[0] = 1
@@ -390,10 +404,10 @@ class Native:
             raise EngineError("no logits are available (nothing has been evaluated yet)")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def seq_rm(self, p0: int) -> None:
+    def seq_rm(self, p0: int, seq: int = 0) -> None:
         """Drop every KV cell at position >= p0 (the context's divergent tail)."""
         t0 = time.perf_counter()
-        ok = llama_cpp.llama_memory_seq_rm(self.mem, 0, p0, -1)
+        ok = llama_cpp.llama_memory_seq_rm(self.mem, seq, p0, -1)
         self.native_s += time.perf_counter() - t0
         if not ok:
             raise EngineError(f"llama.cpp could not remove the context tail from position {p0}")
@@ -401,6 +415,27 @@ class Native:
     def clear(self) -> None:
         """Empty the KV cache (metadata only: cheap, no memset of the buffers)."""
         llama_cpp.llama_memory_clear(self.mem, False)
+
+    def clear_seq(self, seq: int) -> None:
+        """Empty one sequence (the others keep their cells)."""
+        llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+
+    def state_seq_get(self, seq: int = 0) -> bytes:
+        """The KV cells of one sequence as bytes (llama.cpp's sequence-state format)."""
+        t0 = time.perf_counter()
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq)
+        buf = (ctypes.c_ubyte * size)()
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq)
+        self.native_s += time.perf_counter() - t0
+        return bytes(buf)[:n]
+
+    def state_seq_set(self, data: bytes, seq: int = 0) -> bool:
+        """Load bytes from state_seq_get into sequence ``seq``; False when llama.cpp refuses them."""
+        t0 = time.perf_counter()
+        buf = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
+        n = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), seq)
+        self.native_s += time.perf_counter() - t0
+        return bool(n)
 
     # --- images ----------------------------------------------------------------------------------
 
@@ -465,7 +500,7 @@ class Native:
         self.native_s += time.perf_counter() - t0
         return embd
 
-    def decode_image(self, chunk: Chunk, embd: np.ndarray, pos: int) -> int:
+    def decode_image(self, chunk: Chunk, embd: np.ndarray, pos: int, seq: int = 0) -> int:
         """Put an encoded image into the KV cache at ``pos``; returns the next position."""
         if chunk.n_tokens > self.n_batch and mtmd.mtmd_decode_use_non_causal(self.mtmd_ctx, chunk.ptr):
             raise EngineError(
@@ -476,7 +511,7 @@ class Native:
         t0 = time.perf_counter()
         rc = mtmd.mtmd_helper_decode_image_chunk(
             self.mtmd_ctx, self.ctx, chunk.ptr, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            pos, 0, self.n_batch, ctypes.byref(new_pos), _NO_CALLBACK, None,
+            pos, seq, self.n_batch, ctypes.byref(new_pos), _NO_CALLBACK, None,
         )
         self.native_s += time.perf_counter() - t0
         if rc != 0:

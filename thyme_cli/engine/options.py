@@ -54,6 +54,8 @@ class EngineOptions:
     # Room kept free for the model's reply: a feed that would leave less raises EngineError
     # before anything is evaluated (instead of failing mid-answer).
     reserve_tokens: int = 512
+    # Sequences the context can hold at once (engine/parallel.py decodes them together).
+    n_seq: int = 1
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class EngineOptions:
                 raise UsageError(f"{name} must be >= 1, got {value}")
         if self.n_batch < 1:
             raise UsageError(f"n_batch must be >= 1, got {self.n_batch}")
+        if not 1 <= self.n_seq <= 64:
+            raise UsageError(f"n_seq must be 1 to 64, got {self.n_seq}")
         if self.reserve_tokens < 0:
             raise UsageError(f"reserve_tokens must be >= 0, got {self.reserve_tokens}")
         if self.image_resize not in ("auto", "qwen", "none"):
