@@ -249,27 +249,33 @@ class PooledChild:
                 jail = self._pool._acquire()
             except OSError as exc:
                 raise protocol.ProtocolError(f"the sandbox pool could not start a jail: {exc}") from None
+            used = jail.used
             try:
                 sock, pid = jail.take_child(deadline)
-                break
             except (OSError, protocol.ProtocolError) as exc:
                 self._launcher_stderr = jail.launched.stderr_text()
-                used = jail.used
                 self._pool._discard(jail)
                 if not used or time.monotonic() >= deadline:
                     raise protocol.ProtocolError(f"the sandbox pool's jail could not start: {exc}") from None
-                # the zygote of a jail that served questions before died: transparently take another
-        self._jail, self._sock, self.pid = jail, sock, pid
-        self._reader = protocol.FrameReader(sock)
-        jail.used = True
-        try:
-            jail.place_image(self._stage)
-            sock.settimeout(SEND_TIMEOUT_S)
-            protocol.send(sock, {"op": "assign", "image_path": self._image_path})
-            sock.settimeout(None)
-            msg, fds = self._reader.read(deadline, want_fds=want_fd)
-        except OSError as exc:
-            raise protocol.ProtocolError(f"the sandbox child could not start: {exc}") from None
+                continue  # the zygote of a jail that served questions before died: take another
+            self._jail, self._sock, self.pid = jail, sock, pid
+            self._reader = protocol.FrameReader(sock)
+            jail.used = True
+            try:
+                msg, fds = self._assign(sock, deadline, want_fd)
+                break
+            except (OSError, protocol.ProtocolError) as exc:
+                if not used or time.monotonic() >= deadline:
+                    if isinstance(exc, protocol.ProtocolError):
+                        raise
+                    raise protocol.ProtocolError(f"the sandbox child could not start: {exc}") from None
+                # a zygote that served questions before died just after forking this child
+                with contextlib.suppress(OSError):
+                    sock.close()
+                self._jail = self._sock = self._reader = None
+                self.pid = None
+                self._launcher_stderr = jail.launched.stderr_text()
+                self._pool._discard(jail)
         problem = None if msg.get("op") == "hello" else str(msg.get("error") or f"unexpected frame {msg.get('op')!r}")
         problem = problem or _check_hello(msg)
         if problem:
@@ -278,6 +284,15 @@ class PooledChild:
         self.hello = msg
         self.ready_at = time.monotonic()
         return msg, fds
+
+    def _assign(self, sock: socket.socket, deadline: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]:
+        """Give the fresh child its question's image; its first frame (hello) comes back."""
+        assert self._jail is not None and self._reader is not None
+        self._jail.place_image(self._stage)
+        sock.settimeout(SEND_TIMEOUT_S)
+        protocol.send(sock, {"op": "assign", "image_path": self._image_path})
+        sock.settimeout(None)
+        return self._reader.read(deadline, want_fds=want_fd)
 
     def idle_ok(self) -> bool:
         if self._jail is None or self._sock is None or not self._jail.alive():
