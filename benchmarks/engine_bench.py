@@ -160,7 +160,7 @@ def eog_bias(token_ids: list[int]) -> dict[int, float]:
 
 
 def run_engine(model: Path, mmproj: Path, images: list[Path], n_gen: int, threads: int, spy: Spy) -> list[Turn]:
-    from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions
+    from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine, SamplingOptions
 
     # The stock handler warms its vision encoder up when it loads; so does the engine here.
     options = EngineOptions(n_ctx=8192, n_threads=threads, flash_attn=False, reserve_tokens=0, mmproj_warmup=True)

@@ -68,7 +68,7 @@ def run_corpus(backend: str) -> dict[str, Any]:
 def run_parity() -> dict[str, Any] | None:
     """The parity checks of tests/test_prompt_parity.py, outside pytest (same functions)."""
     from tests import test_prompt_parity as tp
-    from thyme_cli import convert_env
+    from thyme_cli.models.convert import env as convert_env
 
     venv = Path(os.environ.get("THYME_TEST_CONVERT_VENV", Path.home() / ".cache" / "thyme-test" / "convert-venv"))
     os.environ.setdefault("THYME_CONVERT_VENV", str(venv))
@@ -105,7 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-parity", action="store_true", help="only the corpus")
     args = parser.parse_args()
-    from thyme_cli.sandbox.factory import probe_backends
+    from thyme_cli.sandbox.host.factory import probe_backends
 
     working = [p.name for p in probe_backends() if p.works]
     if not working:

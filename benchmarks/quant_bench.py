@@ -52,8 +52,8 @@ def build_model(quant: str, layers: int) -> Path:
 
 def repack_names(model: Path) -> list[str]:
     """The layer matrices thyme puts in CPU_REPACK after an AMX crash (engine/cpu_probe)."""
-    from thyme_cli.engine.cpu_probe import repack_tensor_names
-    from thyme_cli.engine.gguf_meta import read_tensor_types
+    from thyme_cli.engine.llama.cpu_probe import repack_tensor_names
+    from thyme_cli.engine.llama.gguf_meta import read_tensor_types
 
     return repack_tensor_names(read_tensor_types(model))
 
@@ -74,7 +74,7 @@ def child(model: str, mode: str, names: str, threads: int, n_prompt: int, n_gen:
     mp.use_extra_bufts = mode == "on"
     keep: list[Any] = []
     if mode == "repack":
-        from thyme_cli.engine.cpu_probe import repack_overrides
+        from thyme_cli.engine.llama.cpu_probe import repack_overrides
 
         overrides = repack_overrides(names.split(",") if names else [])
         if overrides is None:

@@ -153,7 +153,7 @@ def start_llama_server(work: Path, args: argparse.Namespace) -> Server:
 
 
 def start_vllm(work: Path, args: argparse.Namespace) -> Server:
-    from thyme_cli import vllm_env
+    from thyme_cli.models.serve import vllm_env
     from thyme_cli.devtools import tiny_hf_qwen
 
     env = vllm_env.find_vllm()
@@ -182,10 +182,10 @@ STARTERS: dict[str, Callable[[Path, argparse.Namespace], Server]] = {
 
 def run_batch(url: str, images: Path, out: Path, jobs: int, sandbox: str) -> float:
     """Seconds for the whole `thyme batch` invocation (model probe included, CLI start-up not)."""
-    from thyme_cli.agent import AgentOptions
-    from thyme_cli.batch_inputs import collect_items
+    from thyme_cli.question.loop import AgentOptions
+    from thyme_cli.batch.inputs import collect_items
     from thyme_cli.commands.batch import execute_batch
-    from thyme_cli.runner import ModelSettings, QuestionSettings
+    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
 
     items = collect_items([str(images)], "what is in the top-left corner?", stdin=None)
     started = time.perf_counter()

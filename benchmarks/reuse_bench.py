@@ -65,10 +65,10 @@ def write_photo(path: Path, size: tuple[int, int]) -> None:
 
 def phase_ask(args: argparse.Namespace) -> dict[str, Any]:
     """Questions about one photo through the engine, each timed by its counters and wall clock."""
-    from thyme_cli.engine.llama import LlamaEngine
-    from thyme_cli.engine.options import EngineOptions
-    from thyme_cli.protocol import SYSTEM_PROMPT, user_prompt
-    from thyme_cli.registry import load_registry
+    from thyme_cli.engine.llama.engine import LlamaEngine
+    from thyme_cli.engine.settings import EngineOptions
+    from thyme_cli.question.prompts import SYSTEM_PROMPT, user_prompt
+    from thyme_cli.models.registry import load_registry
 
     options = EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens)
     t0 = time.perf_counter()
@@ -102,12 +102,12 @@ def phase_parallel(args: argparse.Namespace) -> dict[str, Any]:
     """Decode tokens for one sequence, then for four forked from the same prefix, one llama_decode per step."""
     from dataclasses import replace
 
-    from thyme_cli.engine.llama import LlamaEngine
-    from thyme_cli.engine.options import EngineOptions, SamplingOptions
-    from thyme_cli.engine.parallel import ParallelDecoder
-    from thyme_cli.engine.sampling import AtsSamplers
-    from thyme_cli.protocol import SYSTEM_PROMPT
-    from thyme_cli.registry import load_registry
+    from thyme_cli.engine.llama.engine import LlamaEngine
+    from thyme_cli.engine.settings import EngineOptions, SamplingOptions
+    from thyme_cli.engine.llama.parallel import ParallelDecoder
+    from thyme_cli.engine.llama.sampling import AtsSamplers
+    from thyme_cli.question.prompts import SYSTEM_PROMPT
+    from thyme_cli.models.registry import load_registry
 
     options = replace(EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens),
                       n_seq=4)

@@ -39,7 +39,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps  # noqa: E402
 
-from thyme_cli.sandbox.factory import open_sandbox, probe_backends  # noqa: E402
+from thyme_cli.sandbox.host.factory import open_sandbox, probe_backends  # noqa: E402
 
 TRIVIAL = "x = 1"
 CROP = (

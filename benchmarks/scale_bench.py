@@ -176,18 +176,18 @@ def parse_setting(text: str) -> tuple[int, str | None, str | None]:
 
 def thyme_defaults() -> Any:
     """EngineOptions exactly as `thyme ask -m thyme-7b` builds them (registry entry + defaults)."""
-    from thyme_cli.engine.options import EngineOptions
-    from thyme_cli.registry import load_registry
+    from thyme_cli.engine.settings import EngineOptions
+    from thyme_cli.models.registry import load_registry
 
     return EngineOptions.from_spec(load_registry().get("thyme-7b"))
 
 
 def phase_thyme(args: argparse.Namespace) -> dict[str, Any]:
     """One question through thyme's own path (runner.ask_one), the script's tokens in place of samples."""
-    from thyme_cli.agent import AgentOptions, QuietEvents
-    from thyme_cli.engine.llama import LlamaEngine
-    from thyme_cli.registry import ModelSpec
-    from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, open_question_sandbox, prepare_input
+    from thyme_cli.question.loop import AgentOptions, QuietEvents
+    from thyme_cli.engine.llama.engine import LlamaEngine
+    from thyme_cli.models.registry import ModelSpec
+    from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, open_question_sandbox, prepare_input
 
     work = Path(args.work)
     replies: list[str] = json.loads((work / "replies.json").read_text())
@@ -287,8 +287,8 @@ def phase_limit(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
     from thyme_cli.engine.images import load_image
-    from thyme_cli.engine.llama import _image_sizing
-    from thyme_cli.engine.native import Native, inspect_files
+    from thyme_cli.engine.llama.engine import _image_sizing
+    from thyme_cli.engine.llama.native import Native, inspect_files
 
     work = Path(args.work)
     stream = json.loads((work / "stream.json").read_text())
@@ -356,14 +356,14 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Qwen25VLChatHandler
 
-    from thyme_cli.protocol import SYSTEM_PROMPT, observation, user_prompt
+    from thyme_cli.question.prompts import SYSTEM_PROMPT, observation, user_prompt
 
     work = Path(args.work)
     replies: list[str] = json.loads((work / "replies.json").read_text())
     crops = json.loads((work / "crops.json").read_text())
     # The same weight buffers as thyme's engine (engine/cpu_probe: llama.cpp's AMX path crashes on
     # some CPUs): the Llama class has no keyword for them, so its default-params factory is wrapped.
-    from thyme_cli.engine import cpu_probe
+    from thyme_cli.engine.llama import cpu_probe
 
     real_defaults = low.llama_model_default_params
     keep_alive: list[Any] = []
@@ -424,7 +424,7 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
 
 def phase_load(args: argparse.Namespace) -> dict[str, Any]:
     """Load the pair and evaluate one token: from a cold page cache (files evicted) or a warm one."""
-    from thyme_cli.engine.llama import LlamaEngine
+    from thyme_cli.engine.llama.engine import LlamaEngine
 
     files = [Path(args.model), Path(args.mmproj)]
     evicted = drop_page_cache(files) if args.cold else False

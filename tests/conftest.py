@@ -54,7 +54,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
 @pytest.fixture(scope="session")
 def sandbox_backend() -> str:
     """The sandbox backend `--sandbox auto` really uses here; end-to-end tests skip, saying why, without one."""
-    from thyme_cli.sandbox.factory import probe_backends
+    from thyme_cli.sandbox.host.factory import probe_backends
 
     working = [p.name for p in probe_backends() if p.works]
     if not working:

@@ -66,7 +66,7 @@ def image_digest(path: Path) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
-    from thyme_cli.sandbox import store
+    from thyme_cli import step_images as store
 
     store.wait(path)  # step images are written in the background
     with Image.open(path) as im:
@@ -110,7 +110,7 @@ def load_expected() -> dict[str, Any]:
 def run_in_thyme(case: dict[str, Any], backend: str, workdir: Path) -> list[dict[str, Any]]:
     """Run one case's steps as thyme runs a question: the reply parsed by thyme's parser, every
     step in ONE real sandbox (so variables and the output folder persist)."""
-    from thyme_cli.protocol import parse_reply
+    from thyme_cli.question.prompts import parse_reply
     from thyme_cli.sandbox import open_sandbox
 
     image = make_image(tuple(case["image"]["size"]), workdir / "input" / case["image"]["name"])

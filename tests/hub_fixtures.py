@@ -151,7 +151,7 @@ def cached_convert_venv() -> Path:
 @pytest.fixture(scope="session", name="converter_python")
 def converter_python_fixture() -> Path:
     """The converter environment's interpreter; skips when it has not been set up."""
-    from thyme_cli import convert_env
+    from thyme_cli.models.convert import env as convert_env
 
     explicit = os.environ.get("THYME_CONVERT_PYTHON")
     if explicit:
@@ -185,7 +185,7 @@ def converter_fixture(converter_python: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture(scope="session", name="tiny_checkpoint")
 def tiny_checkpoint_fixture(converter_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen2.5-VL safetensors checkpoint, built once per session by transformers."""
-    from thyme_cli import convert_tiny
+    from thyme_cli.models.convert import tiny as convert_tiny
 
     out = tmp_path_factory.mktemp("tiny-qwen25vl") / "ckpt"
     result = subprocess.run(

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import RunThyme
-from thyme_cli.agent import AgentOptions, QuietEvents
+from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.scripted import ScriptedEngine
-from thyme_cli.protocol import SYSTEM_PROMPT
-from thyme_cli.registry import ModelSpec
-from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.question.prompts import SYSTEM_PROMPT
+from thyme_cli.models.registry import ModelSpec
+from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 
 CROP = (
     "<think>The serial number is tiny, bottom right. Let me crop it.\n<code>\n```python\n"
@@ -259,7 +259,7 @@ def test_real_llama_engine_on_the_tiny_model_finishes_and_reports(
 
 
 def test_no_tools_ablation_never_runs_code(tmp_path: Path, photo: Path, sandbox_backend: str) -> None:
-    from thyme_cli.protocol import DIRECT_SYSTEM_PROMPT
+    from thyme_cli.question.prompts import DIRECT_SYSTEM_PROMPT
 
     engine = ScriptedEngine([CROP, "It is 42.</answer>"])
     model = LoadedModel(engine, ModelSpec(name="scripted", protocol="thyme", model_path=photo, mmproj_path=photo))

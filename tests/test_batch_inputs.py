@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from thyme_cli.batch_inputs import collect_items, in_shard, parse_shard
-from thyme_cli.batch_journal import Journal
+from thyme_cli.batch.inputs import collect_items, in_shard, parse_shard
+from thyme_cli.batch.journal import Journal
 from thyme_cli.errors import UsageError
 
 

@@ -30,8 +30,8 @@ from tests.hub_fixtures import (  # noqa: F401  (fixtures)
     tiny_checkpoint_fixture,
 )
 from tests.hub_server import LocalHub, Repo
-from thyme_cli.download import default_model_note, preferred_default
-from thyme_cli.registry import load_registry
+from thyme_cli.models.store import default_model_note, preferred_default
+from thyme_cli.models.registry import load_registry
 
 PHASES = (
     "[1/6] download Kwai-Keye/Thyme-RL@main",
@@ -279,11 +279,11 @@ def test_a_converter_environment_that_cannot_be_created_is_one_line(
 
 def test_failed_quantization_and_an_unloadable_pair_are_clear_errors(tiny_pair: object, tmp_path: Path) -> None:
     """The real llama.cpp quantizer and loader, in their child process, on files they must refuse."""
-    from thyme_cli.convert_proc import ConversionError, run_step
+    from thyme_cli.models.convert.steps import ConversionError, run_step
 
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"GGUF" + b"\xff" * 64)
-    native = [sys.executable, "-m", "thyme_cli.convert_native"]
+    native = [sys.executable, "-m", "thyme_cli.models.convert.quantize"]
     with pytest.raises(ConversionError) as quant:
         run_step([*native, "quantize", str(garbage), str(tmp_path / "out.gguf"), "Q4_K_M"], tmp_path / "q.log",
                  what="quantizing to Q4_K_M")

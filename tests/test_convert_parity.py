@@ -111,7 +111,7 @@ def _llama_outputs(model: Path, mmproj: Path, image: Path) -> dict[str, Any]:
 
 def _reference(python: Path, checkpoint: Path, request: dict[str, Any], tmp_path: Path) -> Any:
     """The transformers forward pass, run in the converter environment."""
-    from thyme_cli import convert_tiny
+    from thyme_cli.models.convert import tiny as convert_tiny
 
     req_path, out_path = tmp_path / "request.json", tmp_path / "reference.npz"
     req_path.write_text(json.dumps(request))

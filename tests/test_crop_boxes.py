@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
-from thyme_cli.crop_boxes import from_worker
+from thyme_cli.question.crop_boxes import from_worker
 from thyme_cli.sandbox import open_sandbox
-from thyme_cli.sandbox.session import WorkerSandbox
+from thyme_cli.sandbox.host.session import WorkerSandbox
 
 
 @pytest.fixture

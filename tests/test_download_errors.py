@@ -24,9 +24,9 @@ from tests.hub_fixtures import (  # noqa: F401  (fixtures: hub, tiny_files)
     write_config,
 )
 from tests.hub_server import LocalHub, Repo
-from thyme_cli.download import ensure_model, installed_files
+from thyme_cli.models.store import ensure_model, installed_files
 from thyme_cli.errors import DownloadError
-from thyme_cli.registry import load_registry
+from thyme_cli.models.registry import load_registry
 
 TOKEN = "hf_test_secret_token_123"
 

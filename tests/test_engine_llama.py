@@ -18,7 +18,7 @@ from PIL import Image
 
 from thyme_cli.devtools.tiny_gguf import TinyPair, write_qwen25vl_projector, write_text_model
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.engine.llama import EngineOptions, LlamaConversation, LlamaEngine, SamplingOptions
+from thyme_cli.engine.llama.engine import EngineOptions, LlamaConversation, LlamaEngine, SamplingOptions
 from thyme_cli.errors import EngineError
 
 # Exact arithmetic settings: no flash attention and an f32 KV cache, so incremental and

@@ -10,9 +10,9 @@ from PIL import Image
 
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
-from thyme_cli.engine.cpu import cpu_defaults, physical_cores
-from thyme_cli.engine.memory import COMPUTE_ALLOWANCE, MEMORY_ENV, check_fits, estimate
-from thyme_cli.engine.options import EngineOptions
+from thyme_cli.engine.llama.cpu import cpu_defaults, physical_cores
+from thyme_cli.engine.llama.memory import COMPUTE_ALLOWANCE, MEMORY_ENV, check_fits, estimate
+from thyme_cli.engine.settings import EngineOptions
 from thyme_cli.errors import EngineError
 
 

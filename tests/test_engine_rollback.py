@@ -11,7 +11,7 @@ from PIL import Image
 
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions
+from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine, SamplingOptions
 
 EXACT = EngineOptions(n_ctx=4096, flash_attn=False, kv_cache_type="f32", reserve_tokens=0, n_threads=2)
 

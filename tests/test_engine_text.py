@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from thyme_cli.devtools.tiny_gguf import CHATML_TEMPLATE, TinyPair
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.engine.chat import ChatMLRenderer, Message, TemplateRenderer
-from thyme_cli.engine.gguf_meta import read_gguf_keys
+from thyme_cli.engine.llama.chat import ChatMLRenderer, Message, TemplateRenderer
+from thyme_cli.engine.llama.gguf_meta import read_gguf_keys
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces, without_observations
 from thyme_cli.errors import EngineError
 
@@ -184,8 +184,8 @@ def test_template_errors_are_engine_errors() -> None:
 
 
 def test_engine_options_from_a_registry_entry() -> None:
-    from thyme_cli.engine.options import EngineOptions
-    from thyme_cli.registry import load_registry
+    from thyme_cli.engine.settings import EngineOptions
+    from thyme_cli.models.registry import load_registry
 
     spec = load_registry().get("thyme-7b")
     options = EngineOptions.from_spec(spec)
@@ -197,7 +197,7 @@ def test_engine_options_from_a_registry_entry() -> None:
 
 
 def test_bad_option_values_are_usage_errors() -> None:
-    from thyme_cli.engine.options import EngineOptions, SamplingOptions
+    from thyme_cli.engine.settings import EngineOptions, SamplingOptions
     from thyme_cli.errors import UsageError
 
     for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"min_p": 1.0}, {"seed": -1}):

@@ -11,10 +11,10 @@ from PIL import Image
 
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
-from thyme_cli.engine.options import EngineOptions
+from thyme_cli.engine.settings import EngineOptions
 from thyme_cli.eval.paper import eval_context, paper_image_tokens, paper_min_image_tokens, settings_markdown
 from thyme_cli.eval.synth import write_synthetic_tsv
-from thyme_cli.registry import load_registry
+from thyme_cli.models.registry import load_registry
 
 PAPER = {"tools": True, "max_turns": 5, "max_tokens": 2048, "temperature": 0.0, "on_error": "retry",
          "max_image_tokens": 16384}
@@ -106,10 +106,10 @@ def test_eval_agent_options_are_the_papers() -> None:
 def test_eval_retry_regenerates_greedily_as_upstream(tiny_pair: TinyPair, tmp_path: Path) -> None:
     # Upstream sets temperature 1.0 after a failure but keeps top_k 1: the retried turn is still the
     # greedy one. Through the agent's rollback with warm=False the real engine replays it exactly.
-    from thyme_cli.agent import _rollback
+    from thyme_cli.question.loop import _rollback
     from thyme_cli.engine.base import IMAGE_MARKER
-    from thyme_cli.engine.llama import EngineOptions as Exact
-    from thyme_cli.engine.llama import LlamaEngine, SamplingOptions
+    from thyme_cli.engine.llama.engine import EngineOptions as Exact
+    from thyme_cli.engine.llama.engine import LlamaEngine, SamplingOptions
 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 140, 3), dtype=np.uint8)).save(photo)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thyme_cli.sandbox import protocol
+from thyme_cli.sandbox.jail import wire as protocol
 
 HOSTILE = [
     b"[" * 100_000,  # the RecursionError of the issue

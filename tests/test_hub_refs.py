@@ -24,7 +24,7 @@ from tests.hub_fixtures import (  # noqa: F401  (fixture: tiny_files)
 )
 from tests.hub_server import COMMIT, LocalHub, Repo
 from thyme_cli.errors import DownloadError
-from thyme_cli.hub_ref import parse_reference, quant_bits, select_files, split_siblings
+from thyme_cli.models.hub.ref import parse_reference, quant_bits, select_files, split_siblings
 
 GGML = "ggml-org/Vision-3B-GGUF"
 NESTED = "someone/Vision-7B-GGUF"
@@ -230,7 +230,7 @@ def test_a_pinned_revision_is_what_gets_pulled(ref_hub: LocalHub, run_thyme: Run
 
 
 def test_builtin_sizes_are_true() -> None:
-    from thyme_cli.registry import load_registry
+    from thyme_cli.models.registry import load_registry
 
     assert load_registry(Path("/nonexistent/config.toml")).models["qwen2.5-vl-3b"].size_gb == 3.27
 

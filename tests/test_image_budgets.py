@@ -16,8 +16,9 @@ from PIL import Image
 
 from tests.conftest import RunThyme
 from tests.test_sandbox_helpers import JAILS, require_backend
-from thyme_cli.sandbox import open_sandbox, store
-from thyme_cli.sandbox.limits import Limits
+from thyme_cli import step_images as store
+from thyme_cli.sandbox import open_sandbox
+from thyme_cli.sandbox.host.limits import Limits
 
 pytestmark = pytest.mark.slow
 
@@ -149,10 +150,10 @@ def test_the_model_is_told_which_images_were_left_out(tmp_path: Path, sandbox_ba
     """The skipped-images note goes into the <sandbox_output> the model reads, not only to stderr."""
     import dataclasses
 
-    from thyme_cli.agent import AgentOptions, QuietEvents
+    from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.engine.scripted import ScriptedEngine
-    from thyme_cli.registry import ModelSpec
-    from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, prepare_input
+    from thyme_cli.models.registry import ModelSpec
+    from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 
     engine = ScriptedEngine([THREE, ANSWER])
     spec = ModelSpec(name="scripted", protocol="thyme", model_path=tmp_path, mmproj_path=tmp_path)

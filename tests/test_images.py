@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from thyme_cli.errors import UsageError
-from thyme_cli.images import BOMB_PIXELS, MAX_PIXELS, load_input_image
+from thyme_cli.question.input_image import BOMB_PIXELS, MAX_PIXELS, load_input_image
 
 
 def _save(tmp_path: Path, name: str, fmt: str, size: tuple[int, int] = (64, 48), **kw: object) -> Path:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thyme_cli.errors import ConfigError
-from thyme_cli.registry import remove_user_model
+from thyme_cli.models.registry import remove_user_model
 
 NAMES = st.from_regex(r"[a-z][a-z0-9._-]{0,12}", fullmatch=True)
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.progress_line import MIN_PREFILL_TOKENS, ProgressLine
+from thyme_cli.ui.progress_line import MIN_PREFILL_TOKENS, ProgressLine
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def _photo(tmp_path: Path, size: tuple[int, int] = (336, 252)) -> Path:
 
 
 def test_the_engine_reports_encoding_then_prefill_batches_up_to_the_total(tiny_pair: TinyPair, tmp_path: Path) -> None:
-    from thyme_cli.engine.llama import EngineOptions, LlamaEngine
+    from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
 
     options = EngineOptions(n_ctx=4096, n_batch=64, reserve_tokens=0)
     with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=options) as engine:

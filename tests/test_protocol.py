@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thyme_cli.engine.base import IMAGE_MARKER
-from thyme_cli.protocol import (
+from thyme_cli.question.prompts import (
     SYSTEM_PROMPT,
     observation,
     parse_reply,

@@ -11,8 +11,8 @@ from PIL import Image
 
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair, write_quantized_pair
-from thyme_cli.engine import cpu_probe
-from thyme_cli.engine.gguf_meta import read_gguf_keys
+from thyme_cli.engine.llama import cpu_probe
+from thyme_cli.engine.llama.gguf_meta import read_gguf_keys
 
 QUANTS = ("Q4_K_M", "Q8_0", "Q4_0")
 # llama_ftype of each quantization (general.file_type in the GGUF).
@@ -138,7 +138,7 @@ def test_the_buffer_types_the_engine_picks_give_the_logits_of_plain_cpu(
 ) -> None:
     import numpy as np
 
-    from thyme_cli.engine.llama import EngineOptions, LlamaEngine
+    from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
 
     def logits() -> tuple[str, np.ndarray]:
         engine = LlamaEngine.load(quant_pairs[quant].model, quant_pairs[quant].mmproj, options=EngineOptions(n_ctx=1024))

@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
-from thyme_cli.agent import AgentOptions, QuietEvents
-from thyme_cli.answers import clean_answer
+from thyme_cli.question.loop import AgentOptions, QuietEvents
+from thyme_cli.question.answers import clean_answer
 from thyme_cli.devtools.tiny_gguf import TinyPair
-from thyme_cli.engine.llama import EngineOptions, LlamaEngine, SamplingOptions
+from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine, SamplingOptions
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.engine.textstream import TurnScanner
-from thyme_cli.protocol import FINAL_ANSWER_REQUEST, parse_reply
-from thyme_cli.registry import ModelSpec
-from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, prepare_input
-from thyme_cli.trace import Trace
+from thyme_cli.question.prompts import FINAL_ANSWER_REQUEST, parse_reply
+from thyme_cli.models.registry import ModelSpec
+from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.question.trace import Trace
 
 PLACEHOLDER = "<answer>Your final answer to the user's question goes here.</answer>"
 WIDTH_FENCE = "I will measure it.\n```python\nprint('width', Image.open(image_path).size[0])\n```\n"

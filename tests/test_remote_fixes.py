@@ -19,9 +19,9 @@ import pytest
 
 from tests.conftest import RunThyme
 from tests.test_remote_support import free_port
-from thyme_cli.engine.remote_chat import RemoteConversation, RemoteSampling, _Segment
-from thyme_cli.engine.remote_http import RemoteClient, RetryPolicy, StreamPiece
-from thyme_cli.engine.remote_probe import ServerCaps
+from thyme_cli.engine.remote.chat import RemoteConversation, RemoteSampling, _Segment
+from thyme_cli.engine.remote.http import RemoteClient, RetryPolicy, StreamPiece
+from thyme_cli.engine.remote.probe import ServerCaps
 
 
 class RecordingClient(RemoteClient):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from thyme_cli.engine.remote import RemoteConfig
-from thyme_cli.engine.remote_chat import PROSE_STOPS, _Entry, _message, _Segment
-from thyme_cli.engine.remote_http import (
+from thyme_cli.engine.remote.engine import RemoteConfig
+from thyme_cli.engine.remote.chat import PROSE_STOPS, _Entry, _message, _Segment
+from thyme_cli.engine.remote.http import (
     RemoteUnavailable,
     Retryable,
     RetryPolicy,
@@ -21,7 +21,7 @@ from thyme_cli.engine.remote_http import (
     parse_retry_after,
     redact_url,
 )
-from thyme_cli.engine.remote_images import image_data_uri
+from thyme_cli.engine.remote.images import image_data_uri
 from thyme_cli.errors import EngineError, UsageError
 
 

@@ -15,14 +15,14 @@ from PIL import Image
 from rich.console import Console
 
 from tests.test_ask import PROBE_SCRIPT
-from thyme_cli import render
-from thyme_cli.agent import AgentOptions, QuietEvents
+from thyme_cli.ui import render
+from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.scripted import ScriptedEngine
-from thyme_cli.registry import ModelSpec
-from thyme_cli.report import write_html_report
-from thyme_cli.runner import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.models.registry import ModelSpec
+from thyme_cli.ui.html_report import write_html_report
+from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 from thyme_cli.sandbox.base import ExecResult
-from thyme_cli.trace import Step, Trace
+from thyme_cli.question.trace import Step, Trace
 
 LONG = "x = '" + "abcdefghij" * 12 + "'"
 FENCE = "I will measure.\n```python\nprint('width', Image.open(image_path).size[0])\n```"
@@ -49,7 +49,7 @@ def test_code_and_answer_panels_wrap_long_lines(monkeypatch: pytest.MonkeyPatch,
     assert max(len(line) for line in buf.getvalue().splitlines()) <= 50
     out, out_buf = _console()
     out = Console(file=out_buf, width=50, force_terminal=True, soft_wrap=True, highlight=False, color_system=None)
-    monkeypatch.setattr("thyme_cli.console.out_console", lambda: out)
+    monkeypatch.setattr("thyme_cli.ui.console.out_console", lambda: out)
     trace = Trace(question="q", image="i.png", image_source="i.png", image_size=(1, 1), model="m", protocol="thyme",
                   sandbox="none")
     trace.answer = "the answer is " + "long " * 30 + "END"

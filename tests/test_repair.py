@@ -1,4 +1,4 @@
-"""Thyme's code repairs (thyme_cli.sandbox.repair / helpers): pure functions, run on the host."""
+"""Thyme's code repairs (thyme_cli.sandbox.jail.repair / helpers): pure functions, run on the host."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from thyme_cli.sandbox import boxrule, helpers, repair, repair_upstream
-from thyme_cli.sandbox.repair import RepairContext, fix_indentation
+from thyme_cli.sandbox.jail import boxrule, helpers, repair, repair_upstream
+from thyme_cli.sandbox.jail.repair import RepairContext, fix_indentation
 
 OUT = "/mnt/data/output/step3"
 INPUT = "/mnt/data/input/photo.jpg"

@@ -101,7 +101,7 @@ def test_ask_downloads_a_missing_model_with_yes_and_refuses_without(
 
 
 def test_model_text_cannot_drive_the_terminal(run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str) -> None:
-    from thyme_cli.render import terminal_safe
+    from thyme_cli.ui.render import terminal_safe
 
     evil = "<think>\x1b]0;pwned\x07\x1b[2J</think><answer>ok\x1b[31m</answer>"
     assert "\x1b" not in terminal_safe(evil) and "\\x1b" in terminal_safe(evil)
@@ -118,7 +118,7 @@ def test_model_text_cannot_drive_the_terminal(run_thyme: RunThyme, tmp_path: Pat
 def test_inline_image_sequences_for_kitty_and_iterm(tmp_path: Path) -> None:
     import base64
 
-    from thyme_cli.render import inline_image_sequence
+    from thyme_cli.ui.render import inline_image_sequence
 
     image = tmp_path / "big.png"
     Image.new("RGB", (900, 600), "red").save(image)

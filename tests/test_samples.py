@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
-from thyme_cli.samples import vote, vote_key
+from thyme_cli.question.samples import vote, vote_key
 
 
 def test_vote_keys_read_option_letters_and_normalise_free_answers() -> None:

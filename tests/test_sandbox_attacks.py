@@ -36,8 +36,8 @@ from tests.test_sandbox_helpers import (
 )
 from thyme_cli.sandbox import open_sandbox
 from thyme_cli.sandbox.base import ExecResult
-from thyme_cli.sandbox.limits import Limits, MiB
-from thyme_cli.sandbox.session import STAGE_PREFIX, WorkerSandbox, sweep_stale_stages
+from thyme_cli.sandbox.host.limits import Limits, MiB
+from thyme_cli.sandbox.host.session import STAGE_PREFIX, WorkerSandbox, sweep_stale_stages
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.test_sandbox_helpers import write_png_bomb
-from thyme_cli.sandbox import store
-from thyme_cli.sandbox.harvest import (
+from thyme_cli import step_images as store
+from thyme_cli.sandbox.host.harvest import (
     HarvestRequest,
     Rejected,
     harvest,
@@ -195,7 +195,7 @@ def test_stored_pngs_are_lossless_and_compressed(mode: str, size: tuple[int, int
 
     import numpy as np
 
-    from thyme_cli.sandbox import store
+    from thyme_cli import step_images as store
 
     rng = np.random.default_rng(1)
     if mode in ("P", "I;16"):

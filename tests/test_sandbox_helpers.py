@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thyme_cli.sandbox.factory import probe_backend
-from thyme_cli.sandbox.layout import runtime_layout
+from thyme_cli.sandbox.host.factory import probe_backend
+from thyme_cli.sandbox.host.layout import runtime_layout
 
 JAILS = ("nsjail", "bwrap")
 ALL_BACKENDS = ("nsjail", "bwrap", "none")

@@ -33,10 +33,10 @@ from tests.test_sandbox_helpers import (
     require_backend,
     wait_until_gone,
 )
-from thyme_cli.sandbox import store
-from thyme_cli.sandbox.limits import Limits, MiB
-from thyme_cli.sandbox.pool import POOL_ENV, PerQuestionPool, PooledSandbox, SandboxPool, open_pool
-from thyme_cli.sandbox.session import RESTART_NOTE, WorkerSandbox
+from thyme_cli import step_images as store
+from thyme_cli.sandbox.host.limits import Limits, MiB
+from thyme_cli.sandbox.host.pool import POOL_ENV, PerQuestionPool, PooledSandbox, SandboxPool, open_pool
+from thyme_cli.sandbox.host.session import RESTART_NOTE, WorkerSandbox
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -593,7 +593,7 @@ def zygote_host_pid_by_marker(marker: str) -> int:
 LAUNCHER = """
 import sys
 from pathlib import Path
-from thyme_cli.sandbox.pool import open_pool
+from thyme_cli.sandbox.host.pool import open_pool
 pool = open_pool(sys.argv[1], timeout_s=600)
 sb = pool.open(image=Path(sys.argv[2]), images_dir=Path(sys.argv[3]))
 sb.wait_ready()

@@ -8,10 +8,10 @@ import pytest
 
 from tests.test_sandbox_helpers import make_image
 from thyme_cli.errors import SandboxUnavailable, UsageError
-from thyme_cli.sandbox import factory
-from thyme_cli.sandbox.backends import BwrapBackend, NsjailBackend, find_binary
-from thyme_cli.sandbox.factory import probe_backends, select_backend
-from thyme_cli.sandbox.limits import Limits
+from thyme_cli.sandbox.host import factory
+from thyme_cli.sandbox.host.backends import BwrapBackend, NsjailBackend, find_binary
+from thyme_cli.sandbox.host.factory import probe_backends, select_backend
+from thyme_cli.sandbox.host.limits import Limits
 
 pytestmark = pytest.mark.slow
 

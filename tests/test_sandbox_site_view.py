@@ -20,8 +20,8 @@ import pytest
 
 from tests.test_sandbox_helpers import JAILS, make_image, require_backend
 from thyme_cli.sandbox import open_sandbox
-from thyme_cli.sandbox.layout import RuntimeLayout, runtime_layout
-from thyme_cli.sandbox.pool import open_pool
+from thyme_cli.sandbox.host.layout import RuntimeLayout, runtime_layout
+from thyme_cli.sandbox.host.pool import open_pool
 
 pytestmark = pytest.mark.slow
 SECRET = "planted-secret-" + uuid.uuid4().hex

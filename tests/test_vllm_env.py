@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunThyme
-from thyme_cli import vllm_env
+from thyme_cli.models.serve import vllm_env
 
 
 def _fake_venv(root: Path, requirements: list[str] | None) -> Path:

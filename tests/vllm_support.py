@@ -1,6 +1,6 @@
 """A REAL vLLM (CPU build) on 127.0.0.1 for the remote-backend tests: environment, model, server.
 
-- The environment is thyme's managed one (thyme_cli/vllm_env.py), cached between runs at
+- The environment is thyme's managed one (thyme_cli/models/serve/vllm_env.py), cached between runs at
   THYME_TEST_VLLM_VENV, else ~/.cache/thyme-test/vllm-venv; create it with
   ``THYME_VLLM_VENV=~/.cache/thyme-test/vllm-venv thyme serve --setup`` (.ci/run does). Without it
   the tests skip and say so.
@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.test_remote_support import free_port
-from thyme_cli import vllm_env
+from thyme_cli.models.serve import vllm_env
 from thyme_cli.devtools import tiny_hf_qwen
 
 TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "data" / "qwen2.5-vl"

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from thyme_cli.commands import options as o
-from thyme_cli.console import handle_errors, info, warn
+from thyme_cli.commands import flags as o
+from thyme_cli.ui.console import handle_errors, info, warn
 from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
 
 
@@ -81,13 +81,14 @@ def ask(
 ) -> None:
     """Ask questions about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer
     (for several questions: 1 if any failed, else 3 if any has no answer)."""
-    from thyme_cli import paths, pdf
-    from thyme_cli.agent import AgentOptions, QuietEvents
-    from thyme_cli.download import preferred_default
-    from thyme_cli.images import read_stdin_image
-    from thyme_cli.registry import load_registry
-    from thyme_cli.render import LiveRenderer, print_answer, print_summary
-    from thyme_cli.runner import (
+    from thyme_cli import paths
+    from thyme_cli.question import pdf
+    from thyme_cli.question.loop import AgentOptions, QuietEvents
+    from thyme_cli.models.store import preferred_default
+    from thyme_cli.question.input_image import read_stdin_image
+    from thyme_cli.models.registry import load_registry
+    from thyme_cli.ui.render import LiveRenderer, print_answer, print_summary
+    from thyme_cli.question.assemble import (
         ModelSettings,
         QuestionSettings,
         ask_one,
@@ -95,11 +96,11 @@ def ask(
         load_model,
         prepare_input,
     )
-    from thyme_cli.trace import new_run_dir, prepare_out_dir
+    from thyme_cli.question.trace import new_run_dir, prepare_out_dir
 
     if not questions or any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
-    from thyme_cli.crash_guard import announce_run_dir, guard
+    from thyme_cli.ui.crash_guard import announce_run_dir, guard
 
     guard("ask")
     source: Path | bytes = read_stdin_image(sys.stdin.buffer) if image == "-" else Path(image).expanduser()
@@ -137,7 +138,7 @@ def ask(
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
     if model is None and script is None and backend == o.Backend.local and not (quiet or as_json):
-        from thyme_cli.download import default_model_note
+        from thyme_cli.models.store import default_model_note
 
         if note := default_model_note(registry):
             warn(note)
@@ -171,7 +172,7 @@ def ask(
             events = LiveRenderer(run_dir, previews="auto" if previews else None) if live else QuietEvents()
             trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
             if html:
-                from thyme_cli.report import write_html_report
+                from thyme_cli.ui.html_report import write_html_report
 
                 write_html_report(trace, run_dir)
             if as_json:
@@ -190,7 +191,7 @@ def ask(
             elif trace.answer is None:
                 unanswered = True
                 if not as_json:
-                    from thyme_cli.console import print_error
+                    from thyme_cli.ui.console import print_error
 
                     print_error(f"no answer: {trace.stop_detail}" if not several
                                 else f"no answer to question {index + 1}: {trace.stop_detail}")

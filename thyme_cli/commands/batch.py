@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from thyme_cli.commands import options as o
-from thyme_cli.console import err_console, handle_errors, print_error, warn
+from thyme_cli.commands import flags as o
+from thyme_cli.ui.console import err_console, handle_errors, print_error, warn
 from thyme_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from thyme_cli.batch import BatchSummary
-    from thyme_cli.batch_inputs import Item
-    from thyme_cli.runner import ModelSettings, QuestionSettings
+    from thyme_cli.batch.run import BatchSummary
+    from thyme_cli.batch.inputs import Item
+    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
 
 
 class BatchProgress:
@@ -132,9 +132,9 @@ def batch(
 
     Exit codes: 0 all items processed, 1 some items failed, 2 bad usage, 130 interrupted (resumable).
     """
-    from thyme_cli.agent import AgentOptions
-    from thyme_cli.batch_inputs import collect_items
-    from thyme_cli.runner import ModelSettings, QuestionSettings
+    from thyme_cli.question.loop import AgentOptions
+    from thyme_cli.batch.inputs import collect_items
+    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
 
     if inputs.count("-") > 1:
         raise UsageError("'-' (stdin) may be given only once")
@@ -181,13 +181,13 @@ def execute_batch(
     interrupted (the output stays resumable).
     """
     from thyme_cli import paths
-    from thyme_cli.batch import outcome, run_batch
-    from thyme_cli.batch_inputs import in_shard, parse_shard
-    from thyme_cli.batch_journal import Journal
-    from thyme_cli.crash_guard import announce_run_dir, guard
-    from thyme_cli.registry import load_registry
-    from thyme_cli.runner import check_sandbox, load_model
-    from thyme_cli.trace import new_run_dir
+    from thyme_cli.batch.run import outcome, run_batch
+    from thyme_cli.batch.inputs import in_shard, parse_shard
+    from thyme_cli.batch.journal import Journal
+    from thyme_cli.ui.crash_guard import announce_run_dir, guard
+    from thyme_cli.models.registry import load_registry
+    from thyme_cli.question.assemble import check_sandbox, load_model
+    from thyme_cli.question.trace import new_run_dir
 
     guard(command)
     if shard:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from thyme_cli.console import handle_errors, human_size, out_console
+from thyme_cli.ui.console import handle_errors, human_size, out_console
 from thyme_cli.errors import ThymeError
 
 Status = Literal["ok", "warn", "fail"]
@@ -53,7 +53,7 @@ def _llama() -> Check:
 
 def _quantized() -> Check:
     """A short quantized generation in a child process: does llama.cpp's fast CPU path crash here?"""
-    from thyme_cli.engine import cpu_probe
+    from thyme_cli.engine.llama import cpu_probe
 
     name = "quantized models"
     try:
@@ -75,7 +75,7 @@ def _quantized() -> Check:
 
 
 def _sandboxes() -> list[Check]:
-    from thyme_cli.sandbox.factory import probe_backends
+    from thyme_cli.sandbox.host.factory import probe_backends
 
     checks = [Check(f"sandbox: {p.name}", "ok" if p.works else "warn", p.detail, "" if p.works else p.hint or "")
               for p in probe_backends()]
@@ -89,8 +89,8 @@ def _sandboxes() -> list[Check]:
 
 
 def _models() -> list[Check]:
-    from thyme_cli.download import installed_files, preferred_default
-    from thyme_cli.registry import load_registry
+    from thyme_cli.models.store import installed_files, preferred_default
+    from thyme_cli.models.registry import load_registry
 
     try:
         registry = load_registry()

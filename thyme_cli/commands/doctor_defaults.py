@@ -3,15 +3,15 @@ and memory. Kept apart from the checks of doctor.py (which ask "does it work?").
 
 from __future__ import annotations
 
-from thyme_cli.console import human_size
+from thyme_cli.ui.console import human_size
 
 # (name, status, detail, hint), as doctor.Check takes them.
 Row = tuple[str, str, str, str]
 
 
 def engine_defaults() -> list[Row]:
-    from thyme_cli.engine.cpu import cpu_defaults
-    from thyme_cli.engine.options import EngineOptions
+    from thyme_cli.engine.llama.cpu import cpu_defaults
+    from thyme_cli.engine.settings import EngineOptions
 
     cpu = cpu_defaults()
     base = EngineOptions()
@@ -29,11 +29,11 @@ def engine_defaults() -> list[Row]:
 
 def _model_rows() -> list[Row]:
     """Image-token budget and memory for the default model (from the registry; estimate if installed)."""
-    from thyme_cli.download import installed_files, preferred_default
-    from thyme_cli.engine.memory import estimate, machine_memory
-    from thyme_cli.engine.options import EngineOptions
+    from thyme_cli.models.store import installed_files, preferred_default
+    from thyme_cli.engine.llama.memory import estimate, machine_memory
+    from thyme_cli.engine.settings import EngineOptions
     from thyme_cli.errors import ThymeError
-    from thyme_cli.registry import load_registry
+    from thyme_cli.models.registry import load_registry
 
     have = machine_memory()
     memory = ("memory", "ok", f"{human_size(have)} on this machine" if have else "unknown", "")

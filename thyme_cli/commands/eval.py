@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from thyme_cli.commands import options as o
-from thyme_cli.console import err_console, handle_errors, info, out_console, warn
+from thyme_cli.commands import flags as o
+from thyme_cli.ui.console import err_console, handle_errors, info, out_console, warn
 from thyme_cli.errors import UsageError
 
 if TYPE_CHECKING:
 
-    from thyme_cli.agent import AgentOptions
+    from thyme_cli.question.loop import AgentOptions
     from thyme_cli.eval.items import EvalItem
     from thyme_cli.eval.score import RunScore
     from thyme_cli.eval.store import EvalPaths, SideTable
@@ -121,12 +121,12 @@ def run(
 
     Exit codes: 0 done, 1 some items failed (counted wrong), 2 bad usage or benchmark, 130 interrupted (--resume).
     """
-    from thyme_cli.batch_inputs import Item, in_shard, parse_shard
+    from thyme_cli.batch.inputs import Item, in_shard, parse_shard
     from thyme_cli.commands.batch import execute_batch
     from thyme_cli.eval.items import fingerprint
     from thyme_cli.eval.load import load_benchmark
     from thyme_cli.eval.store import EvalPaths, check_resumable, write_side_table
-    from thyme_cli.runner import ModelSettings, QuestionSettings
+    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
 
     if output is not None and str(output) == "-":
         raise UsageError("eval scores its results file afterwards, so -o - (stdout) is not supported")
@@ -190,7 +190,7 @@ def agent_options(*, no_tools: bool, max_turns: int, max_tokens: int, on_error: 
 
     --on-error retry as the paper's evaluation does it (eval/paper.py): a discarded attempt uses up
     one of the max_turns steps, and the retried turn is generated with the same (greedy) sampling."""
-    from thyme_cli.agent import AgentOptions
+    from thyme_cli.question.loop import AgentOptions
 
     return AgentOptions(max_turns=0 if no_tools else max_turns, max_step_tokens=max_tokens,
                         on_error="retry" if on_error == "retry" else "show", tools=not no_tools,

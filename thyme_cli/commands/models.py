@@ -1,6 +1,6 @@
 """`thyme models ...`: list, inspect, download, convert, register and remove models.
 
-Thin: flags -> thyme_cli.download / convert / registry -> output. Results go to stdout (tables,
+Thin: flags -> thyme_cli.models.store / convert / registry -> output. Results go to stdout (tables,
 JSON, paths), messages and progress to stderr. huggingface_hub is only imported by `pull` and
 `convert` (inside download.py / convert.py), the converter never in this process.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import typer
 
-from thyme_cli import hub_cache
-from thyme_cli.console import handle_errors, human_size, info, out_console
-from thyme_cli.download import (
+from thyme_cli.models.hub import cache as hub_cache
+from thyme_cli.ui.console import handle_errors, human_size, info, out_console
+from thyme_cli.models.store import (
     UNFINISHED,
     ModelState,
     approx_size,
@@ -30,7 +30,7 @@ from thyme_cli.download import (
     shared_with,
 )
 from thyme_cli.errors import ThymeError, UsageError
-from thyme_cli.registry import ModelSpec, add_local_model, builtin_names, load_registry
+from thyme_cli.models.registry import ModelSpec, add_local_model, builtin_names, load_registry
 
 app = typer.Typer(help="List, download, convert, inspect, register and remove models.", no_args_is_help=True)
 
@@ -107,7 +107,7 @@ def _info_record(spec: ModelSpec, config_path: Path) -> dict[str, Any]:
     record.update(spec.extra)
     state = model_state(spec)
     if not spec.is_local and not spec.needs_conversion and spec.repo:
-        from thyme_cli.pulls import read_pulls
+        from thyme_cli.models.pull_records import read_pulls
 
         pulled = read_pulls().get(spec.name)
         local_commit = hub_cache.resolve_commit(spec.repo, spec.revision or "main") if state.installed else None
@@ -195,7 +195,7 @@ def pull_cmd(
     an interrupted pull resumes after the last finished phase.
     """
     registry = load_registry()
-    from thyme_cli.hub_ref import find_pulled, parse_reference, resolve_reference
+    from thyme_cli.models.hub.ref import find_pulled, parse_reference, resolve_reference
 
     overrides = model_file or mmproj_file or protocol or revision
     if name not in registry.models and "/" in name and parse_reference(name) is not None:
@@ -245,10 +245,10 @@ def convert_cmd(
     Runs llama.cpp's converter in a separate environment (torch + transformers, created on first
     use), quantizes with llama.cpp, checks that the pair loads, and installs it under the data dir.
     """
-    from thyme_cli.convert import NewModel, convert_new
+    from thyme_cli.models.convert.pipeline import NewModel, convert_new
 
     if setup:
-        from thyme_cli.convert_env import check_converter, describe
+        from thyme_cli.models.convert.env import check_converter, describe
 
         env, versions = check_converter(lambda m: None if quiet else info(m))
         typer.echo(describe(env, versions))
@@ -293,7 +293,7 @@ def rm_cmd(
             return
     shared = shared_with(spec, list(registry.models.values()))
     freed = remove(spec, registry_models=list(registry.models.values()))
-    from thyme_cli.engine import prompt_state
+    from thyme_cli.engine.llama import prompt_state
 
     # Saved prompt states of this model (a local pair's), or of any model whose file is now gone.
     own = [spec.model_path] if spec.is_local and spec.model_path else []

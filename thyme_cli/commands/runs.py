@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from thyme_cli.console import handle_errors, human_size, info, out_console
+from thyme_cli.ui.console import handle_errors, human_size, info, out_console
 from thyme_cli.errors import ThymeError, UsageError
 
 app = typer.Typer(help="List, show, open and delete past runs (thyme ask / batch).", no_args_is_help=True)
@@ -23,7 +23,7 @@ RUN_ARG = typer.Argument(..., metavar="RUN", help="A run id (from `thyme runs li
 
 
 def _one_line(text: str | None, width: int) -> str:
-    from thyme_cli.render import terminal_safe
+    from thyme_cli.ui.render import terminal_safe
 
     flat = " ".join(terminal_safe(text or "").split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -75,15 +75,15 @@ def show_cmd(
 ) -> None:
     """The run as it looked live: question, input image, model text, code, outputs, images, answer."""
     from thyme_cli.runs import run_id
-    from thyme_cli.trace import read_trace
+    from thyme_cli.question.trace import read_trace
 
     run_dir = resolve(run)
     trace = read_trace(run_dir)
     if as_json:
         typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)}, ensure_ascii=False))
         return
-    from thyme_cli.render import inline_image_protocol
-    from thyme_cli.run_view import show_run
+    from thyme_cli.ui.render import inline_image_protocol
+    from thyme_cli.ui.run_view import show_run
 
     console = out_console()
     show_run(trace, run_dir, console, inline_image_protocol(sys.stdout) if previews else None)
@@ -101,8 +101,8 @@ def open_cmd(run: str = RUN_ARG) -> None:
     """Open the run's HTML report in your browser (writing report.html first if it is missing)."""
     import webbrowser
 
-    from thyme_cli.report import write_html_report
-    from thyme_cli.trace import read_trace
+    from thyme_cli.ui.html_report import write_html_report
+    from thyme_cli.question.trace import read_trace
 
     run_dir = resolve(run)
     report = run_dir / "report.html"
@@ -115,7 +115,7 @@ def open_cmd(run: str = RUN_ARG) -> None:
 
 
 def _confirm_or_refuse(question: str, yes: bool) -> bool:
-    from thyme_cli.download import confirm
+    from thyme_cli.models.store import confirm
 
     if yes:
         return True
@@ -158,7 +158,7 @@ def gc_cmd(
     age = parse_age(older_than)
     old = find_old(age)
     if not dry_run:
-        from thyme_cli.engine import prompt_state
+        from thyme_cli.engine.llama import prompt_state
 
         # Saved system-prompt states (engine/prompt_state.py): those of deleted models, and those
         # not used for as long as the runs being deleted.

@@ -11,7 +11,7 @@ import os
 
 import typer
 
-from thyme_cli.console import handle_errors, info
+from thyme_cli.ui.console import handle_errors, info
 from thyme_cli.errors import UsageError
 
 
@@ -35,7 +35,7 @@ def serve(
 
     The API key, if any, comes from THYME_API_KEY (the same variable thyme's client reads).
     """
-    from thyme_cli.vllm_env import cpu_env, ensure_vllm, serve_args, setup_vllm
+    from thyme_cli.models.serve.vllm_env import cpu_env, ensure_vllm, serve_args, setup_vllm
 
     if setup:
         env = setup_vllm(info)

@@ -124,10 +124,10 @@ def load_image(path: Path, sizing: ImageSizing) -> PreparedImage:
     """Read an image file and size it for the projector; errors name the file."""
     from PIL import Image
 
-    from thyme_cli.sandbox import store
+    from thyme_cli import step_images
 
     try:
-        held = store.pending_image(path)  # a step's image still being compressed: its pixels as decoded
+        held = step_images.pending_image(path)  # a step's image still being compressed: its pixels as decoded
         if held is not None:
             original = (held.width, held.height)
             rgb = _to_rgb(held)

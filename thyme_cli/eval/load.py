@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from thyme_cli.batch_inputs import jsonl_objects
+from thyme_cli.batch.inputs import jsonl_objects
 from thyme_cli.errors import UsageError
 from thyme_cli.eval.items import EvalItem, open_question_instruction
 from thyme_cli.eval.tsv import answer_letter, read_tsv

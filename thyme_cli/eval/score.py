@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from thyme_cli.batch_inputs import in_shard, parse_shard
+from thyme_cli.batch.inputs import in_shard, parse_shard
 from thyme_cli.eval.extract import extract_choice, matches_free_answer
 from thyme_cli.eval.store import SideTable
 

@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from thyme_cli.sandbox.base import ExecResult, Sandbox
-    from thyme_cli.sandbox.factory import BackendProbe, open_sandbox, probe_backends
-    from thyme_cli.sandbox.limits import Limits
+    from thyme_cli.sandbox.host.factory import BackendProbe, open_sandbox, probe_backends
+    from thyme_cli.sandbox.host.limits import Limits
 
 __all__ = ["BackendProbe", "ExecResult", "Limits", "Sandbox", "open_sandbox", "probe_backends"]
 
 _WHERE = {
     "ExecResult": "thyme_cli.sandbox.base",
     "Sandbox": "thyme_cli.sandbox.base",
-    "BackendProbe": "thyme_cli.sandbox.factory",
-    "open_sandbox": "thyme_cli.sandbox.factory",
-    "probe_backends": "thyme_cli.sandbox.factory",
-    "Limits": "thyme_cli.sandbox.limits",
+    "BackendProbe": "thyme_cli.sandbox.host.factory",
+    "open_sandbox": "thyme_cli.sandbox.host.factory",
+    "probe_backends": "thyme_cli.sandbox.host.factory",
+    "Limits": "thyme_cli.sandbox.host.limits",
 }
 
 

@@ -1,0 +1,206 @@
+"""The same Thyme loop against an OpenAI-compatible server (vLLM, SGLang, llama-server).
+
+``--backend openai --base-url URL [--api-model NAME]``. The server holds the weights; thyme keeps
+each question's history, runs the code in its own sandbox and sends images as data URIs. One
+engine serves any number of conversations at once (``thyme batch --jobs N``).
+
+Settings from the environment (never printed): THYME_API_KEY, else OPENAI_API_KEY. Tuning:
+THYME_API_TIMEOUT (seconds without a byte from the server, default 600), THYME_API_RETRIES
+(attempts per request, default 6), THYME_API_RETRY_BUDGET (seconds of waiting per request,
+default 120), THYME_API_EXTRA_BODY (a JSON object merged into every chat request, e.g.
+``{"repetition_penalty": 1.05}``; it cannot override the fields the protocol owns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
+
+from thyme_cli.engine.remote.chat import RemoteConversation, RemoteSampling
+from thyme_cli.engine.remote.http import RemoteClient, RetryPolicy, check_api_key
+from thyme_cli.engine.remote.probe import ServerCaps, find_api_root, pick_model, probe_caps
+from thyme_cli.errors import UsageError
+from thyme_cli.models.registry import PROTOCOLS, ModelSpec, Protocol
+
+if TYPE_CHECKING:
+    from thyme_cli.models.registry import Registry
+    from thyme_cli.question.assemble import LoadedModel, ModelSettings
+
+KEY_VARS = ("THYME_API_KEY", "OPENAI_API_KEY")
+_LOCAL_ONLY = (("n_ctx", "--ctx"), ("gpu_layers", "--gpu-layers"), ("threads", "--threads"),
+               ("flash_attn", "--flash-attn"))
+
+
+@dataclass
+class RemoteEngine:
+    """A model on a server: opens independent conversations that share one connection pool."""
+
+    client: RemoteClient
+    model: str
+    caps: ServerCaps
+    sampling: RemoteSampling
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    name: str = "remote"
+    concurrent: bool = True
+
+    def open(self) -> RemoteConversation:
+        return RemoteConversation(self.client, self.model, self.caps, self.sampling, dict(self.extra_body))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    base_url: str
+    api_key: str | None
+    timeout_s: float
+    policy: RetryPolicy
+    extra_body: dict[str, Any]
+
+    @classmethod
+    def from_env(cls, base_url: str | None, env: dict[str, str] | None = None) -> RemoteConfig:
+        env = dict(os.environ) if env is None else env
+        return cls(
+            base_url=_check_url(base_url),
+            api_key=_api_key(env),
+            timeout_s=_number(env, "THYME_API_TIMEOUT", 600.0, low=1.0),
+            policy=RetryPolicy(
+                max_attempts=int(_number(env, "THYME_API_RETRIES", 6, low=1, integer=True)),
+                budget_s=_number(env, "THYME_API_RETRY_BUDGET", 120.0, low=0.0),
+            ),
+            extra_body=_extra_body(env),
+        )
+
+
+def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
+    """Connect, pick the served model, measure what the server can do; clear one-line errors."""
+    from thyme_cli.ui.console import warn
+    from thyme_cli.question.assemble import LoadedModel
+
+    protocol = _protocol(registry, settings)
+    check_sampling(settings.temperature, settings.top_p, settings.top_k, settings.seed)
+    entry = registry.get(settings.name) if settings.name else None
+    config = RemoteConfig.from_env(settings.base_url)
+    for attr, flag in _LOCAL_ONLY:
+        if getattr(settings, attr) is not None:
+            warn(f"{flag} has no effect with --backend openai (the server decides)")
+    client = RemoteClient(config.base_url, api_key=config.api_key, timeout_s=config.timeout_s,
+                          policy=config.policy, on_retry=_retry_warner(warn))
+    try:
+        model = pick_model(find_api_root(client), settings.api_model, client.shown_url)
+        caps = probe_caps(client, model)
+    except BaseException:
+        client.close()
+        raise
+    notes = _caps_notes(caps, settings.temperature)
+    for note in notes:
+        warn(note)
+    sampling = RemoteSampling(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                              seed=settings.seed,
+                              max_image_tokens=settings.max_image_tokens or (entry.image_max_tokens if entry else None))
+    host = urlsplit(client.base_url).hostname or "server"
+    engine = RemoteEngine(client, model, caps, sampling, config.extra_body, name=f"openai:{model}@{host}")
+    spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})",
+                     protocol=protocol)
+    return LoadedModel(engine, spec, notes)
+
+
+# The OpenAI API's ranges, which vLLM, SGLang and llama-server enforce (or clamp) too.
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**63 - 1
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int, seed: int) -> None:
+    """Refuse, before the first request, what an OpenAI-compatible server would answer with HTTP 400."""
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise UsageError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} with --backend openai "
+                         f"(the OpenAI API's range), not {temperature:g}")
+    if not 0.0 < top_p <= 1.0:
+        raise UsageError(f"--top-p must be above 0 and at most 1 with --backend openai, not {top_p:g}")
+    if top_k < 0:
+        raise UsageError(f"--top-k must be 0 (off) or more, not {top_k}")
+    if not -MAX_SEED - 1 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must fit in 64 bits with --backend openai, not {seed}")
+
+
+def _retry_warner(warn: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda message: warn(f"server: {message}")
+
+
+def _caps_notes(caps: ServerCaps, temperature: float) -> list[str]:
+    if not caps.continues:
+        notes = ["this server does not continue an assistant message: Thyme's sandbox results go back as "
+                 "user turns, a format the model was not trained on (vLLM, SGLang and llama-server continue it)"]
+        if temperature > 0:
+            notes.append("without continuation code is sampled at --temperature too (no greedy code blocks)")
+        return notes
+    if not caps.assistant_images:
+        return ["this server takes no images inside an assistant message: image results of code steps go back "
+                "as user turns (text results stay in the assistant turn)"]
+    return []
+
+
+def _protocol(registry: Registry, settings: ModelSettings) -> Protocol:
+    if settings.protocol is not None:
+        if settings.protocol not in PROTOCOLS:
+            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {settings.protocol!r}")
+        return cast("Protocol", settings.protocol)
+    if settings.name:
+        return registry.get(settings.name).protocol
+    return "thyme"
+
+
+def _check_url(base_url: str | None) -> str:
+    if not base_url or not base_url.strip():
+        raise UsageError("--backend openai needs the server's URL",
+                         hint="pass --base-url http://HOST:8000/v1 (or set THYME_BASE_URL)")
+    url = base_url.strip()
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise UsageError("--base-url must be an http(s) URL such as http://HOST:8000/v1",
+                         hint="check --base-url (or THYME_BASE_URL)")
+    return url
+
+
+def _api_key(env: dict[str, str]) -> str | None:
+    for var in KEY_VARS:
+        value = env.get(var, "")
+        if value.strip():
+            return check_api_key(value, var)
+    return None
+
+
+def _number(env: dict[str, str], var: str, default: float, *, low: float, integer: bool = False) -> float:
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= low:
+        kind = "a whole number" if integer else "a number"
+        raise UsageError(f"{var} must be {kind} >= {low:g}, not {raw!r}")
+    return value
+
+
+def _extra_body(env: dict[str, str]) -> dict[str, Any]:
+    raw = env.get("THYME_API_EXTRA_BODY", "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"THYME_API_EXTRA_BODY is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError("THYME_API_EXTRA_BODY must be a JSON object, e.g. '{\"repetition_penalty\": 1.05}'")
+    return value

@@ -1,0 +1,1 @@
+"""Talking to the Hugging Face Hub: references, file listings, resumable downloads, the cache."""

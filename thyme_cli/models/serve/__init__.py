@@ -1,0 +1,1 @@
+"""`thyme serve`: a managed vLLM environment that serves a model over the OpenAI API."""

@@ -1,0 +1,1 @@
+"""What the user sees: consoles, live rendering, terminal images, the HTML report, progress displays."""
