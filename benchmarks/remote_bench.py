@@ -184,7 +184,7 @@ def run_batch(url: str, images: Path, out: Path, jobs: int, sandbox: str) -> flo
     """Seconds for the whole `thyme batch` invocation (model probe included, CLI start-up not)."""
     from thyme_cli.question.loop import AgentOptions
     from thyme_cli.batch.inputs import collect_items
-    from thyme_cli.commands.batch import execute_batch
+    from thyme_cli.batch.execute import execute_batch
     from thyme_cli.question.assemble import ModelSettings, QuestionSettings
 
     items = collect_items([str(images)], "what is in the top-left corner?", stdin=None)

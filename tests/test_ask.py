@@ -15,7 +15,7 @@ from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.question.prompts import SYSTEM_PROMPT
-from thyme_cli.models.registry import ModelSpec
+from thyme_cli.models.spec import ModelSpec
 from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 
 CROP = (

@@ -152,7 +152,7 @@ def test_the_model_is_told_which_images_were_left_out(tmp_path: Path, sandbox_ba
 
     from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.engine.scripted import ScriptedEngine
-    from thyme_cli.models.registry import ModelSpec
+    from thyme_cli.models.spec import ModelSpec
     from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 
     engine = ScriptedEngine([THREE, ANSWER])

@@ -17,7 +17,7 @@ from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine, SamplingOp
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.engine.textstream import TurnScanner
 from thyme_cli.question.prompts import FINAL_ANSWER_REQUEST, parse_reply
-from thyme_cli.models.registry import ModelSpec
+from thyme_cli.models.spec import ModelSpec
 from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 from thyme_cli.question.trace import Trace
 

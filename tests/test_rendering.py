@@ -18,7 +18,7 @@ from tests.test_ask import PROBE_SCRIPT
 from thyme_cli.ui import render
 from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.scripted import ScriptedEngine
-from thyme_cli.models.registry import ModelSpec
+from thyme_cli.models.spec import ModelSpec
 from thyme_cli.ui.html_report import write_html_report
 from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
 from thyme_cli.sandbox.base import ExecResult

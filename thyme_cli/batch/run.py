@@ -26,17 +26,12 @@ from thyme_cli.ui.crash_guard import announce_run_dir
 from thyme_cli.errors import BackendUnavailable, ThymeError
 from thyme_cli.question.input_image import InputImage
 from thyme_cli.batch.run_storage import prune_step_images
-from thyme_cli.question.assemble import (
-    LoadedModel,
-    QuestionSettings,
-    ask_one,
-    open_question_sandbox,
-    open_sandbox_pool,
-    prepare_input,
-)
+from thyme_cli.question.assemble import ask_one, open_question_sandbox, open_sandbox_pool, prepare_input
+from thyme_cli.question.settings import QuestionSettings
 from thyme_cli.question.trace import Trace, write_trace
 
 if TYPE_CHECKING:
+    from thyme_cli.models.loading import LoadedModel
     from thyme_cli.sandbox.host.pool import PerQuestionPool, SandboxPool
     from thyme_cli.sandbox.host.session import WorkerSandbox
 

@@ -88,14 +88,9 @@ def ask(
     from thyme_cli.question.input_image import read_stdin_image
     from thyme_cli.models.registry import load_registry
     from thyme_cli.ui.render import LiveRenderer, print_answer, print_summary
-    from thyme_cli.question.assemble import (
-        ModelSettings,
-        QuestionSettings,
-        ask_one,
-        check_sandbox,
-        load_model,
-        prepare_input,
-    )
+    from thyme_cli.models.loading import ModelSettings, load_model
+    from thyme_cli.question.assemble import ask_one, check_sandbox, prepare_input
+    from thyme_cli.question.settings import QuestionSettings
     from thyme_cli.question.trace import new_run_dir, prepare_out_dir
 
     if not questions or any(not q.strip() for q in questions):

@@ -3,78 +3,14 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from thyme_cli.commands import flags as o
-from thyme_cli.ui.console import err_console, handle_errors, print_error, warn
+from thyme_cli.ui.console import handle_errors
 from thyme_cli.errors import UsageError
-
-if TYPE_CHECKING:
-    from thyme_cli.batch.run import BatchSummary
-    from thyme_cli.batch.inputs import Item
-    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
-
-
-class BatchProgress:
-    """A rich progress bar on a terminal; one plain line per item otherwise (both on stderr)."""
-
-    def __init__(self, total: int, done_before: int) -> None:
-        self.total = total
-        self.done = done_before
-        self.counts: dict[str, int] = {"answered": 0, "no_answer": 0, "failed": 0}
-        self.console = err_console()
-        self.started = time.perf_counter()
-        self._progress: Any = None
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("{task.fields[counts]}"), console=self.console, transient=False,
-            )
-            self._task = self._progress.add_task("batch", total=total, completed=done_before, counts=self._counts())
-            self._progress.start()
-
-    def _counts(self) -> str:
-        c = self.counts
-        return f"answered {c['answered']} · no answer {c['no_answer']} · failed {c['failed']}"
-
-    def item(self, record: dict[str, Any], kind: str) -> None:
-        self.done += 1
-        self.counts[kind] += 1
-        if self._progress is not None:
-            self._progress.update(self._task, completed=self.done, counts=self._counts())
-            return
-        seconds = record.get("timings", {}).get("item_s", 0.0)
-        detail = record.get("error") or (record.get("answer") or "")[:60].replace("\n", " ")
-        self.console.print(f"[{self.done}/{self.total}] {record['id']}: {kind} ({seconds:.1f} s) {detail}",
-                           markup=False, highlight=False)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _print_summary(summary: BatchSummary, output: str, runs_root: Path) -> None:
-    from rich.table import Table
-
-    console = err_console()
-    table = Table(title="batch summary", title_justify="left")
-    table.add_column("")
-    table.add_column("items", justify="right")
-    for label, key in (("answered", "answered"), ("no answer", "no_answer"), ("failed", "failed")):
-        table.add_row(label, str(summary.counts.get(key, 0)))
-    if summary.skipped:
-        table.add_row("done earlier (skipped)", str(summary.skipped))
-    table.add_row("total", str(summary.total))
-    console.print(table)
-    per_item = summary.seconds / summary.processed if summary.processed else 0.0
-    console.print(f"{summary.processed} item(s) in {summary.seconds:.1f} s ({per_item:.2f} s/item); "
-                  f"results: {output}; runs: {runs_root}", markup=False, highlight=False)
 
 
 @handle_errors
@@ -132,9 +68,11 @@ def batch(
 
     Exit codes: 0 all items processed, 1 some items failed, 2 bad usage, 130 interrupted (resumable).
     """
+    from thyme_cli.batch.execute import execute_batch
     from thyme_cli.question.loop import AgentOptions
     from thyme_cli.batch.inputs import collect_items
-    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
+    from thyme_cli.models.loading import ModelSettings
+    from thyme_cli.question.settings import QuestionSettings
 
     if inputs.count("-") > 1:
         raise UsageError("'-' (stdin) may be given only once")
@@ -159,85 +97,3 @@ def batch(
     )
     if summary.counts.get("failed"):
         raise typer.Exit(1)
-
-
-def execute_batch(
-    items: list[Item],
-    *,
-    output: str,
-    resume: bool,
-    shard: str | None,
-    runs: Path | None,
-    jobs: int,
-    model_settings: ModelSettings,
-    question_settings: QuestionSettings,
-    assume_yes: bool,
-    interactive: bool,
-    command: str = "batch",
-) -> BatchSummary:
-    """Everything after the flags: shard, journal, one model load, the items, the summary.
-
-    Shared by `thyme batch` and the commands built on it (eval). Raises typer.Exit(130) when
-    interrupted (the output stays resumable).
-    """
-    from thyme_cli import paths
-    from thyme_cli.batch.run import outcome, run_batch
-    from thyme_cli.batch.inputs import in_shard, parse_shard
-    from thyme_cli.batch.journal import Journal
-    from thyme_cli.ui.crash_guard import announce_run_dir, guard
-    from thyme_cli.models.registry import load_registry
-    from thyme_cli.question.assemble import check_sandbox, load_model
-    from thyme_cli.question.trace import new_run_dir
-
-    guard(command)
-    if shard:
-        index, total = parse_shard(shard)
-        items = [item for item in items if in_shard(item.id, index, total)]
-    out_path = None if output == "-" else Path(output).expanduser()
-    journal = Journal(out_path, resume=resume)
-    if out_path is not None:
-        runs_root = runs or out_path.with_name(out_path.name.removesuffix(".jsonl") + ".runs")
-    else:
-        runs_root = runs or new_run_dir(paths.runs_dir(), command)
-    if not runs_root.exists() or not any(runs_root.iterdir()):
-        announce_run_dir(runs_root)  # removed after a native crash if no item finished
-    runs_root.mkdir(parents=True, exist_ok=True)
-    if journal.dropped_tail:
-        warn(f"cut off an incomplete last line ({journal.dropped_tail} bytes) left by an interrupted run")
-    n_seq = jobs * question_settings.samples
-    if n_seq > 1 and model_settings.backend == "local" and model_settings.script is None:
-        from dataclasses import replace
-
-        # Local engine: the items in flight (and their --samples trajectories) are sequences of one
-        # context, decoded together.
-        model_settings = replace(model_settings, n_seq=n_seq)
-    try:
-        check_sandbox(question_settings)
-        loaded = load_model(load_registry(), model_settings, assume_yes=assume_yes, interactive=interactive)
-    except BaseException:
-        journal.close()
-        raise
-    if jobs > 1 and not getattr(loaded.engine, "concurrent", False):
-        loaded.engine.close()
-        journal.close()
-        raise UsageError(f"--jobs {jobs}: the {loaded.spec.name} engine runs one conversation at a time",
-                         hint="use --jobs 1 with a local model, or a remote backend for parallel items")
-    done_before = sum(1 for item in items if item.id in journal.done_ids)
-    progress = BatchProgress(len(items), done_before)
-    try:
-        summary = run_batch(items, loaded, question_settings, journal, runs_root,
-                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs,
-                            group_images=command == "batch")
-    finally:
-        progress.close()
-        journal.close()
-        loaded.engine.close()
-    _print_summary(summary, output, runs_root)
-    if summary.interrupted:
-        again = f"thyme {command} ... -o {output} --resume" if out_path else "write to a file with -o to resume"
-        if summary.stopped_by:
-            print_error(f"stopped: {summary.stopped_by}; every finished item is saved", hint=f"when it is back: {again}")
-            raise typer.Exit(1)
-        print_error("interrupted; every finished item is saved", hint=f"continue with: {again}")
-        raise typer.Exit(130)
-    return summary

@@ -122,11 +122,12 @@ def run(
     Exit codes: 0 done, 1 some items failed (counted wrong), 2 bad usage or benchmark, 130 interrupted (--resume).
     """
     from thyme_cli.batch.inputs import Item, in_shard, parse_shard
-    from thyme_cli.commands.batch import execute_batch
+    from thyme_cli.batch.execute import execute_batch
     from thyme_cli.eval.items import fingerprint
     from thyme_cli.eval.load import load_benchmark
     from thyme_cli.eval.store import EvalPaths, check_resumable, write_side_table
-    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
+    from thyme_cli.models.loading import ModelSettings
+    from thyme_cli.question.settings import QuestionSettings
 
     if output is not None and str(output) == "-":
         raise UsageError("eval scores its results file afterwards, so -o - (stdout) is not supported")

@@ -115,7 +115,7 @@ def open_cmd(run: str = RUN_ARG) -> None:
 
 
 def _confirm_or_refuse(question: str, yes: bool) -> bool:
-    from thyme_cli.models.store import confirm
+    from thyme_cli.ui.console import confirm
 
     if yes:
         return True

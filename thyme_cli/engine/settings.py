@@ -9,12 +9,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from thyme_cli.errors import UsageError
 
-if TYPE_CHECKING:
-    from thyme_cli.models.registry import ModelSpec
+
+class ModelSizes(Protocol):
+    """What the engine reads from a model's registry entry (models.spec.ModelSpec has these)."""
+
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def image_min_tokens(self) -> int | None: ...
+    @property
+    def image_max_tokens(self) -> int | None: ...
+
 
 ImageResize = Literal["auto", "qwen", "none"]
 # "auto", "chatml", "template", or the name of one of llama.cpp's built-in formats ("gemma", ...).
@@ -91,7 +100,7 @@ class EngineOptions:
     @classmethod
     def from_spec(
         cls,
-        spec: ModelSpec,
+        spec: ModelSizes,
         *,
         n_ctx: int | None = None,
         max_image_tokens: int | None = None,

@@ -13,16 +13,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from thyme_cli.question.answers import answer_body, normalize
+
 # Rules, in the order they are tried (the name is stored with every scored item).
 RULES = ("letter", "declared", "label", "mention", "text")
-
-_TAG_RE = re.compile(r"</?(?:think|answer|code|sandbox_output)>", re.IGNORECASE)
-_THINK_RE = re.compile(r"<think>[\s\S]*?</think>", re.IGNORECASE)
-_CODE_RE = re.compile(r"<code>[\s\S]*?</code>", re.IGNORECASE)
-_SANDBOX_RE = re.compile(r"<sandbox_output>[\s\S]*?</sandbox_output>", re.IGNORECASE)
-_BOXED_RE = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}")
-_MARKDOWN_RE = re.compile(r"\*\*|__|`")
 
 # The whole answer is one letter, perhaps bracketed or punctuated: "B", "(b)", "**C.**".
 _LONE_RE = re.compile(r"""[\s(\[{'"]*([A-Za-z])[\s)\]}'".:,;!]*""")
@@ -59,37 +53,6 @@ class Choice:
 
     letter: str | None
     rule: str  # one of RULES, or "empty", "ambiguous", "unknown letter", "none"
-
-
-def answer_body(text: str | None) -> str:
-    """The part of a reply that is the answer: inside ``<answer>``, without think, code, tags, markdown."""
-    if not text:
-        return ""
-    body = _THINK_RE.sub(" ", text)
-    lower = body.lower()
-    start = lower.rfind("<answer>")
-    if start >= 0:
-        body = body[start + len("<answer>"):]
-        end = body.lower().find("</answer>")
-        body = body[:end] if end >= 0 else body
-    else:
-        end = lower.find("</answer>")
-        body = body[:end] if end >= 0 else body
-        think_end = body.lower().rfind("</think>")  # an unclosed think opened before the answer
-        body = body[think_end + len("</think>"):] if think_end >= 0 else body
-    body = _SANDBOX_RE.sub(" ", _CODE_RE.sub(" ", body))
-    boxed = _BOXED_RE.findall(body)
-    if boxed:
-        body = boxed[-1]
-    body = _TEXT_CMD_RE.sub(r"\1", body)
-    body = _TAG_RE.sub(" ", body).replace("<__media__>", " ")
-    body = _MARKDOWN_RE.sub("", body)
-    return " ".join(body.split())
-
-
-def normalize(text: str) -> str:
-    """Lowercase words only, for comparing an answer with an option's text."""
-    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def extract_choice(text: str | None, options: Mapping[str, str]) -> Choice:

@@ -1,8 +1,7 @@
 """The model registry: built-in models.toml merged with the user's config file.
 
-A ``ModelSpec`` says where a model's two GGUF files come from (a Hub repo, or local paths the user
-registered) and how to talk to it (prompt protocol, context size, image-token limits). Reading the
-registry is cheap and imports nothing heavy, so ``thyme models list`` stays fast.
+Entries become ``ModelSpec`` records (spec.py). Reading the registry is cheap and imports nothing
+heavy, so ``thyme models list`` stays fast. A name can also be a Hub reference (hub/ref.py).
 """
 
 from __future__ import annotations
@@ -16,43 +15,7 @@ from typing import Any, Literal
 
 from thyme_cli import paths
 from thyme_cli.errors import ConfigError, ModelNotFound, UsageError
-
-Protocol = Literal["thyme", "generic"]
-PROTOCOLS: tuple[str, ...] = ("thyme", "generic")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model thyme knows about."""
-
-    name: str
-    description: str = ""
-    repo: str | None = None
-    model_file: str | None = None
-    mmproj_file: str | None = None
-    revision: str | None = None
-    size_gb: float | None = None
-    license: str | None = None
-    protocol: Protocol = "generic"
-    n_ctx: int = 8192
-    image_min_tokens: int | None = None
-    image_max_tokens: int | None = None
-    needs_conversion: bool = False
-    # A needs_conversion model made from a local safetensors checkpoint instead of a Hub repo.
-    source_dir: Path | None = None
-    # Local GGUF pairs registered with `thyme models add` (no Hub involved).
-    model_path: Path | None = None
-    mmproj_path: Path | None = None
-    source: Literal["builtin", "user"] = "builtin"
-    # For GGUFs without a chat template: a llama.cpp built-in format name, or a Jinja template file.
-    chat_format: str | None = None
-    chat_template: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def is_local(self) -> bool:
-        """True when the files are local paths rather than Hub files."""
-        return self.model_path is not None
+from thyme_cli.models.spec import PROTOCOLS, ModelSpec
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {

@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from thyme_cli.question.loop import AgentEvents, QuietEvents
 from thyme_cli.errors import ThymeError
-from thyme_cli.eval.extract import answer_body, normalize
+from thyme_cli.question.answers import answer_body, normalize
 from thyme_cli.question.input_image import InputImage
 from thyme_cli.question.trace import Trace, write_trace
 
 if TYPE_CHECKING:
-    from thyme_cli.question.assemble import LoadedModel, QuestionSettings
+    from collections.abc import Callable
+
+    from thyme_cli.models.loading import LoadedModel
+    from thyme_cli.question.settings import QuestionSettings
 
 # "B", "(B)", "B.", "B) some text", "B: some text", "Option B", "Answer: (B)".
 _LETTER_RE = re.compile(r"^(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:\-]?\s*)?\(?([A-Ha-h])\)?(?:[.):]\s.*|[.):]?)$",
@@ -82,10 +85,11 @@ def _mean_logprob(trace: Trace) -> float | None:
 
 
 def ask_samples(model: LoadedModel, input_image: InputImage, question: str, run_dir: Path,
-                settings: QuestionSettings, events: AgentEvents, *, n: int, seed: int) -> Trace:
-    """Run ``n`` trajectories (seeds seed, seed+1, ...) and return the voted trace (written to run_dir)."""
+                settings: QuestionSettings, events: AgentEvents, *, n: int, seed: int,
+                ask_one: Callable[..., Trace]) -> Trace:
+    """Run ``n`` trajectories (seeds seed, seed+1, ...) and return the voted trace (written to run_dir).
+    ``ask_one`` runs one trajectory (question/assemble.py passes its own, which calls this one)."""
     from thyme_cli.engine.settings import SamplingOptions
-    from thyme_cli.question.assemble import ask_one
 
     engine = model.engine
     import inspect

@@ -105,3 +105,11 @@ def human_size(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
+def confirm(question: str) -> bool:
+    """Ask QUESTION on stderr, read y/N from stdin; anything but yes (or end of input) means no."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")

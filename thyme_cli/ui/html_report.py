@@ -45,7 +45,7 @@ def _figure(path: Path, caption: str) -> str:
 
 def _crops_section(trace: Trace, run_dir: Path) -> list[str]:
     """The input image with every crop the code made drawn as a numbered box, and the boxes listed."""
-    from thyme_cli.question.crop_boxes import annotated_png, describe
+    from thyme_cli.ui.crop_boxes import annotated_png, describe
 
     png = annotated_png(trace, run_dir)
     if png is None:

@@ -21,7 +21,7 @@ def _show_crops(trace: Trace, run_dir: Path, renderer: LiveRenderer, console: Co
     """The numbered crop boxes: listed, and drawn over the input image (saved as crops.png)."""
     from rich.text import Text
 
-    from thyme_cli.question.crop_boxes import annotated_png, describe
+    from thyme_cli.ui.crop_boxes import annotated_png, describe
 
     lines = describe(trace)
     if not lines:

@@ -2,7 +2,8 @@
 
 ``--backend openai --base-url URL [--api-model NAME]``. The server holds the weights; thyme keeps
 each question's history, runs the code in its own sandbox and sends images as data URIs. One
-engine serves any number of conversations at once (``thyme batch --jobs N``).
+engine serves any number of conversations at once (``thyme batch --jobs N``). Connecting to a server
+and choosing its model is models/loading.py (`load_remote`).
 
 Settings from the environment (never printed): THYME_API_KEY, else OPENAI_API_KEY. Tuning:
 THYME_API_TIMEOUT (seconds without a byte from the server, default 600), THYME_API_RETRIES
@@ -15,24 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from thyme_cli.engine.remote.chat import RemoteConversation, RemoteSampling
 from thyme_cli.engine.remote.http import RemoteClient, RetryPolicy, check_api_key
-from thyme_cli.engine.remote.probe import ServerCaps, find_api_root, pick_model, probe_caps
+from thyme_cli.engine.remote.probe import ServerCaps
 from thyme_cli.errors import UsageError
-from thyme_cli.models.registry import PROTOCOLS, ModelSpec, Protocol
-
-if TYPE_CHECKING:
-    from thyme_cli.models.registry import Registry
-    from thyme_cli.question.assemble import LoadedModel, ModelSettings
 
 KEY_VARS = ("THYME_API_KEY", "OPENAI_API_KEY")
-_LOCAL_ONLY = (("n_ctx", "--ctx"), ("gpu_layers", "--gpu-layers"), ("threads", "--threads"),
-               ("flash_attn", "--flash-attn"))
 
 
 @dataclass
@@ -77,39 +70,6 @@ class RemoteConfig:
         )
 
 
-def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
-    """Connect, pick the served model, measure what the server can do; clear one-line errors."""
-    from thyme_cli.ui.console import warn
-    from thyme_cli.question.assemble import LoadedModel
-
-    protocol = _protocol(registry, settings)
-    check_sampling(settings.temperature, settings.top_p, settings.top_k, settings.seed)
-    entry = registry.get(settings.name) if settings.name else None
-    config = RemoteConfig.from_env(settings.base_url)
-    for attr, flag in _LOCAL_ONLY:
-        if getattr(settings, attr) is not None:
-            warn(f"{flag} has no effect with --backend openai (the server decides)")
-    client = RemoteClient(config.base_url, api_key=config.api_key, timeout_s=config.timeout_s,
-                          policy=config.policy, on_retry=_retry_warner(warn))
-    try:
-        model = pick_model(find_api_root(client), settings.api_model, client.shown_url)
-        caps = probe_caps(client, model)
-    except BaseException:
-        client.close()
-        raise
-    notes = _caps_notes(caps, settings.temperature)
-    for note in notes:
-        warn(note)
-    sampling = RemoteSampling(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                              seed=settings.seed,
-                              max_image_tokens=settings.max_image_tokens or (entry.image_max_tokens if entry else None))
-    host = urlsplit(client.base_url).hostname or "server"
-    engine = RemoteEngine(client, model, caps, sampling, config.extra_body, name=f"openai:{model}@{host}")
-    spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})",
-                     protocol=protocol)
-    return LoadedModel(engine, spec, notes)
-
-
 # The OpenAI API's ranges, which vLLM, SGLang and llama-server enforce (or clamp) too.
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**63 - 1
@@ -126,33 +86,6 @@ def check_sampling(temperature: float, top_p: float, top_k: int, seed: int) -> N
         raise UsageError(f"--top-k must be 0 (off) or more, not {top_k}")
     if not -MAX_SEED - 1 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must fit in 64 bits with --backend openai, not {seed}")
-
-
-def _retry_warner(warn: Callable[[str], None]) -> Callable[[str], None]:
-    return lambda message: warn(f"server: {message}")
-
-
-def _caps_notes(caps: ServerCaps, temperature: float) -> list[str]:
-    if not caps.continues:
-        notes = ["this server does not continue an assistant message: Thyme's sandbox results go back as "
-                 "user turns, a format the model was not trained on (vLLM, SGLang and llama-server continue it)"]
-        if temperature > 0:
-            notes.append("without continuation code is sampled at --temperature too (no greedy code blocks)")
-        return notes
-    if not caps.assistant_images:
-        return ["this server takes no images inside an assistant message: image results of code steps go back "
-                "as user turns (text results stay in the assistant turn)"]
-    return []
-
-
-def _protocol(registry: Registry, settings: ModelSettings) -> Protocol:
-    if settings.protocol is not None:
-        if settings.protocol not in PROTOCOLS:
-            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {settings.protocol!r}")
-        return cast("Protocol", settings.protocol)
-    if settings.name:
-        return registry.get(settings.name).protocol
-    return "thyme"
 
 
 def _check_url(base_url: str | None) -> str:

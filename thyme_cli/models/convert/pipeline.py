@@ -36,7 +36,8 @@ from thyme_cli.models.convert.quantize import QUANT_FTYPES
 from thyme_cli.ui.convert_progress import PhaseDisplay
 from thyme_cli.models.store import ModelFiles, fits, installed_files, nearest_existing
 from thyme_cli.errors import DiskSpaceError, ThymeError, UsageError
-from thyme_cli.models.registry import ModelSpec, load_registry, upsert_user_model
+from thyme_cli.models.registry import load_registry, upsert_user_model
+from thyme_cli.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from thyme_cli.models.convert.source import HubSnapshot
@@ -476,7 +477,7 @@ def convert_new(
     pre_tokenizer: str | None, new: NewModel, progress: bool = True,
 ) -> tuple[ModelSpec, ModelFiles]:
     """`thyme models convert`: convert any Qwen2.5-VL checkpoint and register it under NAME."""
-    from thyme_cli.models.registry import PROTOCOLS
+    from thyme_cli.models.spec import PROTOCOLS
 
     repo, folder = parse_source(source)
     name = check_name(name or default_name(repo, folder))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from thyme_cli.errors import DownloadError, UsageError
 
 if TYPE_CHECKING:
-    from thyme_cli.models.registry import ModelSpec
+    from thyme_cli.models.spec import ModelSpec
 
 DEFAULT_TAGS = ("Q4_K_M", "Q8_0")
 HOSTS = ("hf.co/", "huggingface.co/", "www.huggingface.co/")
@@ -204,7 +204,7 @@ def resolve_reference(
 ) -> ModelSpec:
     """Ask the Hub for REPO's file list and build the ModelSpec the reference TEXT stands for."""
     from thyme_cli.models.hub import cache as hub_cache
-    from thyme_cli.models.registry import PROTOCOLS, ModelSpec
+    from thyme_cli.models.spec import PROTOCOLS, ModelSpec
 
     ref = parse_reference(text)
     if ref is None:

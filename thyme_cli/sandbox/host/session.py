@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from thyme_cli import crop_boxes
+from thyme_cli.sandbox.host import crop_report
 from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.sandbox.jail import wire
 from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
@@ -347,7 +347,7 @@ class WorkerSandbox:
             duration_s=time.monotonic() - started,
             step=step,
             restarted=bool(restart_note),
-            crops=crop_boxes.from_worker(msg.get("crops")),
+            crops=crop_report.from_worker(msg.get("crops")),
             notes=found.model_notes,
         )
 

@@ -1,44 +1,18 @@
-"""Where the model looked, host side: checking the boxes the jail reports and drawing them.
-
-The jail (thyme_cli/sandbox/jail/crops.py) records every crop of the input image with its box in
-input-image pixels. Its report is untrusted like everything from the jail: at most 64 boxes of four
-finite numbers per step survive. The boxes are numbered across the run (1, 2, ... in step order)
-and drawn over the input image for the HTML report and `thyme runs show`.
+"""Where the model looked: the crops of a run (checked on the host, sandbox/host/crop_report.py),
+numbered across the run (1, 2, ... in step order) and drawn over the input image for the HTML
+report and `thyme runs show`.
 """
 
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from thyme_cli.question.trace import Trace
 
-MAX_BOXES = 64
-VIAS = ("pil", "numpy")
 COLOURS = ["#ff1f5b", "#00b3ff", "#ffb000", "#00cd6c", "#af58ba", "#f28522", "#009ade", "#a6761d"]
-
-
-def from_worker(raw: object) -> list[dict[str, Any]]:
-    """The valid boxes of one step's report (anything else is dropped)."""
-    if not isinstance(raw, list):
-        return []
-    boxes: list[dict[str, Any]] = []
-    for entry in raw[:MAX_BOXES]:
-        if not isinstance(entry, dict):
-            continue
-        box, via = entry.get("box"), entry.get("via")
-        if not isinstance(box, list) or len(box) != 4:
-            continue
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box):
-            continue
-        x0, y0, x1, y1 = (round(float(v)) for v in box)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        boxes.append({"box": [x0, y0, x1, y1], "via": via if via in VIAS else "other"})
-    return boxes
 
 
 def numbered(trace: Trace) -> list[tuple[int, int, list[int]]]:
