@@ -185,7 +185,8 @@ def run_batch(url: str, images: Path, out: Path, jobs: int, sandbox: str) -> flo
     from thyme_cli.question.loop import AgentOptions
     from thyme_cli.batch.inputs import collect_items
     from thyme_cli.batch.execute import execute_batch
-    from thyme_cli.question.assemble import ModelSettings, QuestionSettings
+    from thyme_cli.models.loading import ModelSettings
+    from thyme_cli.question.settings import QuestionSettings
 
     items = collect_items([str(images)], "what is in the top-left corner?", stdin=None)
     started = time.perf_counter()

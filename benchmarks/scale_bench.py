@@ -187,7 +187,9 @@ def phase_thyme(args: argparse.Namespace) -> dict[str, Any]:
     from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.engine.llama.engine import LlamaEngine
     from thyme_cli.models.spec import ModelSpec
-    from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, open_question_sandbox, prepare_input
+    from thyme_cli.models.loading import LoadedModel
+    from thyme_cli.question.assemble import ask_one, open_question_sandbox, prepare_input
+    from thyme_cli.question.settings import QuestionSettings
 
     work = Path(args.work)
     replies: list[str] = json.loads((work / "replies.json").read_text())

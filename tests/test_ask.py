@@ -16,7 +16,9 @@ from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.question.prompts import SYSTEM_PROMPT
 from thyme_cli.models.spec import ModelSpec
-from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.models.loading import LoadedModel
+from thyme_cli.question.assemble import ask_one, prepare_input
+from thyme_cli.question.settings import QuestionSettings
 
 CROP = (
     "<think>The serial number is tiny, bottom right. Let me crop it.\n<code>\n```python\n"

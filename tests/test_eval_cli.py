@@ -211,7 +211,7 @@ def test_help_works_for_the_group_and_each_command(run_thyme: RunThyme) -> None:
 @pytest.fixture
 def routed_engines(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Records the engines the real runner.load_model builds, so a test can read what each model saw."""
-    import thyme_cli.question.assemble as runner
+    import thyme_cli.models.loading as runner
 
     original = runner.load_model
     engines: list[Any] = []

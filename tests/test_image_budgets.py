@@ -153,7 +153,9 @@ def test_the_model_is_told_which_images_were_left_out(tmp_path: Path, sandbox_ba
     from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.engine.scripted import ScriptedEngine
     from thyme_cli.models.spec import ModelSpec
-    from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
+    from thyme_cli.models.loading import LoadedModel
+    from thyme_cli.question.assemble import ask_one, prepare_input
+    from thyme_cli.question.settings import QuestionSettings
 
     engine = ScriptedEngine([THREE, ANSWER])
     spec = ModelSpec(name="scripted", protocol="thyme", model_path=tmp_path, mmproj_path=tmp_path)

@@ -18,7 +18,9 @@ from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.engine.textstream import TurnScanner
 from thyme_cli.question.prompts import FINAL_ANSWER_REQUEST, parse_reply
 from thyme_cli.models.spec import ModelSpec
-from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.models.loading import LoadedModel
+from thyme_cli.question.assemble import ask_one, prepare_input
+from thyme_cli.question.settings import QuestionSettings
 from thyme_cli.question.trace import Trace
 
 PLACEHOLDER = "<answer>Your final answer to the user's question goes here.</answer>"

@@ -27,9 +27,10 @@ from PIL import Image
 from tests.conftest import RunThyme
 from tests.test_remote_support import CROP_CODE, photos
 from tests.vllm_support import VllmServer, code_step_regex, find_test_vllm, regex_body, tiny_hf_model
-from thyme_cli.engine.remote.engine import RemoteEngine, load_remote
+from thyme_cli.engine.remote.engine import RemoteEngine
+from thyme_cli.models.loading import load_remote
 from thyme_cli.models.registry import load_registry
-from thyme_cli.question.assemble import ModelSettings
+from thyme_cli.models.loading import ModelSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.remote_real]
 KEY = "sk-thyme-vllm-test-7c1d"

@@ -20,7 +20,9 @@ from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.models.spec import ModelSpec
 from thyme_cli.ui.html_report import write_html_report
-from thyme_cli.question.assemble import LoadedModel, QuestionSettings, ask_one, prepare_input
+from thyme_cli.models.loading import LoadedModel
+from thyme_cli.question.assemble import ask_one, prepare_input
+from thyme_cli.question.settings import QuestionSettings
 from thyme_cli.sandbox.base import ExecResult
 from thyme_cli.question.trace import Step, Trace
 

@@ -118,7 +118,7 @@ def test_model_text_cannot_drive_the_terminal(run_thyme: RunThyme, tmp_path: Pat
 def test_inline_image_sequences_for_kitty_and_iterm(tmp_path: Path) -> None:
     import base64
 
-    from thyme_cli.ui.render import inline_image_sequence
+    from thyme_cli.ui.term_images import inline_image_sequence
 
     image = tmp_path / "big.png"
     Image.new("RGB", (900, 600), "red").save(image)

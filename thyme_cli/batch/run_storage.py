@@ -1,5 +1,5 @@
-"""What a run directory keeps on disk: a reference to an unchanged input instead of a copy, and,
-for `batch`/`eval --keep-images`, only the step images asked for.
+"""What a batch run directory keeps on disk: for `batch`/`eval --keep-images`, only the step images
+asked for (an unchanged input is linked, not copied: question/input_image.py `link_or_copy`).
 
 A batch of 10,000 photos would otherwise hold a second copy of every photo and every crop.
 """
@@ -7,8 +7,6 @@ A batch of 10,000 photos would otherwise hold a second copy of every photo and e
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,22 +14,6 @@ if TYPE_CHECKING:
     from thyme_cli.question.trace import Trace
 
 KEEP_CHOICES = ("all", "final", "none")
-
-
-def link_or_copy(source: Path, dest: Path) -> str:
-    """Put `source` at `dest` without copying its bytes when possible: a hard link (same
-    filesystem; the bytes are shared, and stay if the source is deleted), else a symbolic link to
-    the source's absolute path, else a copy. Returns "hardlink", "symlink" or "copy"."""
-    try:
-        os.link(source, dest, follow_symlinks=True)
-        return "hardlink"
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        os.symlink(os.path.realpath(source), dest)
-        return "symlink"
-    shutil.copyfile(source, dest)
-    return "copy"
 
 
 def prune_step_images(trace: Trace, run_dir: Path, keep: str) -> int:

@@ -21,7 +21,7 @@ CODE_END = "</code>"
 ANSWER_END = "</answer>"
 CODE_START = "<code>"
 
-StopReason = Literal["code", "answer", "end_of_turn", "max_tokens"]
+GenerationStopReason = Literal["code", "answer", "end_of_turn", "max_tokens"]
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Generation:
     """One call to ``generate``: the text produced (stop string included) and why it stopped."""
 
     text: str
-    stop_reason: StopReason
+    stop_reason: GenerationStopReason
     n_tokens: int
 
 
@@ -81,6 +81,16 @@ class Conversation(Protocol):
         Inside a code block (after ``<code>``, before ``</code>``) decoding is greedy whatever the
         temperature (adaptive temperature sampling). Text goes to ``on_text`` as it is produced.
         """
+        ...
+
+    def checkpoint(self) -> int:
+        """A mark to come back to: the conversation as it is now (for --on-error retry)."""
+        ...
+
+    def rollback(self, mark: int, *, resample_warm: bool = True) -> None:
+        """Drop everything fed or generated since ``checkpoint`` returned ``mark``. With
+        ``resample_warm`` a greedy conversation may sample the next turn's prose warm, so the retried
+        turn is not a copy of the failed one (engines without a local sampler ignore it)."""
         ...
 
     @property

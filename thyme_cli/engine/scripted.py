@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from thyme_cli.engine.base import IMAGE_MARKER, Counters, Generation, StopReason
+from thyme_cli.engine.base import IMAGE_MARKER, Counters, Generation, GenerationStopReason
 from thyme_cli.engine.textstream import TurnScanner
 from thyme_cli.errors import EngineError, UsageError
 
@@ -145,8 +145,9 @@ class ScriptedConversation:
         """A mark to roll back to (for --on-error retry)."""
         return len(self.fed)
 
-    def rollback(self, mark: int) -> None:
-        """Forget everything fed or generated after the mark; the next reply is the retry."""
+    def rollback(self, mark: int, *, resample_warm: bool = True) -> None:
+        """Forget everything fed or generated after the mark; the next reply is the retry (a script
+        has no sampler to reset, so ``resample_warm`` changes nothing)."""
         del self.fed[mark:]
         self._rest = ""
 
@@ -158,7 +159,7 @@ class ScriptedConversation:
         self._closed = True
 
 
-def _cut_like_an_engine(reply: str, *, max_chars: int, fences: bool = False) -> tuple[str, StopReason]:
+def _cut_like_an_engine(reply: str, *, max_chars: int, fences: bool = False) -> tuple[str, GenerationStopReason]:
     """Stop where the live engine's TurnScanner stops (the first ``</code>``, ``</answer>``, or
     with ``fences`` a closing Python fence); else at the end of the turn."""
     scanner = TurnScanner(fences=fences)
@@ -171,7 +172,7 @@ def _cut_like_an_engine(reply: str, *, max_chars: int, fences: bool = False) -> 
             break
     if len(text) > max_chars:
         return text[:max_chars], "max_tokens"
-    return text, cast(StopReason, reason)
+    return text, cast(GenerationStopReason, reason)
 
 
 class ScriptedEngine:

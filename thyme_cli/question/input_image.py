@@ -8,7 +8,9 @@ the size stated in the prompt is the size the code works on.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ def load_input_image(
     source: Path | bytes, dest_dir: Path, *, label: str | None = None, link: bool = False
 ) -> InputImage:
     """Validate, orient, maybe downscale and save the user's image as dest_dir/input.<ext>.
-    With `link`, an image thyme does not change is linked, not copied (run_storage.link_or_copy)."""
+    With `link`, an image thyme does not change is linked, not copied (`link_or_copy`)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = label or (str(source) if isinstance(source, Path) else "-")
@@ -133,8 +135,6 @@ def _save(
         dest = dest_dir / f"input{SUPPORTED_FORMATS[fmt]}"
         assert isinstance(source, Path)
         if link:
-            from thyme_cli.batch.run_storage import link_or_copy
-
             link_or_copy(source, dest)
         else:
             shutil.copyfile(source, dest)
@@ -145,3 +145,19 @@ def _save(
         dest = dest_dir / "input.png"
         img.save(dest, "PNG")
     return InputImage(path=dest, width=img.size[0], height=img.size[1], source=name, notes=notes)
+
+
+def link_or_copy(source: Path, dest: Path) -> str:
+    """Put `source` at `dest` without copying its bytes when possible: a hard link (same
+    filesystem; the bytes are shared, and stay if the source is deleted), else a symbolic link to
+    the source's absolute path, else a copy. Returns "hardlink", "symlink" or "copy"."""
+    try:
+        os.link(source, dest, follow_symlinks=True)
+        return "hardlink"
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        os.symlink(os.path.realpath(source), dest)
+        return "symlink"
+    shutil.copyfile(source, dest)
+    return "copy"

@@ -8,11 +8,10 @@ with an answer or a stated reason.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Literal, Protocol
 
 from thyme_cli.question import prompts
 from thyme_cli.question.answers import clean_answer
@@ -57,13 +56,6 @@ class QuietEvents:
 
     def note(self, message: str) -> None:
         pass
-
-
-class Rewindable(Protocol):
-    """Conversations that can drop what came after a mark (needed for --on-error retry)."""
-
-    def checkpoint(self) -> int: ...
-    def rollback(self, mark: int) -> None: ...
 
 
 def answer_question(
@@ -146,19 +138,14 @@ def answer_question(
     return _final_answer(conv, trace, options, events, started, generic, request_fed=request_fed)
 
 
-def _rollback(rewind: Rewindable, mark: int, *, warm: bool) -> None:
+def _rollback(conv: Conversation, mark: int, *, warm: bool) -> None:
     """Take the failed turn back; ``warm=False`` keeps a greedy engine greedy for the retried turn."""
-    if warm or "resample_warm" not in inspect.signature(rewind.rollback).parameters:
-        rewind.rollback(mark)
-    else:
-        cast(Any, rewind).rollback(mark, resample_warm=False)
+    conv.rollback(mark, resample_warm=warm)
 
 
-def _rewinder(conv: Conversation, options: AgentOptions) -> Rewindable | None:
-    """The conversation as a Rewindable when --on-error retry is asked for and it can rewind."""
-    if options.on_error == "retry" and hasattr(conv, "checkpoint") and hasattr(conv, "rollback"):
-        return cast(Rewindable, conv)
-    return None
+def _rewinder(conv: Conversation, options: AgentOptions) -> Conversation | None:
+    """The conversation to rewind when --on-error retry is asked for (every Conversation can)."""
+    return conv if options.on_error == "retry" else None
 
 
 def _generate(

@@ -20,7 +20,7 @@ from thyme_cli.errors import UsageError
 
 TRACE_VERSION = 1
 
-StopReason = Literal["answered", "answered_untagged", "no_answer", "truncated", "error"]
+RunStopReason = Literal["answered", "answered_untagged", "no_answer", "truncated", "error"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Trace:
     protocol: str
     sandbox: str
     answer: str | None = None
-    stop_reason: StopReason = "no_answer"
+    stop_reason: RunStopReason = "no_answer"
     stop_detail: str = ""
     steps: list[Step] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)

@@ -7,8 +7,6 @@ show images (kitty, iTerm2, WezTerm) get a small inline preview of each new imag
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import sys
 from pathlib import Path
@@ -200,29 +198,6 @@ def inline_image_protocol(stream: TextIO | None = None) -> str | None:
     from thyme_cli.ui.term_images import choose
 
     return choose(stream or sys.stderr)
-
-
-def inline_image_sequence(path: Path, protocol: str, max_side: int = 256) -> str | None:
-    """The escape sequence that draws a small thumbnail of path in kitty or iTerm2."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.thumbnail((max_side, max_side))
-            buf = io.BytesIO()
-            img.save(buf, "PNG")
-    except OSError:
-        return None
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    if protocol == "iterm":
-        return f"\x1b]1337;File=inline=1;size={len(buf.getvalue())};preserveAspectRatio=1:{data}\x07"
-    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
-    parts = []
-    for i, chunk in enumerate(chunks):
-        more = 1 if i < len(chunks) - 1 else 0
-        head = f"a=T,f=100,m={more}" if i == 0 else f"m={more}"
-        parts.append(f"\x1b_G{head};{chunk}\x1b\\")
-    return "".join(parts)
 
 
 def print_summary(trace: Trace, run_dir: Path, console: Console | None = None, verbose: bool = False) -> None:

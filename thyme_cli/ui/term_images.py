@@ -1,6 +1,6 @@
 """A thumbnail of each new image in any terminal with colour: kitty, iTerm2, sixel, or half-blocks.
 
-kitty and iTerm2 (and WezTerm) draw real pixels with their own protocols (render.py writes those);
+kitty and iTerm2 (and WezTerm) draw real pixels with their own protocols (`inline_image_sequence`);
 sixel terminals (foot, mlterm, Konsole, Windows Terminal, xterm -ti vt340, ...) and every other
 colour terminal are served by textual-image: sixel where the terminal has it (named by the
 environment, or found by textual-image asking the terminal), else coloured half-block cells
@@ -13,6 +13,8 @@ one protocol.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -67,8 +69,6 @@ def _terminal_says_sixel() -> bool:
 def show(console: Console, path: Path, protocol: str, max_cells: int = THUMBNAIL_CELLS) -> bool:
     """Draw a thumbnail of PATH on CONSOLE with PROTOCOL; False when the image cannot be read."""
     if protocol in ("kitty", "iterm"):
-        from thyme_cli.ui.render import inline_image_sequence
-
         sequence = inline_image_sequence(path, protocol)
         if sequence is None:
             return False
@@ -97,3 +97,26 @@ def show(console: Console, path: Path, protocol: str, max_cells: int = THUMBNAIL
     except Exception:  # a preview is a nicety: a terminal that cannot take it must not end the run
         return False
     return True
+
+
+def inline_image_sequence(path: Path, protocol: str, max_side: int = 256) -> str | None:
+    """The escape sequence that draws a small thumbnail of path in kitty or iTerm2."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.thumbnail((max_side, max_side))
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+    except OSError:
+        return None
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    if protocol == "iterm":
+        return f"\x1b]1337;File=inline=1;size={len(buf.getvalue())};preserveAspectRatio=1:{data}\x07"
+    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    parts = []
+    for i, chunk in enumerate(chunks):
+        more = 1 if i < len(chunks) - 1 else 0
+        head = f"a=T,f=100,m={more}" if i == 0 else f"m={more}"
+        parts.append(f"\x1b_G{head};{chunk}\x1b\\")
+    return "".join(parts)

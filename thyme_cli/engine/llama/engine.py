@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from thyme_cli.engine.base import IMAGE_MARKER, Conversation, Counters, Engine, Generation, StopReason
+from thyme_cli.engine.base import IMAGE_MARKER, Conversation, Counters, Engine, Generation, GenerationStopReason
 from thyme_cli.engine.llama.chat import (
     QWEN_DEFAULT_SYSTEM,
     ChatMLRenderer,
@@ -512,7 +512,7 @@ class LlamaConversation:
         decode = utf8.decode
         out: list[str] = []
         tokens: list[int] = []
-        reason: StopReason = "max_tokens"
+        reason: GenerationStopReason = "max_tokens"
         t0 = time.perf_counter()
         try:
             while len(tokens) < budget:
@@ -561,7 +561,7 @@ class LlamaConversation:
         live.saved_logits = None  # used: the next generate without a feed evaluates the last token again
         out: list[str] = []
         tokens: list[int] = []
-        reason: StopReason = "max_tokens"
+        reason: GenerationStopReason = "max_tokens"
         t0 = time.perf_counter()
         rounds.enter(live.seq)
         try:

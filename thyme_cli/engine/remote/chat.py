@@ -27,7 +27,7 @@ from thyme_cli.engine.base import (
     IMAGE_MARKER,
     Counters,
     Generation,
-    StopReason,
+    GenerationStopReason,
 )
 from thyme_cli.engine.remote.http import RemoteClient, Retryable
 from thyme_cli.engine.remote.images import image_data_uri
@@ -37,7 +37,7 @@ from thyme_cli.errors import EngineError
 
 PROSE_STOPS = (CODE_START, CODE_END, ANSWER_END)
 CODE_STOPS = (CODE_END, ANSWER_END)
-_REASONS: dict[str, StopReason] = {CODE_END: "code", ANSWER_END: "answer"}
+_REASONS: dict[str, GenerationStopReason] = {CODE_END: "code", ANSWER_END: "answer"}
 # Request fields the protocol owns: THYME_API_EXTRA_BODY cannot change them.
 _PROTOCOL_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "temperature",
                               "continue_final_message", "add_generation_prompt", "n", "stop"})
@@ -173,7 +173,7 @@ class RemoteConversation:
                 return self._done(produced, _REASONS[seg.hit], used)
             return self._done(produced, "max_tokens" if seg.finish == "length" else "end_of_turn", used)
 
-    def _done(self, text: str, reason: StopReason, n_tokens: int) -> Generation:
+    def _done(self, text: str, reason: GenerationStopReason, n_tokens: int) -> Generation:
         if text:
             self._log.append(_Entry("assistant", [{"type": "text", "text": text}]))
         return Generation(text=text, stop_reason=reason, n_tokens=n_tokens)
@@ -257,7 +257,8 @@ class RemoteConversation:
         """A mark to roll back to (for --on-error retry): the history is ours, so this is a length."""
         return len(self._log)
 
-    def rollback(self, mark: int) -> None:
+    def rollback(self, mark: int, *, resample_warm: bool = True) -> None:
+        """Forget the history after the mark (the server samples: ``resample_warm`` changes nothing)."""
         del self._log[mark:]
 
     @property
