@@ -1,8 +1,8 @@
 """`thyme models ...`: list, inspect, download, convert, register and remove models.
 
-Thin: flags -> thyme_cli.models.store / convert / registry -> output. Results go to stdout (tables,
+Thin: flags -> thyme_cli.models (store, pull, convert, registry) -> output. Results go to stdout (tables,
 JSON, paths), messages and progress to stderr. huggingface_hub is only imported by `pull` and
-`convert` (inside download.py / convert.py), the converter never in this process.
+`convert` (inside models/pull.py / models/convert/), the converter never in this process.
 """
 
 from __future__ import annotations

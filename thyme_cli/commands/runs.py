@@ -160,7 +160,7 @@ def gc_cmd(
     if not dry_run:
         from thyme_cli.engine.llama import prompt_state
 
-        # Saved system-prompt states (engine/prompt_state.py): those of deleted models, and those
+        # Saved system-prompt states (engine/llama/prompt_state.py): those of deleted models, and those
         # not used for as long as the runs being deleted.
         states, states_bytes = prompt_state.remove(orphans=True, unused_for_s=age)
         if states:

@@ -12,7 +12,7 @@ import re
 
 from thyme_cli.engine.base import IMAGE_MARKER
 
-# The placeholders of the user prompt's "Output Format" lines (protocol.user_prompt, direct_prompt).
+# The placeholders of the user prompt's "Output Format" lines (prompts.user_prompt, direct_prompt).
 PLACEHOLDERS = (
     "Your final answer to the user's question goes here.",
     "Your detailed reasoning process, including any code, should go here.",

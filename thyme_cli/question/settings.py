@@ -19,4 +19,3 @@ class QuestionSettings:
     keep_images: str = "all"  # batch/eval: which step images a run dir keeps (run_storage.KEEP_CHOICES)
     agent: AgentOptions = field(default_factory=AgentOptions)
     samples: int = 1  # --samples: trajectories per question, answer by vote (thyme_cli/question/samples.py)
-

@@ -1,7 +1,8 @@
-"""Running model-written code: the Sandbox protocol, the jailed worker, Thyme's code repairs.
+"""Running model-written code: the Sandbox protocol (base.py), the host side that starts and talks to
+jails (host/), and what runs inside them (jail/: worker, zygote, seccomp, Thyme's code repairs).
 
-Import-light on purpose: the jailed worker imports this package too, and the CLI should not pay
-for subprocess machinery until a sandbox is opened. Names are re-exported lazily.
+Import-light on purpose: the CLI should not pay for subprocess machinery until a sandbox is
+opened. Names are re-exported lazily.
 """
 
 from __future__ import annotations

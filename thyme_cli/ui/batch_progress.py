@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from thyme_cli.ui.console import err_console
 
-if TYPE_CHECKING:
-    from thyme_cli.batch.run import BatchSummary
+
+class Summary(Protocol):
+    """What the summary table shows (batch.run.BatchSummary has it)."""
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def processed(self) -> int: ...
 
 
 class BatchProgress:
@@ -52,7 +65,7 @@ class BatchProgress:
             self._progress.stop()
 
 
-def print_batch_summary(summary: BatchSummary, output: str, runs_root: Path) -> None:
+def print_batch_summary(summary: Summary, output: str, runs_root: Path) -> None:
     from rich.table import Table
 
     console = err_console()
@@ -68,5 +81,3 @@ def print_batch_summary(summary: BatchSummary, output: str, runs_root: Path) -> 
     per_item = summary.seconds / summary.processed if summary.processed else 0.0
     console.print(f"{summary.processed} item(s) in {summary.seconds:.1f} s ({per_item:.2f} s/item); "
                   f"results: {output}; runs: {runs_root}", markup=False, highlight=False)
-
-

@@ -2,7 +2,7 @@
 
 The converter wheel ships its own top-level ``gguf`` package, which overwrites (and on uninstall
 deletes) the PyPI ``gguf`` other tools in the same environment use; torch and transformers weigh
-~1.2 GB. So thyme never imports the converter: it runs ``convert_worker.py`` with the interpreter
+~1.2 GB. So thyme never imports the converter: it runs ``worker.py`` (this folder) with the interpreter
 of a converter environment, found in this order:
 
 1. ``THYME_CONVERT_PYTHON``: an interpreter you manage yourself;
@@ -44,7 +44,7 @@ SETUP_HINT = "run `thyme models convert --setup` to (re)create it, or set THYME_
 
 @dataclass(frozen=True)
 class ConverterEnv:
-    """An interpreter that can run convert_worker.py, and where it came from."""
+    """An interpreter that can run worker.py, and where it came from."""
 
     python: Path
     origin: str

@@ -2,8 +2,8 @@
 
 Runs INSIDE the converter environment (torch, transformers, tokenizers, pillow), as a script:
 
-    python -I convert_tiny.py build OUT_DIR
-    python -I convert_tiny.py reference CKPT_DIR REQUEST.json OUT.npz
+    python -I tiny.py build OUT_DIR
+    python -I tiny.py reference CKPT_DIR REQUEST.json OUT.npz
 
 ``build`` writes everything a real checkpoint has (config.json with the architecture at the top
 level, safetensors, a byte-level BPE tokenizer with Qwen2's pre-tokenizer and special tokens,

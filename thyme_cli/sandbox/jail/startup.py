@@ -1,6 +1,6 @@
 """The start-up every jailed process shares (a plain worker, the zygote, a zygote's question child).
 
-Stdlib only, like the whole jail package: fds, stdio capture files, privileges, rlimits, the
+Nothing of thyme outside the jail package: fds, stdio capture files, privileges, rlimits, the
 libraries Thyme's code expects, and the last-words frame when start-up fails.
 """
 
@@ -211,4 +211,3 @@ def fatal(sock: socket.socket | None, text: str) -> NoReturn:
     with contextlib.suppress(OSError):
         os.write(2, text.encode("utf-8", "replace")[-FATAL_TAIL_CHARS:])
     os._exit(70)
-
