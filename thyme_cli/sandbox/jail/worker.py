@@ -1,11 +1,9 @@
 """The jailed worker: one Python per question, PIL/cv2/numpy imported once, code steps over a socket.
 
-Started by a launcher (nsjail, bwrap or plain) as
-    python -I -S -B -X utf8 -c BOOTSTRAP <code_root> <config-json> thyme-worker:<tag>
-it drops privileges if asked (bwrap run as root), closes every inherited fd, points fd 0 at
-/dev/null and fds 1/2 at capture files, imports the libraries, sets hard rlimits, installs the
-seccomp filter, passes the host an fd of its output directory, and then runs steps in ONE
-namespace so variables persist between the steps of a question (as Thyme was trained).
+After the common start-up (main.py, startup.py: privileges dropped if asked, inherited fds closed,
+fd 0 at /dev/null and fds 1/2 at capture files, the libraries imported, hard rlimits, the seccomp
+filter, the host handed an fd of the output directory), `serve` runs code steps in ONE namespace,
+so variables persist between the steps of a question (as Thyme was trained).
 
 Everything here is trusted code that runs before the model's; after the first step nothing this
 process says can be trusted, so the host re-checks whatever it is told.
@@ -17,7 +15,6 @@ import builtins
 import contextlib
 import gc
 import io
-import json
 import linecache
 import os
 import signal
