@@ -153,8 +153,8 @@ def start_llama_server(work: Path, args: argparse.Namespace) -> Server:
 
 
 def start_vllm(work: Path, args: argparse.Namespace) -> Server:
-    from thyme_cli.models.serve import vllm_env
     from thyme_cli.devtools import tiny_hf_qwen
+    from thyme_cli.models.serve import vllm_env
 
     env = vllm_env.find_vllm()
     if env is None:
@@ -182,10 +182,10 @@ STARTERS: dict[str, Callable[[Path, argparse.Namespace], Server]] = {
 
 def run_batch(url: str, images: Path, out: Path, jobs: int, sandbox: str) -> float:
     """Seconds for the whole `thyme batch` invocation (model probe included, CLI start-up not)."""
-    from thyme_cli.question.loop import AgentOptions
-    from thyme_cli.batch.inputs import collect_items
     from thyme_cli.batch.execute import execute_batch
+    from thyme_cli.batch.inputs import collect_items
     from thyme_cli.models.loading import ModelSettings
+    from thyme_cli.question.loop import AgentOptions
     from thyme_cli.question.settings import QuestionSettings
 
     items = collect_items([str(images)], "what is in the top-left corner?", stdin=None)

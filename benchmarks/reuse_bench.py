@@ -67,8 +67,8 @@ def phase_ask(args: argparse.Namespace) -> dict[str, Any]:
     """Questions about one photo through the engine, each timed by its counters and wall clock."""
     from thyme_cli.engine.llama.engine import LlamaEngine
     from thyme_cli.engine.settings import EngineOptions
-    from thyme_cli.question.prompts import SYSTEM_PROMPT, user_prompt
     from thyme_cli.models.registry import load_registry
+    from thyme_cli.question.prompts import SYSTEM_PROMPT, user_prompt
 
     options = EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens)
     t0 = time.perf_counter()
@@ -103,11 +103,11 @@ def phase_parallel(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
     from thyme_cli.engine.llama.engine import LlamaEngine
-    from thyme_cli.engine.settings import EngineOptions, SamplingOptions
     from thyme_cli.engine.llama.parallel import ParallelDecoder
     from thyme_cli.engine.llama.sampling import AtsSamplers
-    from thyme_cli.question.prompts import SYSTEM_PROMPT
+    from thyme_cli.engine.settings import EngineOptions, SamplingOptions
     from thyme_cli.models.registry import load_registry
+    from thyme_cli.question.prompts import SYSTEM_PROMPT
 
     options = replace(EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens),
                       n_seq=4)

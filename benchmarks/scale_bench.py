@@ -184,11 +184,11 @@ def thyme_defaults() -> Any:
 
 def phase_thyme(args: argparse.Namespace) -> dict[str, Any]:
     """One question through thyme's own path (runner.ask_one), the script's tokens in place of samples."""
-    from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.engine.llama.engine import LlamaEngine
-    from thyme_cli.models.spec import ModelSpec
     from thyme_cli.models.loading import LoadedModel
+    from thyme_cli.models.spec import ModelSpec
     from thyme_cli.question.assemble import ask_one, open_question_sandbox, prepare_input
+    from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.question.settings import QuestionSettings
 
     work = Path(args.work)

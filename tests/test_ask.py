@@ -11,13 +11,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import RunThyme
-from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.scripted import ScriptedEngine
-from thyme_cli.question.prompts import SYSTEM_PROMPT
-from thyme_cli.models.spec import ModelSpec
 from thyme_cli.models.loading import LoadedModel
+from thyme_cli.models.spec import ModelSpec
 from thyme_cli.question.assemble import ask_one, prepare_input
+from thyme_cli.question.loop import AgentOptions, QuietEvents
+from thyme_cli.question.prompts import SYSTEM_PROMPT
 from thyme_cli.question.settings import QuestionSettings
 
 CROP = (

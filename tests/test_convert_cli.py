@@ -30,8 +30,8 @@ from tests.hub_fixtures import (  # noqa: F401  (fixtures)
     tiny_checkpoint_fixture,
 )
 from tests.hub_server import LocalHub, Repo
-from thyme_cli.models.store import default_model_note, preferred_default
 from thyme_cli.models.registry import load_registry
+from thyme_cli.models.store import default_model_note, preferred_default
 
 PHASES = (
     "[1/6] download Kwai-Keye/Thyme-RL@main",

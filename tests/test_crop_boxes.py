@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
-from thyme_cli.sandbox.host.crop_report import from_worker
 from thyme_cli.sandbox import open_sandbox
+from thyme_cli.sandbox.host.crop_report import from_worker
 from thyme_cli.sandbox.host.session import WorkerSandbox
 
 

@@ -24,10 +24,10 @@ from tests.hub_fixtures import (  # noqa: F401  (fixtures: hub, tiny_files)
     write_config,
 )
 from tests.hub_server import LocalHub, Repo
-from thyme_cli.models.pull import ensure_model
-from thyme_cli.models.store import installed_files
 from thyme_cli.errors import DownloadError
+from thyme_cli.models.pull import ensure_model
 from thyme_cli.models.registry import load_registry
+from thyme_cli.models.store import installed_files
 
 TOKEN = "hf_test_secret_token_123"
 

@@ -12,9 +12,9 @@ from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
 from thyme_cli.engine.llama.native import Native
-from thyme_cli.engine.settings import SamplingOptions
 from thyme_cli.engine.llama.parallel import ParallelDecoder
 from thyme_cli.engine.llama.sampling import AtsSamplers
+from thyme_cli.engine.settings import SamplingOptions
 from thyme_cli.errors import EngineError, UsageError
 
 PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nTell me a story.<|im_end|>\n"

@@ -11,8 +11,8 @@ from PIL import Image
 
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
-from thyme_cli.engine.llama import prompt_state
 from thyme_cli.engine.base import IMAGE_MARKER
+from thyme_cli.engine.llama import prompt_state
 from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
 
 OPTS = EngineOptions(n_ctx=4096, reserve_tokens=0, n_threads=2)

@@ -106,10 +106,10 @@ def test_eval_agent_options_are_the_papers() -> None:
 def test_eval_retry_regenerates_greedily_as_upstream(tiny_pair: TinyPair, tmp_path: Path) -> None:
     # Upstream sets temperature 1.0 after a failure but keeps top_k 1: the retried turn is still the
     # greedy one. Through the agent's rollback with warm=False the real engine replays it exactly.
-    from thyme_cli.question.loop import _rollback
     from thyme_cli.engine.base import IMAGE_MARKER
     from thyme_cli.engine.llama.engine import EngineOptions as Exact
     from thyme_cli.engine.llama.engine import LlamaEngine, SamplingOptions
+    from thyme_cli.question.loop import _rollback
 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (112, 140, 3), dtype=np.uint8)).save(photo)

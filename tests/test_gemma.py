@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
-from thyme_cli.question.answers import PLACEHOLDERS
 from thyme_cli.devtools.tiny_gguf import TinyPair, write_gemma3_projector
-from thyme_cli.engine.llama.gguf_meta import read_gguf_keys
 from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
+from thyme_cli.engine.llama.gguf_meta import read_gguf_keys
+from thyme_cli.question.answers import PLACEHOLDERS
 from thyme_cli.question.prompts import system_prompt, user_prompt
 
 STOP_REASONS = {"answered", "answered_untagged", "no_answer", "truncated"}

@@ -150,11 +150,11 @@ def test_the_model_is_told_which_images_were_left_out(tmp_path: Path, sandbox_ba
     """The skipped-images note goes into the <sandbox_output> the model reads, not only to stderr."""
     import dataclasses
 
-    from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.engine.scripted import ScriptedEngine
-    from thyme_cli.models.spec import ModelSpec
     from thyme_cli.models.loading import LoadedModel
+    from thyme_cli.models.spec import ModelSpec
     from thyme_cli.question.assemble import ask_one, prepare_input
+    from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.question.settings import QuestionSettings
 
     engine = ScriptedEngine([THREE, ANSWER])

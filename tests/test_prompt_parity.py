@@ -96,10 +96,10 @@ def _convert(run_thyme: RunThyme, ckpt: Path) -> tuple[Path, Path, str]:
 def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> dict[str, Any]:
     """Feed the conversation through thyme's engine as the agent loop does; record tokens,
     positions (as llama.cpp was given and returned them) and logits after every turn."""
-    from thyme_cli.question import prompts as proto
     from thyme_cli.engine.images import PreparedImage
     from thyme_cli.engine.llama.engine import LlamaEngine
     from thyme_cli.engine.settings import EngineOptions
+    from thyme_cli.question import prompts as proto
 
     options = EngineOptions(n_ctx=4096, kv_cache_type="f32", n_threads=2, flash_attn=False, image_max_tokens=3072,
                             chat_format="chatml" if protocol == "thyme" else "template", reserve_tokens=0)

@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
-from thyme_cli.question.loop import AgentOptions, QuietEvents
-from thyme_cli.question.answers import clean_answer
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine, SamplingOptions
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.engine.textstream import TurnScanner
-from thyme_cli.question.prompts import FINAL_ANSWER_REQUEST, parse_reply
-from thyme_cli.models.spec import ModelSpec
 from thyme_cli.models.loading import LoadedModel
+from thyme_cli.models.spec import ModelSpec
+from thyme_cli.question.answers import clean_answer
 from thyme_cli.question.assemble import ask_one, prepare_input
+from thyme_cli.question.loop import AgentOptions, QuietEvents
+from thyme_cli.question.prompts import FINAL_ANSWER_REQUEST, parse_reply
 from thyme_cli.question.settings import QuestionSettings
 from thyme_cli.question.trace import Trace
 

@@ -31,9 +31,8 @@ from tests.conftest import RunThyme
 from tests.test_remote_support import CROP_CODE, code_grammar, free_port, photos
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote.engine import RemoteEngine
-from thyme_cli.models.loading import load_remote
+from thyme_cli.models.loading import ModelSettings, load_remote
 from thyme_cli.models.registry import load_registry
-from thyme_cli.models.loading import ModelSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.remote_real]
 KEY = "sk-thyme-llama-server-test-41b"

@@ -31,10 +31,9 @@ from tests.test_remote_support import (
 from tests.test_remote_support import prefill_pair as prefill_pair  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote.engine import RemoteEngine
-from thyme_cli.models.loading import load_remote
 from thyme_cli.engine.remote.images import image_data_uri
+from thyme_cli.models.loading import ModelSettings, load_remote
 from thyme_cli.models.registry import load_registry
-from thyme_cli.models.loading import ModelSettings
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-thyme-test-S3CRET-9f8e7d"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from thyme_cli.engine.remote.engine import RemoteConfig
 from thyme_cli.engine.remote.chat import PROSE_STOPS, _Entry, _message, _Segment
+from thyme_cli.engine.remote.engine import RemoteConfig
 from thyme_cli.engine.remote.http import (
     RemoteUnavailable,
     Retryable,

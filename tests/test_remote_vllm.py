@@ -28,9 +28,8 @@ from tests.conftest import RunThyme
 from tests.test_remote_support import CROP_CODE, photos
 from tests.vllm_support import VllmServer, code_step_regex, find_test_vllm, regex_body, tiny_hf_model
 from thyme_cli.engine.remote.engine import RemoteEngine
-from thyme_cli.models.loading import load_remote
+from thyme_cli.models.loading import ModelSettings, load_remote
 from thyme_cli.models.registry import load_registry
-from thyme_cli.models.loading import ModelSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.remote_real]
 KEY = "sk-thyme-vllm-test-7c1d"

@@ -15,16 +15,16 @@ from PIL import Image
 from rich.console import Console
 
 from tests.test_ask import PROBE_SCRIPT
-from thyme_cli.ui import render
-from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.engine.scripted import ScriptedEngine
-from thyme_cli.models.spec import ModelSpec
-from thyme_cli.ui.html_report import write_html_report
 from thyme_cli.models.loading import LoadedModel
+from thyme_cli.models.spec import ModelSpec
 from thyme_cli.question.assemble import ask_one, prepare_input
+from thyme_cli.question.loop import AgentOptions, QuietEvents
 from thyme_cli.question.settings import QuestionSettings
-from thyme_cli.sandbox.base import ExecResult
 from thyme_cli.question.trace import Step, Trace
+from thyme_cli.sandbox.base import ExecResult
+from thyme_cli.ui import render
+from thyme_cli.ui.html_report import write_html_report
 
 LONG = "x = '" + "abcdefghij" * 12 + "'"
 FENCE = "I will measure.\n```python\nprint('width', Image.open(image_path).size[0])\n```"

@@ -15,8 +15,8 @@ from tests.test_sandbox_helpers import (
     require_backend,
     wait_until_gone,
 )
-from thyme_cli.errors import ThymeError
 from thyme_cli import step_images as store
+from thyme_cli.errors import ThymeError
 from thyme_cli.sandbox import open_sandbox
 from thyme_cli.sandbox.host.limits import Limits
 from thyme_cli.sandbox.host.session import RESTART_NOTE, WorkerSandbox

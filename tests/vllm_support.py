@@ -28,8 +28,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.test_remote_support import free_port
-from thyme_cli.models.serve import vllm_env
 from thyme_cli.devtools import tiny_hf_qwen
+from thyme_cli.models.serve import vllm_env
 
 TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "data" / "qwen2.5-vl"
 START_TIMEOUT_S = 900.0  # vLLM compiles and profiles on start: ~60 s idle, several minutes on a busy 2-core box

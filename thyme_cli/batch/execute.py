@@ -44,15 +44,15 @@ def execute_batch(
     interrupted (the output stays resumable).
     """
     from thyme_cli import paths
-    from thyme_cli.batch.run import outcome, run_batch
     from thyme_cli.batch.inputs import in_shard, parse_shard
     from thyme_cli.batch.journal import Journal
-    from thyme_cli.ui.batch_progress import BatchProgress, print_batch_summary
-    from thyme_cli.ui.crash_guard import announce_run_dir, guard
-    from thyme_cli.models.registry import load_registry
+    from thyme_cli.batch.run import outcome, run_batch
     from thyme_cli.models.loading import load_model
+    from thyme_cli.models.registry import load_registry
     from thyme_cli.question.assemble import check_sandbox
     from thyme_cli.question.trace import new_run_dir
+    from thyme_cli.ui.batch_progress import BatchProgress, print_batch_summary
+    from thyme_cli.ui.crash_guard import announce_run_dir, guard
 
     guard(command)
     if shard:

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thyme_cli.question.loop import QuietEvents
 from thyme_cli.batch.inputs import Item
 from thyme_cli.batch.journal import Journal
-from thyme_cli.ui.crash_guard import announce_run_dir
-from thyme_cli.errors import BackendUnavailable, ThymeError
-from thyme_cli.question.input_image import InputImage
 from thyme_cli.batch.run_storage import prune_step_images
+from thyme_cli.errors import BackendUnavailable, ThymeError
 from thyme_cli.question.assemble import ask_one, open_question_sandbox, open_sandbox_pool, prepare_input
+from thyme_cli.question.input_image import InputImage
+from thyme_cli.question.loop import QuietEvents
 from thyme_cli.question.settings import QuestionSettings
 from thyme_cli.question.trace import Trace, write_trace
+from thyme_cli.ui.crash_guard import announce_run_dir
 
 if TYPE_CHECKING:
     from thyme_cli.models.loading import LoadedModel

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from thyme_cli.commands import flags as o
-from thyme_cli.ui.console import handle_errors, info, warn
 from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
+from thyme_cli.ui.console import handle_errors, info, warn
 
 
 @handle_errors
@@ -82,16 +82,16 @@ def ask(
     """Ask questions about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer
     (for several questions: 1 if any failed, else 3 if any has no answer)."""
     from thyme_cli import paths
-    from thyme_cli.question import pdf
-    from thyme_cli.question.loop import AgentOptions, QuietEvents
-    from thyme_cli.models.store import preferred_default
-    from thyme_cli.question.input_image import read_stdin_image
-    from thyme_cli.models.registry import load_registry
-    from thyme_cli.ui.render import LiveRenderer, print_answer, print_summary
     from thyme_cli.models.loading import ModelSettings, load_model
+    from thyme_cli.models.registry import load_registry
+    from thyme_cli.models.store import preferred_default
+    from thyme_cli.question import pdf
     from thyme_cli.question.assemble import ask_one, check_sandbox, prepare_input
+    from thyme_cli.question.input_image import read_stdin_image
+    from thyme_cli.question.loop import AgentOptions, QuietEvents
     from thyme_cli.question.settings import QuestionSettings
     from thyme_cli.question.trace import new_run_dir, prepare_out_dir
+    from thyme_cli.ui.render import LiveRenderer, print_answer, print_summary
 
     if not questions or any(not q.strip() for q in questions):
         raise UsageError("the question is empty")

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from thyme_cli.commands import flags as o
-from thyme_cli.ui.console import handle_errors
 from thyme_cli.errors import UsageError
+from thyme_cli.ui.console import handle_errors
 
 
 @handle_errors
@@ -69,9 +69,9 @@ def batch(
     Exit codes: 0 all items processed, 1 some items failed, 2 bad usage, 130 interrupted (resumable).
     """
     from thyme_cli.batch.execute import execute_batch
-    from thyme_cli.question.loop import AgentOptions
     from thyme_cli.batch.inputs import collect_items
     from thyme_cli.models.loading import ModelSettings
+    from thyme_cli.question.loop import AgentOptions
     from thyme_cli.question.settings import QuestionSettings
 
     if inputs.count("-") > 1:

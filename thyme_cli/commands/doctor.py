@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from thyme_cli.ui.console import handle_errors, human_size, out_console
 from thyme_cli.errors import ThymeError
+from thyme_cli.ui.console import handle_errors, human_size, out_console
 
 Status = Literal["ok", "warn", "fail"]
 LOW_DISK_BYTES = 10 * 1000**3
@@ -89,8 +89,8 @@ def _sandboxes() -> list[Check]:
 
 
 def _models() -> list[Check]:
-    from thyme_cli.models.store import installed_files, preferred_default
     from thyme_cli.models.registry import load_registry
+    from thyme_cli.models.store import installed_files, preferred_default
 
     try:
         registry = load_registry()

@@ -29,11 +29,11 @@ def engine_defaults() -> list[Row]:
 
 def _model_rows() -> list[Row]:
     """Image-token budget and memory for the default model (from the registry; estimate if installed)."""
-    from thyme_cli.models.store import installed_files, preferred_default
     from thyme_cli.engine.llama.memory import estimate, machine_memory
     from thyme_cli.engine.settings import EngineOptions
     from thyme_cli.errors import ThymeError
     from thyme_cli.models.registry import load_registry
+    from thyme_cli.models.store import installed_files, preferred_default
 
     have = machine_memory()
     memory = ("memory", "ok", f"{human_size(have)} on this machine" if have else "unknown", "")

@@ -18,15 +18,15 @@ import typer
 from typer.core import TyperGroup
 
 from thyme_cli.commands import flags as o
-from thyme_cli.ui.console import err_console, handle_errors, info, out_console, warn
 from thyme_cli.errors import UsageError
+from thyme_cli.ui.console import err_console, handle_errors, info, out_console, warn
 
 if TYPE_CHECKING:
 
-    from thyme_cli.question.loop import AgentOptions
     from thyme_cli.eval.items import EvalItem
     from thyme_cli.eval.score import RunScore
     from thyme_cli.eval.store import EvalPaths, SideTable
+    from thyme_cli.question.loop import AgentOptions
 
 REPORT_PANEL = "Report"
 
@@ -121,8 +121,8 @@ def run(
 
     Exit codes: 0 done, 1 some items failed (counted wrong), 2 bad usage or benchmark, 130 interrupted (--resume).
     """
-    from thyme_cli.batch.inputs import Item, in_shard, parse_shard
     from thyme_cli.batch.execute import execute_batch
+    from thyme_cli.batch.inputs import Item, in_shard, parse_shard
     from thyme_cli.eval.items import fingerprint
     from thyme_cli.eval.load import load_benchmark
     from thyme_cli.eval.store import EvalPaths, check_resumable, write_side_table

@@ -15,9 +15,11 @@ from typing import Any
 
 import typer
 
+from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.models.hub import cache as hub_cache
-from thyme_cli.ui.console import confirm, handle_errors, human_size, info, out_console
 from thyme_cli.models.pull import pull
+from thyme_cli.models.registry import add_local_model, builtin_names, load_registry
+from thyme_cli.models.spec import ModelSpec
 from thyme_cli.models.store import (
     UNFINISHED,
     ModelState,
@@ -28,9 +30,7 @@ from thyme_cli.models.store import (
     remove,
     shared_with,
 )
-from thyme_cli.errors import ThymeError, UsageError
-from thyme_cli.models.registry import add_local_model, builtin_names, load_registry
-from thyme_cli.models.spec import ModelSpec
+from thyme_cli.ui.console import confirm, handle_errors, human_size, info, out_console
 
 app = typer.Typer(help="List, download, convert, inspect, register and remove models.", no_args_is_help=True)
 

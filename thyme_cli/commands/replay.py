@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from thyme_cli.commands import flags as o
-from thyme_cli.ui.console import handle_errors
 from thyme_cli.errors import EXIT_RUNTIME
+from thyme_cli.ui.console import handle_errors
 
 
 @handle_errors
@@ -34,11 +34,11 @@ def replay(
     Exits 1 when any step fails.
     """
     from thyme_cli import paths
-    from thyme_cli.question.loop import QuietEvents
-    from thyme_cli.ui.render import LiveRenderer
     from thyme_cli.question.assemble import prepare_input
-    from thyme_cli.sandbox.host.factory import open_sandbox
+    from thyme_cli.question.loop import QuietEvents
     from thyme_cli.question.trace import Step, new_run_dir, prepare_out_dir, read_trace
+    from thyme_cli.sandbox.host.factory import open_sandbox
+    from thyme_cli.ui.render import LiveRenderer
 
     limits = o.sandbox_limits(step_images, question_images)
     trace = read_trace(trace_path)

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from thyme_cli.ui.console import handle_errors, human_size, info, out_console
 from thyme_cli.errors import ThymeError, UsageError
+from thyme_cli.ui.console import handle_errors, human_size, info, out_console
 
 app = typer.Typer(help="List, show, open and delete past runs (thyme ask / batch).", no_args_is_help=True)
 
@@ -74,8 +74,8 @@ def show_cmd(
                                            "terminal (when it is one).")] = True,
 ) -> None:
     """The run as it looked live: question, input image, model text, code, outputs, images, answer."""
-    from thyme_cli.runs import run_id
     from thyme_cli.question.trace import read_trace
+    from thyme_cli.runs import run_id
 
     run_dir = resolve(run)
     trace = read_trace(run_dir)
@@ -101,8 +101,8 @@ def open_cmd(run: str = RUN_ARG) -> None:
     """Open the run's HTML report in your browser (writing report.html first if it is missing)."""
     import webbrowser
 
-    from thyme_cli.ui.html_report import write_html_report
     from thyme_cli.question.trace import read_trace
+    from thyme_cli.ui.html_report import write_html_report
 
     run_dir = resolve(run)
     report = run_dir / "report.html"

@@ -11,8 +11,8 @@ import os
 
 import typer
 
-from thyme_cli.ui.console import handle_errors, info
 from thyme_cli.errors import UsageError
+from thyme_cli.ui.console import handle_errors, info
 
 
 @handle_errors

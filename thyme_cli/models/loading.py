@@ -106,11 +106,11 @@ _LOCAL_ONLY = (("n_ctx", "--ctx"), ("gpu_layers", "--gpu-layers"), ("threads", "
 
 def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     """Connect, pick the served model, measure what the server can do; clear one-line errors."""
-    from thyme_cli.ui.console import warn
     from thyme_cli.engine.remote.chat import RemoteSampling
     from thyme_cli.engine.remote.engine import RemoteConfig, RemoteEngine, check_sampling
     from thyme_cli.engine.remote.http import RemoteClient
     from thyme_cli.engine.remote.probe import find_api_root, pick_model, probe_caps
+    from thyme_cli.ui.console import warn
 
     protocol = _protocol(registry, settings)
     check_sampling(settings.temperature, settings.top_p, settings.top_k, settings.seed)

@@ -63,9 +63,9 @@ def pull(
 
 def _pull_from_hub(spec: ModelSpec, progress: bool) -> ModelFiles:
     from thyme_cli.models.hub import fetch as hub_fetch
-    from thyme_cli.ui.hub_progress import make_progress
     from thyme_cli.models.hub.ref import split_siblings
     from thyme_cli.models.pull_records import record_pull
+    from thyme_cli.ui.hub_progress import make_progress
 
     assert spec.repo and spec.model_file and spec.mmproj_file
     revision = spec.revision or "main"

@@ -17,7 +17,6 @@ from thyme_cli import paths
 from thyme_cli.errors import ConfigError, ModelNotFound, UsageError
 from thyme_cli.models.spec import PROTOCOLS, ModelSpec
 
-
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "description": (str,),
     "repo": (str,),

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from thyme_cli.question import prompts
-from thyme_cli.question.answers import clean_answer
 from thyme_cli.engine.base import Conversation, Generation
 from thyme_cli.errors import BackendUnavailable, EngineError
+from thyme_cli.question import prompts
+from thyme_cli.question.answers import clean_answer
 from thyme_cli.question.input_image import InputImage
-from thyme_cli.sandbox.base import ExecResult, Sandbox
 from thyme_cli.question.trace import Step, Trace, Turn
+from thyme_cli.sandbox.base import ExecResult, Sandbox
 
 MAX_IMAGES_PER_STEP = 3
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thyme_cli.question.loop import AgentEvents, QuietEvents
 from thyme_cli.errors import ThymeError
 from thyme_cli.question.answers import answer_body, normalize
 from thyme_cli.question.input_image import InputImage
+from thyme_cli.question.loop import AgentEvents, QuietEvents
 from thyme_cli.question.trace import Trace, write_trace
 
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from thyme_cli.question.trace import Step, Trace
+from thyme_cli.sandbox.base import ExecResult
 from thyme_cli.ui.console import err_console, human_size
 from thyme_cli.ui.progress_line import ProgressLine
-from thyme_cli.sandbox.base import ExecResult
-from thyme_cli.question.trace import Step, Trace
 
 if TYPE_CHECKING:
     from rich.console import Console

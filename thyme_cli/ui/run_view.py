@@ -43,8 +43,8 @@ def show_run(trace: Trace, run_dir: Path, console: Console, previews: str | None
     """Play TRACE back on CONSOLE."""
     from rich.text import Text
 
-    from thyme_cli.ui.render import LiveRenderer, print_summary, terminal_safe
     from thyme_cli.sandbox.base import ExecResult
+    from thyme_cli.ui.render import LiveRenderer, print_summary, terminal_safe
 
     renderer = LiveRenderer(run_dir, console=console, previews=previews)
     console.print(Text.assemble(("question: ", "bold"), terminal_safe(trace.question)))

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from thyme_cli.engine.base import IMAGE_MARKER, Counters
-from thyme_cli.engine.llama.chat import count_markers
 from thyme_cli.engine.images import ImageSizing, PreparedImage
+from thyme_cli.engine.llama.chat import count_markers
 from thyme_cli.engine.llama.native import Chunk, Native
 from thyme_cli.errors import EngineError
 

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from thyme_cli.engine.base import IMAGE_MARKER, Conversation, Counters, Engine, Generation, GenerationStopReason
+from thyme_cli.engine.base import (
+    IMAGE_MARKER,
+    Conversation,
+    Counters,
+    Engine,
+    Generation,
+    GenerationStopReason,
+)
+from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.llama.chat import (
     QWEN_DEFAULT_SYSTEM,
     ChatMLRenderer,
@@ -35,13 +43,12 @@ from thyme_cli.engine.llama.chat import (
     count_markers,
 )
 from thyme_cli.engine.llama.context import LiveContext, ProgressFn, SharedPrefix, StreamItem
-from thyme_cli.engine.images import ImageSizing, PreparedImage, load_image
 from thyme_cli.engine.llama.memory import check_fits
 from thyme_cli.engine.llama.native import Native, ProjectorInfo, inspect_files
-from thyme_cli.engine.settings import EngineOptions, SamplingOptions
 from thyme_cli.engine.llama.parallel import StepRounds, sample_from_logits, token_logprob
 from thyme_cli.engine.llama.prompt_state import PromptStore
 from thyme_cli.engine.llama.sampling import AtsSamplers
+from thyme_cli.engine.settings import EngineOptions, SamplingOptions
 from thyme_cli.engine.textstream import TurnScanner, Utf8Pieces, without_observations
 from thyme_cli.errors import EngineError, UsageError
 

@@ -23,11 +23,11 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from thyme_cli.engine.llama import cpu_probe
 from thyme_cli.engine.base import IMAGE_MARKER
+from thyme_cli.engine.images import PreparedImage
+from thyme_cli.engine.llama import cpu_probe
 from thyme_cli.engine.llama.cpu import cpu_defaults
 from thyme_cli.engine.llama.gguf_meta import read_gguf_keys
-from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.settings import EngineOptions
 from thyme_cli.errors import EngineError
 

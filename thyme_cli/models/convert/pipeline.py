@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thyme_cli import paths
-from thyme_cli.models.hub import cache as hub_cache
-from thyme_cli.ui.console import human_size
-from thyme_cli.models.convert.quantize import QUANT_FTYPES
-from thyme_cli.ui.convert_progress import PhaseDisplay
-from thyme_cli.models.store import ModelFiles, fits, installed_files, nearest_existing
 from thyme_cli.errors import DiskSpaceError, ThymeError, UsageError
+from thyme_cli.models.convert.quantize import QUANT_FTYPES
+from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.models.registry import load_registry, upsert_user_model
 from thyme_cli.models.spec import ModelSpec
+from thyme_cli.models.store import ModelFiles, fits, installed_files, nearest_existing
+from thyme_cli.ui.console import human_size
+from thyme_cli.ui.convert_progress import PhaseDisplay
 
 if TYPE_CHECKING:
     from thyme_cli.models.convert.source import HubSnapshot

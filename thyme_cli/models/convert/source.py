@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.errors import UsageError
+from thyme_cli.models.hub import cache as hub_cache
 
 if TYPE_CHECKING:
     from thyme_cli.models.hub.fetch import RemoteFile

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from thyme_cli.models.convert.worker import EVENT_PREFIX
 from thyme_cli.errors import ThymeError
+from thyme_cli.models.convert.worker import EVENT_PREFIX
 
 Event = dict[str, Any]
 

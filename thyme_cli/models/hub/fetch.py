@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.errors import DownloadError
+from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.models.hub.errors import Target, http_status_error, network_errors, timeout_errors, translate
 from thyme_cli.ui.hub_progress import Progress
 

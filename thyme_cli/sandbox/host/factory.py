@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Literal
 
 from thyme_cli.errors import SandboxUnavailable, UsageError
-from thyme_cli.sandbox.jail import wire
 from thyme_cli.sandbox.host.backends import Backend, Stage, WorkerSpec, binary_version, make_backend
 from thyme_cli.sandbox.host.hints import unavailable_hint
 from thyme_cli.sandbox.host.launch import Launched
 from thyme_cli.sandbox.host.limits import Limits
 from thyme_cli.sandbox.host.session import WorkerSandbox, _last_meaningful_line
+from thyme_cli.sandbox.jail import wire
 
 BackendChoice = Literal["auto", "nsjail", "bwrap", "none"]
 BACKENDS: tuple[str, ...] = ("nsjail", "bwrap")

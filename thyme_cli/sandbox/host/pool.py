@@ -41,12 +41,12 @@ from types import TracebackType
 from typing import Any
 
 from thyme_cli.errors import UsageError
-from thyme_cli.sandbox.jail import wire
 from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.host.factory import _check_hello, open_sandbox, select_backend
 from thyme_cli.sandbox.host.launch import Launched, close_fds
 from thyme_cli.sandbox.host.limits import Limits
 from thyme_cli.sandbox.host.session import STAGE_PREFIX, WorkerSandbox, remove_stage
+from thyme_cli.sandbox.jail import wire
 
 POOL_ENV = "THYME_SANDBOX_POOL"
 SEND_TIMEOUT_S = 10.0  # control frames are tiny: a zygote that cannot take one is broken

@@ -18,15 +18,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from thyme_cli.sandbox.host import crop_report
 from thyme_cli.errors import ThymeError, UsageError
-from thyme_cli.sandbox.jail import wire
-from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.base import ExecResult
+from thyme_cli.sandbox.host import crop_report
+from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.host.harvest import Budget, HarvestRequest, harvest
 from thyme_cli.sandbox.host.launch import Launched, close_fds
 from thyme_cli.sandbox.host.layout import safe_image_name
 from thyme_cli.sandbox.host.limits import Limits
+from thyme_cli.sandbox.jail import wire
 from thyme_cli.sandbox.jail.worker import TRUNCATION_NOTE
 
 RESTART_NOTE = "[thyme: the sandbox was restarted; variables from earlier steps are gone]"
