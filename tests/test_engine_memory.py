@@ -87,5 +87,6 @@ def test_doctor_shows_the_defaults_it_would_use(run_thyme: RunThyme) -> None:
     d = cpu_defaults()
     assert rows["threads"]["detail"].startswith(f"{d.decode_threads} for decoding")
     assert "f16" in rows["KV cache"]["detail"] and "mmap" in rows["model loading"]["detail"]
+    assert rows["flash attention"]["detail"].startswith("off for the language model on a CPU")
     assert "per image" in rows["image tokens"]["detail"]
     assert rows["memory"]["detail"].endswith("on this machine")

@@ -99,10 +99,10 @@ def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (56 + 28 * i, 84, 3), dtype=np.uint8)).save(
             photos / f"p{i}.png")
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
-    # Flash attention off: with it, llama.cpp's CPU kernel rounds differently when other sequences'
-    # cells sit between a sequence's own (up to ~1e-3 of a logit), and this random model's near-ties flip.
-    common = ["-q", "what is it?", "-m", "tiny", "--max-tokens", "40", "--max-turns", "3", "--threads", "2",
-              "--no-flash-attn"]
+    # thyme's CPU defaults: the language model's flash attention is off. With it on, llama.cpp's
+    # CPU kernel rounds differently when other sequences' cells sit between a sequence's own (up to
+    # ~1e-3 of a logit), and this random model's near-ties flip.
+    common = ["-q", "what is it?", "-m", "tiny", "--max-tokens", "40", "--max-turns", "3", "--threads", "2"]
     runs: dict[int, dict[str, Any]] = {}
     for jobs in (1, 3):
         out = tmp_path / f"r{jobs}.jsonl"
