@@ -10,6 +10,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +77,12 @@ def _exiting_or_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def wait_until_gone(marker: str, timeout_s: float = 15.0) -> list[int]:
+def wait_until_gone(marker: str, timeout_s: float = 15.0, known: Iterable[int] = ()) -> list[int]:
     """Poll until no process carries `marker` and those that did have finished exiting; returns
-    the survivors (empty when all died)."""
+    the survivors (empty when all died). ``known``: pids listed before a kill (a process already
+    exiting when the first poll runs no longer shows its marker)."""
     deadline = time.monotonic() + timeout_s
-    seen: set[int] = set()
+    seen: set[int] = set(known)
     while True:
         seen.update(jailed_python_pids(marker))
         left = sorted(pid for pid in seen if not _exiting_or_gone(pid))
