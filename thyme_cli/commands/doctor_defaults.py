@@ -24,8 +24,8 @@ def engine_defaults() -> list[Row]:
         ("flash attention", "ok", "off for the language model on a CPU (its prompt batches are faster without, "
          "and --jobs sequences match a single one), llama.cpp's choice on a GPU; on for the image encoder "
          "(about 4x faster, gigabytes less memory)", "override the language model's with --flash-attn"),
-        ("model loading", "ok", "mmap (a warm load reads nothing: weights stay in the page cache between runs), "
-         "no mlock", ""),
+        ("model loading", "ok", "mmap (the weights stay in the page cache between runs, so a warm load takes "
+         "seconds), no mlock", ""),
     ]
     rows += _model_rows()
     return rows
