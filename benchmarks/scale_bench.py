@@ -157,18 +157,23 @@ def memory_bandwidth_gbs(threads: int, mb_per_thread: int = 512) -> float:
     return best
 
 
-def parse_setting(text: str) -> tuple[int, str | None, str | None]:
-    """A limit setting: THREADS[:KV_CACHE_TYPE[:FLASH]], e.g. "2", "2:q8_0", "2:f16:off"."""
+SETTING_FORM = "THREADS[:KV[:FLASH[:PROJECTOR_FLASH]]] (FLASH: on|off|auto)"
+
+
+def parse_setting(text: str) -> tuple[int, str | None, str | None, str | None]:
+    """A limit setting: THREADS[:KV_CACHE_TYPE[:FLASH[:PROJECTOR_FLASH]]], e.g. "2", "2:q8_0",
+    "2:f16:off" (the language model's flash attention off), "2:f16:off:off" (the projector's too)."""
     parts = text.split(":")
+    bad = f"bad --threads setting {text!r}: expected {SETTING_FORM}"
     try:
         threads = int(parts[0])
     except ValueError:
-        raise SystemExit(f"bad --threads setting {text!r}: expected THREADS[:KV[:on|off|auto]]") from None
-    kv = parts[1] if len(parts) > 1 and parts[1] else None
-    flash = parts[2] if len(parts) > 2 and parts[2] else None
-    if threads < 1 or (kv and kv not in ("f32", "f16", "bf16", "q8_0", "q4_0")) or (flash and flash not in ("on", "off", "auto")):
-        raise SystemExit(f"bad --threads setting {text!r}: expected THREADS[:KV[:on|off|auto]]")
-    return threads, kv, flash
+        raise SystemExit(bad) from None
+    kv, flash, mmproj_flash = ((parts[i] if len(parts) > i and parts[i] else None) for i in (1, 2, 3))
+    if (threads < 1 or len(parts) > 4 or (kv and kv not in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+            or any(f and f not in ("on", "off", "auto") for f in (flash, mmproj_flash))):
+        raise SystemExit(bad)
+    return threads, kv, flash, mmproj_flash
 
 
 # --- phases (each runs in its own process) ------------------------------------------------------
@@ -275,7 +280,8 @@ def phase_thyme(args: argparse.Namespace) -> dict[str, Any]:
             "image_load_s": c.image_load_s, "n_images": n_images,
             "overhead_s": question_s - c.native_s - sandbox_open_s - sandbox_steps_s,
             "n_threads": native.n_threads, "n_threads_batch": native.n_threads_batch,
-            "n_ctx": native.n_ctx, "kv_cache_type": options.kv_cache_type, "flash_attn": options.flash_attn,
+            "n_ctx": native.n_ctx, "kv_cache_type": options.kv_cache_type, "flash_attn": native.flash_attn,
+            "mmproj_flash_attn": options.mmproj_flash_attn,
             "image_max_tokens": options.image_max_tokens,
             "peak_rss_mb": peak_rss_mb(),
         },
@@ -298,12 +304,15 @@ def phase_limit(args: argparse.Namespace) -> dict[str, Any]:
     for a, b in stream["gen_ranges"]:
         for i in range(a, b):
             gen[i] = True
-    threads, kv, flash = parse_setting(args.setting)
+    threads, kv, flash, mmproj_flash = parse_setting(args.setting)
     options = replace(thyme_defaults(), n_threads=threads)
+    switch = {"on": True, "off": False, "auto": None}
     if kv:
         options = replace(options, kv_cache_type=kv)
     if flash:
-        options = replace(options, flash_attn={"on": True, "off": False, "auto": None}[flash])
+        options = replace(options, flash_attn=switch[flash])
+    if mmproj_flash:
+        options = replace(options, mmproj_flash_attn=switch[mmproj_flash])
     projector = inspect_files(Path(args.model), Path(args.mmproj))
     sizing = _image_sizing(projector, options)
     native = Native(Path(args.model), Path(args.mmproj), options, projector, (sizing.min_tokens, sizing.max_tokens))
@@ -425,20 +434,24 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_load(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the pair and evaluate one token: from a cold page cache (files evicted) or a warm one."""
+    """Load the pair and evaluate one token: from a cold page cache (files evicted) or a warm one,
+    with the weights mapped (thyme's default) or read into private memory (--no-mmap)."""
+    from dataclasses import replace
+
     from thyme_cli.engine.llama.engine import LlamaEngine
 
     files = [Path(args.model), Path(args.mmproj)]
     evicted = drop_page_cache(files) if args.cold else False
+    options = replace(thyme_defaults(), use_mmap=not args.no_mmap)
     t0 = time.perf_counter()
-    engine = LlamaEngine.load(args.model, args.mmproj, options=thyme_defaults())
+    engine = LlamaEngine.load(args.model, args.mmproj, options=options)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine.native.decode_tokens([engine.native.tokenize("Hello")[0]], 0)
     first_eval_s = time.perf_counter() - t0
     engine.close()
-    return {"cold": args.cold, "evicted": evicted, "load_s": load_s, "first_eval_s": first_eval_s,
-            "peak_rss_mb": peak_rss_mb()}
+    return {"cold": args.cold, "mmap": not args.no_mmap, "evicted": evicted, "load_s": load_s,
+            "first_eval_s": first_eval_s, "peak_rss_mb": peak_rss_mb()}
 
 
 PHASES = {"thyme": phase_thyme, "limit": phase_limit, "stock": phase_stock, "load": phase_load}
@@ -461,9 +474,12 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="3b")
     cpus = len(os.sched_getaffinity(0))
     parser.add_argument("--threads", default=",".join(str(t) for t in sorted({1, max(1, cpus // 2), cpus})),
-                        help="settings the limit is measured at, comma-separated: THREADS[:KV_TYPE[:on|off|auto]] "
-                             "(flash attention), e.g. 1,2,2:q8_0:on,2:f16:off; the limit takes the best per part")
+                        help=f"settings the limit is measured at, comma-separated: {SETTING_FORM}, e.g. "
+                             "1,2,2:q8_0:on,2:f16:off,2:f16:on:off; the limit takes the best per part")
     parser.add_argument("--skip-stock", action="store_true", help="leave out the stock llama-cpp-python run")
+    parser.add_argument("--stock-timeout-factor", type=float, default=0.0,
+                        help="stop the stock run after this many times thyme's question time and report "
+                             "stock_over_thyme as at least that (0: let it finish; on 2 cores it takes over an hour)")
     parser.add_argument("--skip-load", action="store_true", help="leave out the cold/warm load timings")
     parser.add_argument("--skip-limit", action="store_true",
                         help="leave out the limit runs (e.g. for thyme's own timings and peak RSS only)")
@@ -477,6 +493,7 @@ def main() -> None:
     parser.add_argument("--mmproj", help=argparse.SUPPRESS)
     parser.add_argument("--photo", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-mmap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -502,6 +519,7 @@ def main() -> None:
         if not args.skip_load:
             report["load_cold"] = run_phase("load", common, "--cold")
             report["load_warm"] = run_phase("load", common)
+            report["load_warm_no_mmap"] = run_phase("load", common, "--no-mmap")
         print("running the question through thyme ...", file=sys.stderr, flush=True)
         thyme = run_phase("thyme", common)
         crops = sorted(str(p) for p in (work / "run-thyme" / "images").rglob("*.png"))
@@ -515,8 +533,16 @@ def main() -> None:
                 print(f"the limit at {setting} failed and is left out: {e}", file=sys.stderr, flush=True)
         stock = None
         if not args.skip_stock:
-            print("running the stock llama-cpp-python path ...", file=sys.stderr, flush=True)
-            stock = run_phase("stock", common)
+            factor = args.stock_timeout_factor
+            budget = factor * thyme["extra"]["question_s"] if factor > 0 else None
+            print("running the stock llama-cpp-python path"
+                  + (f" (stopped after {budget:.0f} s) ..." if budget else " ..."), file=sys.stderr, flush=True)
+            try:
+                # + 30 s for its model load, which its question time does not count
+                stock = run_phase("stock", common, timeout=budget + 30 if budget else None)
+            except subprocess.TimeoutExpired:
+                stock = {"finished": False, "question_s": budget, "turns": [], "peak_rss_mb": None,
+                         "at_least_factor": factor}
     report_figures(args, report, thyme, limits, stock, grid)
 
 
@@ -543,7 +569,7 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
           f"{wb['projector'] / 1e9:.2f} GB; {x['n_images']} images ({thyme['image_tokens']} image tokens), "
           f"{thyme['prefill_tokens']} tokens evaluated, {thyme['decode_tokens']} decoded")
     print(f"thyme defaults: {x['n_threads']} decode / {x['n_threads_batch']} batch threads, n_ctx {x['n_ctx']}, "
-          f"KV {x['kv_cache_type']}, flash_attn {x['flash_attn']}")
+          f"KV {x['kv_cache_type']}, flash_attn {x['flash_attn']} (projector {x.get('mmproj_flash_attn')}; None: auto)")
     print("part            | thyme s  | " + " | ".join(f"limit {t:>8s}" for t in limits))
     for part, label in (("image_encode_s", "image encodes"), ("prefill_s", "prefill"), ("decode_s", "decode")):
         print(f"{label:15s} | {thyme[part]:8.2f} | " + " | ".join(f"{limits[t][part]:14.2f}" for t in limits))
@@ -552,13 +578,18 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
     print(f"question (wall) | {q:8.2f} |  limit {limit_s:.2f} s")
     print(f"prefill {prefill_tps:.1f} tok/s, decode {decode_tps:.2f} tok/s; memory bandwidth {bw:.1f} GB/s, "
           f"{per_token / 1e9:.2f} GB read per token -> bound {bound_tps:.2f} tok/s")
-    if stock:
+    stock_done = bool(stock) and stock.get("finished", True)
+    if stock and stock_done:
         print(f"stock llama-cpp-python: {stock['question_s']:.2f} s ({[round(t['wall_s'], 1) for t in stock['turns']]} per turn), "
               f"peak RSS {stock['peak_rss_mb']:.0f} MB")
-    for key in ("load_cold", "load_warm"):
+    elif stock:
+        print(f"stock llama-cpp-python: not finished after {stock['question_s']:.0f} s "
+              f"({stock['at_least_factor']:g} x thyme's question), stopped")
+    for key in ("load_cold", "load_warm", "load_warm_no_mmap"):
         if key in report:
             r = report[key]
-            print(f"{key}: load {r['load_s']:.2f} s + first evaluation {r['first_eval_s']:.2f} s"
+            print(f"{key}: load {r['load_s']:.2f} s + first evaluation {r['first_eval_s']:.2f} s, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB"
                   + ("" if r["evicted"] or not r["cold"] else " (page cache could not be dropped)"))
     print(f"peak RSS: thyme {x['peak_rss_mb']:.0f} MB, limit {max(r['extra']['peak_rss_mb'] for r in runs.values()):.0f} MB")
     best_decode = best["decode_s"]
@@ -568,8 +599,10 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
         "question_s": round(q, 2),
         "limit_s": round(limit_s, 2) if limits else None,
         "over_limit": round(q / limit_s, 3) if limits else None,
-        "stock_s": round(stock["question_s"], 2) if stock else None,
-        "stock_over_thyme": round(stock["question_s"] / q, 2) if stock else None,
+        "stock_s": round(stock["question_s"], 2) if stock_done else None,
+        "stock_over_thyme": round(stock["question_s"] / q, 2) if stock_done else None,
+        # the stock run was stopped (--stock-timeout-factor): its time is at least this many times thyme's
+        "stock_over_thyme_at_least": stock["at_least_factor"] if stock and not stock_done else None,
         "image_encode_share": round(thyme["image_encode_s"] / q, 4),
         "prefill_share": round(thyme["prefill_s"] / q, 4),
         "decode_share": round(thyme["decode_s"] / q, 4),
@@ -578,6 +611,8 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
         "prefill_tokens_per_s": round(prefill_tps, 2),
         "decode_tokens_per_s": round(decode_tps, 3),
         "threads_thyme": {"decode": x["n_threads"], "batch": x["n_threads_batch"]},
+        "attention_thyme": {"kv": x["kv_cache_type"], "flash_attn": x["flash_attn"],
+                            "mmproj_flash_attn": x.get("mmproj_flash_attn")},
         "threads_best": {p.removesuffix("_s"): best[p]["extra"]["threads"] for p in best} if limits else None,
         "setting_best": {p.removesuffix("_s"): best[p]["extra"]["setting"] for p in best} if limits else None,
         "defaults_over_best_decode": round(thyme["decode_s"] / best_decode["decode_s"], 3) if limits else None,
@@ -586,11 +621,14 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
         "memory_bandwidth_gbs": round(bw, 2),
         "decode_over_bandwidth_bound": round(decode_tps / bound_tps, 3),
         "peak_rss_mb": round(x["peak_rss_mb"]),
-        "stock_peak_rss_mb": round(stock["peak_rss_mb"]) if stock else None,
+        "stock_peak_rss_mb": round(stock["peak_rss_mb"]) if stock_done else None,
         "load_cold_s": round(report["load_cold"]["load_s"] + report["load_cold"]["first_eval_s"], 2)
         if "load_cold" in report else None,
         "load_warm_s": round(report["load_warm"]["load_s"] + report["load_warm"]["first_eval_s"], 2)
         if "load_warm" in report else None,
+        "load_warm_no_mmap_s": round(report["load_warm_no_mmap"]["load_s"]
+                                     + report["load_warm_no_mmap"]["first_eval_s"], 2)
+        if "load_warm_no_mmap" in report else None,
     }
     print(json.dumps(result))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.batch_support import kill_9_then_resume
 from tests.conftest import RunThyme
 
 CROP = (
@@ -138,27 +138,9 @@ def test_kill_9_at_random_moments_then_resume_gives_every_item_exactly_once(
         Image.new("RGB", (100, 80 + i)).save(root / f"img{i:02d}.png")
     out = tmp_path / "r.jsonl"
     args = ["batch", str(root), "-q", "q", "--script", str(script), "-o", str(out)]
-    rng = random.Random(1234)
-    kills = 0
-    for attempt in range(60):
-        proc = _start(args + (["--resume"] if attempt else []))
-        # Kill at a random moment after the batch has made some progress, five times; then let it finish.
-        lines_before = out.read_text().count("\n") if out.exists() else 0
-        deadline = time.monotonic() + 60
-        while kills < 5 and proc.poll() is None and time.monotonic() < deadline and (
-                (out.read_text().count("\n") if out.exists() else 0) == lines_before):
-            time.sleep(0.02)
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 0.15) if kills < 5 else 300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
-        break
-    else:
-        raise AssertionError("the batch never finished")
+    # Kill at a random moment after the batch has made some progress, five times; then let it finish.
+    kills = kill_9_then_resume(args, out, kills=5, seed=1234, max_pause_s=0.15, progress_timeout_s=60,
+                               finish_timeout_s=300, attempts=60)
     assert kills >= 3, "the test must really interrupt the batch several times"
     lines = out.read_text().splitlines()
     ids = [json.loads(line)["id"] for line in lines]  # every line parses

@@ -104,9 +104,12 @@ def test_incremental_conversation_equals_evaluating_its_stream_from_scratch(
 
 
 def test_default_settings_stay_close_to_from_scratch(tiny_pair: TinyPair, images: dict[str, Path]) -> None:
-    """Flash attention and the f16 KV cache (the defaults) add rounding, not a different context."""
+    """The defaults (an f16 KV cache; on a CPU, flash attention in the image encoder only) add
+    rounding, not a different context."""
     engine = LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=4096, reserve_tokens=0))
     try:
+        # the language model's flash attention: off when it runs on the CPU, llama.cpp's choice on a GPU
+        assert engine.native.flash_attn is (False if engine.native.n_gpu_layers == 0 else None)
         conv = engine.open(no_eog(engine))
         thyme_conversation(conv, images)
         incremental, stream = conv.logits(), conv.token_stream()

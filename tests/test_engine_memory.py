@@ -21,7 +21,10 @@ def test_estimate_is_files_plus_kv_cache_plus_buffers(tiny_pair: TinyPair) -> No
     # the tiny model: 2 layers, 2 KV heads of 16 dims (64 wide, 4 heads); K and V in f16
     assert need.kv_cache == 8192 * 2 * 2 * (16 + 16) * 2
     assert need.weights == tiny_pair.model.stat().st_size and need.projector == tiny_pair.mmproj.stat().st_size
-    assert need.total == need.weights + need.projector + need.kv_cache + COMPUTE_ALLOWANCE
+    # flash attention off (the CPU default): one 512-token batch's scores at 8192 positions, 4 heads, f32
+    assert need.attention == 512 * 8192 * 4 * 4
+    assert need.total == need.weights + need.projector + need.kv_cache + COMPUTE_ALLOWANCE + need.attention
+    assert estimate(tiny_pair.model, tiny_pair.mmproj, EngineOptions(n_ctx=8192, flash_attn=True)).attention == 0
     q8 = estimate(tiny_pair.model, tiny_pair.mmproj, EngineOptions(n_ctx=8192, kv_cache_type="q8_0"))
     assert q8.kv_cache < need.kv_cache / 1.8
 
@@ -30,7 +33,7 @@ def test_check_fits_refuses_in_one_line_and_skips_gpu_offload(tiny_pair: TinyPai
     monkeypatch.setenv(MEMORY_ENV, str(10**9))
     with pytest.raises(EngineError) as err:
         check_fits(tiny_pair.model, tiny_pair.mmproj, EngineOptions(), on_gpu=False)
-    assert "needs about 1.5 GB of memory" in err.value.message and "this machine has 1.0 GB" in err.value.message
+    assert "needs about 1.6 GB of memory" in err.value.message and "this machine has 1.0 GB" in err.value.message
     assert "\n" not in err.value.message
     assert check_fits(tiny_pair.model, tiny_pair.mmproj, EngineOptions(), on_gpu=True) is None
     monkeypatch.setenv(MEMORY_ENV, str(2 * 10**9))
@@ -87,5 +90,6 @@ def test_doctor_shows_the_defaults_it_would_use(run_thyme: RunThyme) -> None:
     d = cpu_defaults()
     assert rows["threads"]["detail"].startswith(f"{d.decode_threads} for decoding")
     assert "f16" in rows["KV cache"]["detail"] and "mmap" in rows["model loading"]["detail"]
+    assert rows["flash attention"]["detail"].startswith("off for the language model on a CPU")
     assert "per image" in rows["image tokens"]["detail"]
     assert rows["memory"]["detail"].endswith("on this machine")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.batch_support import kill_9_then_resume
 from tests.conftest import RunThyme
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
@@ -99,10 +100,10 @@ def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (56 + 28 * i, 84, 3), dtype=np.uint8)).save(
             photos / f"p{i}.png")
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
-    # Flash attention off: with it, llama.cpp's CPU kernel rounds differently when other sequences'
-    # cells sit between a sequence's own (up to ~1e-3 of a logit), and this random model's near-ties flip.
-    common = ["-q", "what is it?", "-m", "tiny", "--max-tokens", "40", "--max-turns", "3", "--threads", "2",
-              "--no-flash-attn"]
+    # thyme's CPU defaults: the language model's flash attention is off. With it on, llama.cpp's
+    # CPU kernel rounds differently when other sequences' cells sit between a sequence's own (up to
+    # ~1e-3 of a logit), and this random model's near-ties flip.
+    common = ["-q", "what is it?", "-m", "tiny", "--max-tokens", "40", "--max-turns", "3", "--threads", "2"]
     runs: dict[int, dict[str, Any]] = {}
     for jobs in (1, 3):
         out = tmp_path / f"r{jobs}.jsonl"
@@ -121,13 +122,6 @@ def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
 def test_local_jobs_kill_9_then_resume_gives_every_item_exactly_once(
     run_thyme: RunThyme, tiny_pair: TinyPair, tmp_path: Path, sandbox_backend: str
 ) -> None:
-    import os
-    import random
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from PIL import Image
 
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
@@ -136,29 +130,10 @@ def test_local_jobs_kill_9_then_resume_gives_every_item_exactly_once(
     for i in range(16):
         Image.new("RGB", (84, 56 + i)).save(root / f"img{i:02d}.png")
     out = tmp_path / "r.jsonl"
-    args = [sys.executable, "-m", "thyme_cli.cli", "batch", str(root), "-q", "q", "-m", "tiny", "--jobs", "3",
-            "--max-tokens", "16", "--max-turns", "1", "--threads", "2", "-o", str(out)]
-    rng = random.Random(7)
-    kills = 0
-    for attempt in range(30):
-        proc = subprocess.Popen(args + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        before = out.read_text().count("\n") if out.exists() else 0
-        deadline = time.monotonic() + 120
-        while kills < 3 and proc.poll() is None and time.monotonic() < deadline and (
-                (out.read_text().count("\n") if out.exists() else 0) == before):
-            time.sleep(0.02)
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 0.5) if kills < 3 else 600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
-        break
-    else:
-        raise AssertionError("the batch never finished")
+    args = ["batch", str(root), "-q", "q", "-m", "tiny", "--jobs", "3", "--max-tokens", "16", "--max-turns", "1",
+            "--threads", "2", "-o", str(out)]
+    kills = kill_9_then_resume(args, out, kills=3, seed=7, max_pause_s=0.5, progress_timeout_s=120,
+                               finish_timeout_s=600, attempts=30)
     assert kills >= 2
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(str(p) for p in root.glob("*.png"))

@@ -101,7 +101,8 @@ def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> 
     from thyme_cli.engine.settings import EngineOptions
     from thyme_cli.question import prompts as proto
 
-    options = EngineOptions(n_ctx=4096, kv_cache_type="f32", n_threads=2, flash_attn=False, image_max_tokens=3072,
+    options = EngineOptions(n_ctx=4096, kv_cache_type="f32", n_threads=2, flash_attn=False, mmproj_flash_attn=False,
+                            image_max_tokens=3072,
                             chat_format="chatml" if protocol == "thyme" else "template", reserve_tokens=0)
     engine = LlamaEngine.load(model, mmproj, options=options)
     positions: list[np.ndarray] = []

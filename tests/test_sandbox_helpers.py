@@ -10,6 +10,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,30 @@ def host_status(pid: int) -> dict[str, str]:
         return {k: v.strip() for k, _, v in (line.partition(":") for line in fh)}
 
 
-def wait_until_gone(marker: str, timeout_s: float = 15.0) -> list[int]:
-    """Poll until no process carries `marker`; returns the survivors (empty when all died)."""
+def _exiting_or_gone(pid: int) -> bool:
+    """True once ``pid`` has finished exiting (a zombie, or reaped): its files, sockets included,
+    are closed. A process in the middle of exiting has already dropped its memory, so its
+    cmdline reads empty while its sockets are still open: the marker alone says "gone" too early."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def wait_until_gone(marker: str, timeout_s: float = 15.0, known: Iterable[int] = ()) -> list[int]:
+    """Poll until no process carries `marker` and those that did have finished exiting; returns
+    the survivors (empty when all died). ``known``: pids listed before a kill (a process already
+    exiting when the first poll runs no longer shows its marker)."""
     deadline = time.monotonic() + timeout_s
-    left = jailed_python_pids(marker)
-    while left and time.monotonic() < deadline:
+    seen: set[int] = set(known)
+    while True:
+        seen.update(jailed_python_pids(marker))
+        left = sorted(pid for pid in seen if not _exiting_or_gone(pid))
+        if not left or time.monotonic() >= deadline:
+            return left
         time.sleep(0.05)
-        left = jailed_python_pids(marker)
-    return left
 
 
 def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:

@@ -567,15 +567,17 @@ def test_a_dead_zygote_is_replaced_transparently(pool: SandboxPool, images: list
     with ask(pool, images[0], tmp_path, "a") as a:
         assert a.run("keep = 1").ok
         old_marker = a.worker_marker
+        old_pids = jailed_python_pids(old_marker)
         os.kill(zygote_host_pid(a), signal.SIGKILL)  # e.g. the kernel's OOM killer
-        assert wait_until_gone(old_marker) == []
+        assert wait_until_gone(old_marker, known=old_pids) == []
         res = a.run("print('keep' in globals())")  # mid-question: the step gets a fresh child
         assert res.ok and res.stdout.strip() == "False" and res.restarted and RESTART_NOTE in res.stderr
         assert a.worker_marker != old_marker
         assert_healthy(a)
         marker = a.worker_marker
+    old_pids = jailed_python_pids(marker)
     os.kill(zygote_host_pid_by_marker(marker), signal.SIGKILL)  # between questions
-    assert wait_until_gone(marker) == []
+    assert wait_until_gone(marker, known=old_pids) == []
     with ask(pool, images[1], tmp_path, "b") as b:
         assert_healthy(b)
         assert_alone(b)

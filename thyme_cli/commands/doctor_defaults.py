@@ -19,9 +19,13 @@ def engine_defaults() -> list[Row]:
         ("cpu", "ok", f"{cpu.logical} CPU(s) usable, {cpu.physical} physical core(s)", ""),
         ("threads", "ok", cpu.why + f"; the vision projector uses {cpu.batch_threads}",
          "override with --threads N (one count for everything)"),
-        ("KV cache", "ok", f"{base.kv_cache_type}, batch {base.n_batch} tokens; flash attention: llama.cpp decides "
-         "(on where the backend supports it)", ""),
-        ("model loading", "ok", "mmap (weights stay in the page cache between runs), no mlock", ""),
+        ("KV cache", "ok", f"{base.kv_cache_type}, batch {base.n_batch} tokens (q8_0 saves little time at "
+         "Thyme's context lengths and needs flash attention)", ""),
+        ("flash attention", "ok", "off for the language model on a CPU (its prompt batches are faster without, "
+         "and --jobs sequences match a single one), llama.cpp's choice on a GPU; on for the image encoder "
+         "(about 4x faster, gigabytes less memory)", "override the language model's with --flash-attn"),
+        ("model loading", "ok", "mmap (the weights stay in the page cache between runs, so a warm load takes "
+         "seconds), no mlock", ""),
     ]
     rows += _model_rows()
     return rows

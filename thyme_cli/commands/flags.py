@@ -72,7 +72,7 @@ ThreadsOpt = Annotated[
 ]
 FlashAttnOpt = Annotated[
     bool | None,
-    typer.Option("--flash-attn/--no-flash-attn", help="Flash attention (default: llama.cpp decides).",
+    typer.Option("--flash-attn/--no-flash-attn", help="The language model's flash attention (default: off on a CPU, llama.cpp decides on a GPU).",
                  rich_help_panel=MODEL_PANEL),
 ]
 ChatFormatOpt = Annotated[

@@ -37,14 +37,21 @@ class EngineOptions:
 
     ``None`` means "let the engine pick": all layers on the GPU when the build can offload
     (else 0), one thread per physical core for decoding and every CPU for prompt/image work
-    (engine/cpu.py),
-    flash attention as llama.cpp decides, the projector on the GPU when there is one.
+    (engine/cpu.py), flash attention off for the language model on a CPU and as llama.cpp decides
+    elsewhere and for the projector (measured: docs/engine.md "CPU defaults"), the projector on
+    the GPU when there is one.
     """
 
     n_ctx: int = 16384
     n_gpu_layers: int | None = None
     n_threads: int | None = None
+    # The language model's flash attention. None: off when every layer runs on the CPU (its prompt
+    # batches are faster without it, and sequences decoded together then match one decoded alone),
+    # llama.cpp's choice on a GPU.
     flash_attn: bool | None = None
+    # The vision encoder's. None: llama.cpp's choice (on a CPU: on; without it a photo encodes
+    # about 4x slower and its attention matrices need gigabytes).
+    mmproj_flash_attn: bool | None = None
     # Vision-token limits per image, set on the mtmd context. For Qwen-VL projectors they also
     # set smart_resize's min/max pixels (tokens * factor**2), so the two sizing rules agree.
     image_min_tokens: int | None = None
@@ -65,6 +72,9 @@ class EngineOptions:
     reserve_tokens: int = 512
     # Sequences the context can hold at once (engine/parallel.py decodes them together).
     n_seq: int = 1
+    # Map the weights instead of reading them into private memory: they stay in the page cache
+    # between runs (a warm load is a few seconds) and are not counted twice. Off reads them in full.
+    use_mmap: bool = True
     verbose: bool = False
 
     def __post_init__(self) -> None:

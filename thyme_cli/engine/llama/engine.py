@@ -542,11 +542,17 @@ class LlamaConversation:
                     reason = stop
                     break
         finally:
-            self._counters.decode_s += time.perf_counter() - t0
-            self._counters.tokens_generated += len(tokens)
-            self.last_tokens = tokens
-            self._open.text += "".join(out)
+            self._end_generation(tokens, out, t0)
         return Generation(text="".join(out), stop_reason=reason, n_tokens=len(tokens))
+
+    def _end_generation(self, tokens: list[int], out: list[str], t0: float) -> None:
+        """What a generation loop leaves behind, also when it raised: counters, the kept tokens,
+        the open turn's text."""
+        assert self._open is not None
+        self._counters.decode_s += time.perf_counter() - t0
+        self._counters.tokens_generated += len(tokens)
+        self.last_tokens = tokens
+        self._open.text += "".join(out)
 
     def _generate_together(self, rounds: StepRounds, samplers: AtsSamplers, budget: int,
                            on_text: Callable[[str], None] | None) -> Generation:
@@ -601,10 +607,7 @@ class LlamaConversation:
                     samplers.accept_other(chain, token)
         finally:
             rounds.leave(live.seq)
-            self._counters.decode_s += time.perf_counter() - t0
-            self._counters.tokens_generated += len(tokens)
-            self.last_tokens = tokens
-            self._open.text += "".join(out)
+            self._end_generation(tokens, out, t0)
         return Generation(text="".join(out), stop_reason=reason, n_tokens=len(tokens))
 
     # --- retrying a turn (--on-error retry) ---------------------------------------------------------

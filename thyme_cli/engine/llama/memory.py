@@ -3,7 +3,8 @@
 On a CPU, llama.cpp maps the whole language model and reads the projector into memory, then
 allocates the KV cache for the full context. When that is more than the machine has, the load
 ends with the kernel's OOM killer or endless swapping, minutes later. The estimate here is
-weights (file sizes) + KV cache for n_ctx + a fixed allowance for compute buffers, and the
+weights (file sizes) + KV cache for n_ctx + a fixed allowance for compute buffers (+ the
+attention scores of a prompt batch at a full context when flash attention is off), and the
 check refuses with one line when it exceeds the machine's physical memory (or its cgroup limit).
 """
 
@@ -31,10 +32,11 @@ class MemoryEstimate:
     projector: int
     kv_cache: int
     compute: int
+    attention: int = 0  # a prompt batch's attention scores at a full context (flash attention off)
 
     @property
     def total(self) -> int:
-        return self.weights + self.projector + self.kv_cache + self.compute
+        return self.weights + self.projector + self.kv_cache + self.compute + self.attention
 
 
 def estimate(model_path: Path, mmproj_path: Path, options: EngineOptions) -> MemoryEstimate:
@@ -54,8 +56,11 @@ def estimate(model_path: Path, mmproj_path: Path, options: EngineOptions) -> Mem
     k_len = num("attention.key_length", n_embd // n_head if n_head else 0)
     v_len = num("attention.value_length", k_len)
     kv = int(options.n_ctx * n_layer * n_head_kv * (k_len + v_len) * _KV_BYTES[options.kv_cache_type])
+    # Without flash attention (the CPU default for the language model, engine/options.py) llama.cpp
+    # materialises one batch's scores: batch x context x heads f32 values, reused layer by layer.
+    attention = 0 if options.flash_attn else min(options.n_batch, options.n_ctx) * options.n_ctx * n_head * 4
     return MemoryEstimate(weights=model_path.stat().st_size, projector=mmproj_path.stat().st_size,
-                          kv_cache=kv, compute=COMPUTE_ALLOWANCE)
+                          kv_cache=kv, compute=COMPUTE_ALLOWANCE, attention=attention)
 
 
 def machine_memory() -> int | None:
@@ -98,7 +103,7 @@ def check_fits(model_path: Path, mmproj_path: Path, options: EngineOptions, *, o
         raise EngineError(
             f"{model_path.name} needs about {_gb(need.total)} of memory (model {_gb(need.weights)}, projector "
             f"{_gb(need.projector)}, {options.n_ctx}-token context {_gb(need.kv_cache)}, buffers "
-            f"{_gb(need.compute)}) but this machine has {_gb(have)}",
+            f"{_gb(need.compute + need.attention)}) but this machine has {_gb(have)}",
             hint="use a smaller model, a shorter --ctx, or a machine with more memory",
         )
     return need

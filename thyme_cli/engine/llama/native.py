@@ -194,6 +194,7 @@ class Native:
         self.n_gpu_layers = layers
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = _ALL_LAYERS if layers < 0 else layers
+        mp.use_mmap = options.use_mmap
         # Off only where a child process saw quantized kernels crash with them (cpu_probe); then the
         # Q4_0 / Q4_K layers still get repacked layouts where the probe saw those run (CPU-only loads).
         self.cpu_probe = cpu_probe.decide()
@@ -219,8 +220,10 @@ class Native:
         cpu = cpu_defaults()  # one thread per physical core decodes; every CPU runs batches (engine/cpu.py)
         threads = options.n_threads or cpu.decode_threads
         threads_batch = options.n_threads or cpu.batch_threads
-        flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                 False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[options.flash_attn]
+        flash_types = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                       False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+        self.flash_attn = options.flash_attn if options.flash_attn is not None else (None if layers else False)
+        flash = flash_types[self.flash_attn]
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = options.n_ctx
         cp.n_batch = cp.n_ubatch = min(options.n_batch, options.n_ctx)
@@ -248,7 +251,7 @@ class Native:
         pp.n_threads = threads_batch
         self._marker = IMAGE_MARKER.encode()
         pp.media_marker = self._marker
-        pp.flash_attn_type = flash
+        pp.flash_attn_type = flash_types[options.mmproj_flash_attn]
         pp.warmup = options.mmproj_warmup if options.mmproj_warmup is not None else bool(pp.use_gpu)
         lo, hi = self._limits
         if lo is not None:

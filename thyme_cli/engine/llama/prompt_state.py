@@ -80,7 +80,7 @@ class PromptStore:
             "n_ctx": native.n_ctx,
             "n_batch": native.n_batch,
             "kv_cache_type": options.kv_cache_type,
-            "flash_attn": options.flash_attn,
+            "flash_attn": native.flash_attn,
             "n_gpu_layers": native.n_gpu_layers,
             "buffer_types": native.buffer_types,
             "n_threads_batch": native.n_threads_batch,
