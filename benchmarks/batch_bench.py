@@ -81,8 +81,9 @@ def measure(name: str, engine_args: list[str], images: list[Path], work: Path, e
     compute_s = sum(model_compute_s(r) for r in records)
     ask_walls = []
     for image in images:
-        wall, asked = thyme(["ask", str(image), QUESTION, "--quiet", "--out", str(work / name / image.stem),
-                             *engine_args], env)
+        wall, asked = thyme(
+            ["ask", str(image), QUESTION, "--quiet", "--out", str(work / name / image.stem), *engine_args], env
+        )
         if asked.returncode not in (0, 3):
             raise SystemExit(f"ask failed for {name}:\n{asked.stderr}")
         ask_walls.append(wall)
@@ -149,8 +150,21 @@ def measure_storage(work: Path, env: dict[str, str], n: int) -> dict[str, float]
     script = work / "storage-script.json"
     script.write_text(json.dumps(STORAGE_SCRIPT))
     out = work / "storage.jsonl"
-    _, result = thyme(["batch", str(folder), "-q", "what is this?", "-o", str(out), "--script", str(script),
-                       "--runs", str(work / "storage-runs")], env)
+    _, result = thyme(
+        [
+            "batch",
+            str(folder),
+            "-q",
+            "what is this?",
+            "-o",
+            str(out),
+            "--script",
+            str(script),
+            "--runs",
+            str(work / "storage-runs"),
+        ],
+        env,
+    )
     if result.returncode != 0:
         raise SystemExit(f"storage batch failed:\n{result.stderr}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -180,11 +194,31 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="thyme-batch-bench-") as tmp:
         work = Path(tmp)
-        env = {**os.environ, "THYME_HOME": str(work / "home"), "HF_HOME": str(work / "hf"),
-               "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "NO_COLOR": "1"}
+        env = {
+            **os.environ,
+            "THYME_HOME": str(work / "home"),
+            "HF_HOME": str(work / "hf"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "NO_COLOR": "1",
+        }
         pair = write_tiny_pair(work / "models")
-        _, added = thyme(["models", "add", "tiny", "--model", str(pair.model), "--mmproj", str(pair.mmproj),
-                          "--protocol", "thyme", "--ctx", "4096"], env)
+        _, added = thyme(
+            [
+                "models",
+                "add",
+                "tiny",
+                "--model",
+                str(pair.model),
+                "--mmproj",
+                str(pair.mmproj),
+                "--protocol",
+                "thyme",
+                "--ctx",
+                "4096",
+            ],
+            env,
+        )
         assert added.returncode == 0, added.stderr
         script = work / "script.json"
         script.write_text(json.dumps(SCRIPT))
@@ -195,7 +229,9 @@ def main() -> None:
         images = make_images(work / "images", args.items)
         results = {
             "scripted": measure("scripted", ["--script", str(script)], images, work, env),
-            "llama": measure("llama", ["-m", "tiny", "--max-tokens", "32", "--max-turns", "1", "--threads", "1"], images, work, env),
+            "llama": measure(
+                "llama", ["-m", "tiny", "--max-tokens", "32", "--max-turns", "1", "--threads", "1"], images, work, env
+            ),
         }
     summary = {
         "items": args.items,

@@ -50,8 +50,10 @@ def main() -> None:
         for key, args in COMMANDS.items():
             times = wall_times(args, runs, env)
             result[key] = round(statistics.median(times), 4)
-            print(f"thyme {' '.join(args):<12} median {statistics.median(times):.3f} s "
-                  f"(min {min(times):.3f}, max {max(times):.3f}, {runs} runs)")
+            print(
+                f"thyme {' '.join(args):<12} median {statistics.median(times):.3f} s "
+                f"(min {min(times):.3f}, max {max(times):.3f}, {runs} runs)"
+            )
     print(json.dumps(result))
 
 

@@ -177,9 +177,16 @@ def run_engine(model: Path, mmproj: Path, images: list[Path], n_gen: int, thread
         conv.feed_user(text, imgs)
         gen = conv.generate(max_tokens=n_gen)
         wall = time.perf_counter() - t0
-        turns.append(Turn(tokens=spy.tokens - before_tokens, images=spy.image_encodes - before_images,
-                          wall_s=wall, native_s=engine.native.native_s - native0,
-                          image_load_s=conv.counters.image_load_s - load0, generated=gen.n_tokens))
+        turns.append(
+            Turn(
+                tokens=spy.tokens - before_tokens,
+                images=spy.image_encodes - before_images,
+                wall_s=wall,
+                native_s=engine.native.native_s - native0,
+                image_load_s=conv.counters.image_load_s - load0,
+                generated=gen.n_tokens,
+            )
+        )
     engine.close()
     return turns
 
@@ -189,8 +196,15 @@ def run_stock(model: Path, mmproj: Path, images: list[Path], n_gen: int, threads
     from llama_cpp.llama_chat_format import Qwen25VLChatHandler
 
     handler = Qwen25VLChatHandler(clip_model_path=str(mmproj), verbose=False)
-    llm = Llama(model_path=str(model), chat_handler=handler, n_ctx=8192, n_threads=threads,
-                n_threads_batch=threads, flash_attn=False, verbose=False)
+    llm = Llama(
+        model_path=str(model),
+        chat_handler=handler,
+        n_ctx=8192,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=False,
+        verbose=False,
+    )
     handler._init_mtmd_context(llm)  # load the projector before timing, as the engine does at load
     eog = [t for t in range(llm.n_vocab()) if _is_eog(llm, t)]
     bias = dict.fromkeys(eog, -1000.0)
@@ -225,15 +239,21 @@ def _is_eog(llm: Any, token: int) -> bool:
 
 
 def table(engine: list[Turn], stock: list[Turn]) -> str:
-    rows = ["turn | engine tokens | engine encodes | engine s | engine py% | stock tokens | stock encodes | stock s",
-            "---- | ------------- | -------------- | -------- | ---------- | ------------ | ------------- | -------"]
+    rows = [
+        "turn | engine tokens | engine encodes | engine s | engine py% | stock tokens | stock encodes | stock s",
+        "---- | ------------- | -------------- | -------- | ---------- | ------------ | ------------- | -------",
+    ]
     for i, (e, s) in enumerate(zip(engine, stock, strict=True), 1):
         py = 100 * (e.wall_s - e.native_s) / e.wall_s if e.wall_s else 0.0
-        rows.append(f"{i:4d} | {e.tokens:13d} | {e.images:14d} | {e.wall_s:8.3f} | {py:9.1f}% | "
-                    f"{s.tokens:12d} | {s.images:13d} | {s.wall_s:7.3f}")
+        rows.append(
+            f"{i:4d} | {e.tokens:13d} | {e.images:14d} | {e.wall_s:8.3f} | {py:9.1f}% | "
+            f"{s.tokens:12d} | {s.images:13d} | {s.wall_s:7.3f}"
+        )
     te, ts = sum(t.tokens for t in engine), sum(t.tokens for t in stock)
-    rows.append(f" all | {te:13d} | {sum(t.images for t in engine):14d} | {sum(t.wall_s for t in engine):8.3f} | "
-                f"{'':10s} | {ts:12d} | {sum(t.images for t in stock):13d} | {sum(t.wall_s for t in stock):7.3f}")
+    rows.append(
+        f" all | {te:13d} | {sum(t.images for t in engine):14d} | {sum(t.wall_s for t in engine):8.3f} | "
+        f"{'':10s} | {ts:12d} | {sum(t.images for t in stock):13d} | {sum(t.wall_s for t in stock):7.3f}"
+    )
     return "\n".join(rows)
 
 
@@ -255,8 +275,10 @@ def main() -> None:
             stock = run_stock(model, mmproj, images, args.gen_tokens, args.threads, spy)
         finally:
             spy.uninstall()
-    print(f"model: {args.size} random-weight qwen2vl + qwen2.5vl_merger; {args.gen_tokens} generated tokens "
-          f"per turn; {args.threads} threads; tokens = text + image tokens evaluated (generated ones included)")
+    print(
+        f"model: {args.size} random-weight qwen2vl + qwen2.5vl_merger; {args.gen_tokens} generated tokens "
+        f"per turn; {args.threads} threads; tokens = text + image tokens evaluated (generated ones included)"
+    )
     print(table(engine, stock))
     # Prefill = tokens evaluated minus the generated ones (the same on both sides).
     gen = args.gen_tokens

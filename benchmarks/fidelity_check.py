@@ -58,10 +58,14 @@ def run_corpus(backend: str) -> dict[str, Any]:
             print(f"{case['id']:40s} {status}" + ("".join("\n    " + p for p in problems) if problems else ""))
     n_improvement_cases = sum("improvement" in c for c in cases)
     return {
-        "cases": len(cases), "compared": compared, "matched": matched,
+        "cases": len(cases),
+        "compared": compared,
+        "matched": matched,
         "upstream_match": round(matched / compared, 4) if compared else None,
-        "documented_improvements": len(improvement_kinds), "improvement_cases": n_improvement_cases,
-        "improvement_cases_ok": improvements_ok, "failures": failures,
+        "documented_improvements": len(improvement_kinds),
+        "improvement_cases": n_improvement_cases,
+        "improvement_cases_ok": improvements_ok,
+        "failures": failures,
     }
 
 
@@ -80,14 +84,38 @@ def run_parity() -> dict[str, Any] | None:
         tmp = Path(tmp_name)
         run_env = {**os.environ, "THYME_HOME": str(tmp / "home"), "HF_HUB_OFFLINE": "1"}
         ckpt = tmp / "ckpt"
-        subprocess.run([str(env.python), "-I", str(tp.REFERENCE), "build", str(ckpt), str(tp.QWEN_DATA)],
-                       check=True, capture_output=True, text=True, timeout=900)
+        subprocess.run(
+            [str(env.python), "-I", str(tp.REFERENCE), "build", str(ckpt), str(tp.QWEN_DATA)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         thyme = [sys.executable, "-m", "thyme_cli.cli"]
-        subprocess.run([*thyme, "models", "convert", str(ckpt), "--name", "realvocab", "--quant", "F32",
-                        "--mmproj-type", "f32", "--protocol", "thyme"], check=True, capture_output=True,
-                       text=True, env=run_env, timeout=1800)
-        paths = subprocess.run([*thyme, "models", "path", "realvocab"], check=True, capture_output=True,
-                               text=True, env=run_env).stdout.split()
+        subprocess.run(
+            [
+                *thyme,
+                "models",
+                "convert",
+                str(ckpt),
+                "--name",
+                "realvocab",
+                "--quant",
+                "F32",
+                "--mmproj-type",
+                "f32",
+                "--protocol",
+                "thyme",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=1800,
+        )
+        paths = subprocess.run(
+            [*thyme, "models", "path", "realvocab"], check=True, capture_output=True, text=True, env=run_env
+        ).stdout.split()
         model, mmproj = Path(paths[0]), Path(paths[1])
         images = tp.make_images(tmp)
         out: dict[str, Any] = {}
@@ -121,8 +149,10 @@ def main() -> int:
         "compared_with_upstream": corpus["compared"],
         "documented_improvements": corpus["documented_improvements"],
         "improvement_cases_ok": f"{corpus['improvement_cases_ok']}/{corpus['improvement_cases']}",
-        "token_parity": None, "mrope_parity": None,
-        "multi_turn_logit_max_abs_diff": None, "logit_tolerance": None,
+        "token_parity": None,
+        "mrope_parity": None,
+        "multi_turn_logit_max_abs_diff": None,
+        "logit_tolerance": None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if parity is not None:

@@ -93,7 +93,12 @@ def child(model: str, mode: str, names: str, threads: int, n_prompt: int, n_gen:
     n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model_p))
     batch = llama_cpp.llama_batch_init(n_prompt, 0, 1)
     for i in range(n_prompt):
-        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = (13 * i + 5) % 256, i, 1, int(i == n_prompt - 1)
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = (
+            (13 * i + 5) % 256,
+            i,
+            1,
+            int(i == n_prompt - 1),
+        )
         batch.seq_id[i][0] = 0
     batch.n_tokens = n_prompt
     t0 = time.perf_counter()
@@ -105,13 +110,30 @@ def child(model: str, mode: str, names: str, threads: int, n_prompt: int, n_gen:
         batch.n_tokens = 1
         assert llama_cpp.llama_decode(ctx, batch) == 0
     gen_s = time.perf_counter() - t0
-    print(json.dumps({"mode": mode, "load_s": round(load_s, 2), "prompt_tok_s": round(n_prompt / prompt_s, 1),
-                      "decode_tok_s": round(n_gen / gen_s, 2)}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "load_s": round(load_s, 2),
+                "prompt_tok_s": round(n_prompt / prompt_s, 1),
+                "decode_tok_s": round(n_gen / gen_s, 2),
+            }
+        )
+    )
 
 
 def run_mode(model: Path, mode: str, names: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", str(model), mode, names, str(args.threads), str(args.prompt),
-           str(args.gen)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(model),
+        mode,
+        names,
+        str(args.threads),
+        str(args.prompt),
+        str(args.gen),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode < 0:
         import signal
@@ -141,12 +163,26 @@ def main() -> None:
         names = ",".join(repack_names(model))
         results[quant] = [run_mode(model, mode, names, args) for mode in MODES]
         for r in results[quant]:
-            figures = (f"crashed ({r['crashed']})" if "crashed" in r else r.get("failed") or r.get("unavailable")
-                       or f"prompt {r['prompt_tok_s']:8.1f} tok/s   decode {r['decode_tok_s']:6.2f} tok/s   "
-                          f"load {r['load_s']:.2f} s")
+            figures = (
+                f"crashed ({r['crashed']})"
+                if "crashed" in r
+                else r.get("failed")
+                or r.get("unavailable")
+                or f"prompt {r['prompt_tok_s']:8.1f} tok/s   decode {r['decode_tok_s']:6.2f} tok/s   "
+                f"load {r['load_s']:.2f} s"
+            )
             print(f"{quant:7s} {r['mode']:7s} {figures}")
-    print(json.dumps({"threads": args.threads, "layers": args.layers, "prompt_tokens": args.prompt,
-                      "gen_tokens": args.gen, "results": results}))
+    print(
+        json.dumps(
+            {
+                "threads": args.threads,
+                "layers": args.layers,
+                "prompt_tokens": args.prompt,
+                "gen_tokens": args.gen,
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

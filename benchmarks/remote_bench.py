@@ -84,13 +84,15 @@ class Server:
                 self.proc.wait(timeout=30)
 
 
-def _launch(cmd: list[str], log: Path, env: dict[str, str] | None, timeout: float, what: str) -> tuple[
-        subprocess.Popen[bytes], str]:
+def _launch(
+    cmd: list[str], log: Path, env: dict[str, str] | None, timeout: float, what: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,13 +115,44 @@ def start_llama_cpp_python(work: Path, args: argparse.Namespace) -> Server:
         raise Skip("the llama-cpp-python[server] extra is not installed") from None
     pair = write_tiny_pair(work / "model")
     proc, url = _launch(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(pair.model), "--clip_model_path",
-         str(pair.mmproj), "--chat_format", "qwen2.5-vl", "--model_alias", "tiny", "--host", "127.0.0.1",
-         "--port", "{port}", "--n_ctx", "8192", "--n_threads", "1", "--n_threads_batch", "1",
-         "--interrupt_requests", "False", "--verbose", "False"],
-        work / "llama-cpp-python.log", None, 60, "llama_cpp.server")
-    return Server(proc, url, {"grammar": _gbnf(CROP)},
-                  "llama_cpp.server (qwen2.5-vl handler, one request at a time), tiny random-weight GGUF")
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(pair.model),
+            "--clip_model_path",
+            str(pair.mmproj),
+            "--chat_format",
+            "qwen2.5-vl",
+            "--model_alias",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--n_ctx",
+            "8192",
+            "--n_threads",
+            "1",
+            "--n_threads_batch",
+            "1",
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ],
+        work / "llama-cpp-python.log",
+        None,
+        60,
+        "llama_cpp.server",
+    )
+    return Server(
+        proc,
+        url,
+        {"grammar": _gbnf(CROP)},
+        "llama_cpp.server (qwen2.5-vl handler, one request at a time), tiny random-weight GGUF",
+    )
 
 
 def llama_server_binary() -> str | None:
@@ -146,9 +179,31 @@ def start_llama_server(work: Path, args: argparse.Namespace) -> Server:
     pair = write_tiny_pair(work / "model")
     slots = 4
     proc, url = _launch(
-        [binary, "-m", str(pair.model), "--mmproj", str(pair.mmproj), "--host", "127.0.0.1", "--port", "{port}",
-         "-c", str(8192 * slots), "-np", str(slots), "-t", "1", "--alias", "tiny", "--no-webui"],
-        work / "llama-server.log", None, 120, "llama-server")
+        [
+            binary,
+            "-m",
+            str(pair.model),
+            "--mmproj",
+            str(pair.mmproj),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "-c",
+            str(8192 * slots),
+            "-np",
+            str(slots),
+            "-t",
+            "1",
+            "--alias",
+            "tiny",
+            "--no-webui",
+        ],
+        work / "llama-server.log",
+        None,
+        120,
+        "llama-server",
+    )
     return Server(proc, url, {"grammar": _gbnf(CROP)}, f"llama-server -np {slots}, tiny random-weight GGUF")
 
 
@@ -163,20 +218,35 @@ def start_vllm(work: Path, args: argparse.Namespace) -> Server:
     if not (tokenizer / "vocab.json").is_file():
         raise Skip(f"no Qwen2.5-VL tokenizer files in {tokenizer} (--tokenizer-dir)")
     model = work / "tiny-hf"
-    subprocess.run([str(env.python), "-I", tiny_hf_qwen.__file__, str(tokenizer), str(model)], check=True,
-                   stdout=subprocess.DEVNULL)
-    cmd = env.server_cmd(*vllm_env.serve_args(str(model), name="tiny", host="127.0.0.1", port=0,
-                                              max_model_len=8192, max_images=8, max_pixels=None),
-                         "--max-num-seqs", "8", "--dtype", "bfloat16")
+    subprocess.run(
+        [str(env.python), "-I", tiny_hf_qwen.__file__, str(tokenizer), str(model)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    cmd = env.server_cmd(
+        *vllm_env.serve_args(
+            str(model), name="tiny", host="127.0.0.1", port=0, max_model_len=8192, max_images=8, max_pixels=None
+        ),
+        "--max-num-seqs",
+        "8",
+        "--dtype",
+        "bfloat16",
+    )
     cmd[cmd.index("--port") + 1] = "{port}"
     proc, url = _launch(cmd, work / "vllm.log", vllm_env.cpu_env(1), 900, "vLLM")
     regex = re.escape(CROP)
-    return Server(proc, url, {"structured_outputs": {"regex": regex}},
-                  f"vLLM {env.versions.get('vllm', '?')} (CPU), tiny random-weight Qwen2.5-VL, real tokenizer")
+    return Server(
+        proc,
+        url,
+        {"structured_outputs": {"regex": regex}},
+        f"vLLM {env.versions.get('vllm', '?')} (CPU), tiny random-weight Qwen2.5-VL, real tokenizer",
+    )
 
 
 STARTERS: dict[str, Callable[[Path, argparse.Namespace], Server]] = {
-    "vllm": start_vllm, "llama-server": start_llama_server, "llama-cpp-python": start_llama_cpp_python,
+    "vllm": start_vllm,
+    "llama-server": start_llama_server,
+    "llama-cpp-python": start_llama_cpp_python,
 }
 
 
@@ -191,10 +261,16 @@ def run_batch(url: str, images: Path, out: Path, jobs: int, sandbox: str) -> flo
     items = collect_items([str(images)], "what is in the top-left corner?", stdin=None)
     started = time.perf_counter()
     summary = execute_batch(
-        items, output=str(out), resume=False, shard=None, runs=None, jobs=jobs,
+        items,
+        output=str(out),
+        resume=False,
+        shard=None,
+        runs=None,
+        jobs=jobs,
         model_settings=ModelSettings(backend="openai", base_url=url, max_image_tokens=256),
         question_settings=QuestionSettings(sandbox=sandbox, agent=AgentOptions(max_turns=1, max_step_tokens=400)),
-        assume_yes=True, interactive=False,
+        assume_yes=True,
+        interactive=False,
     )
     seconds = time.perf_counter() - started
     if summary.counts.get("answered", 0) != len(items):
@@ -218,21 +294,28 @@ def measure(name: str, work: Path, images: Path, args: argparse.Namespace) -> di
             seconds = run_batch(server.url, images, work / f"jobs{jobs}.jsonl", jobs, args.sandbox)
             rates[jobs] = args.items / seconds * 60
             split[jobs] = _split(work / f"jobs{jobs}.jsonl")
-            print(f"{name} --jobs {jobs}: {args.items} items in {seconds:.2f} s = {rates[jobs]:.1f} items/min",
-                  file=sys.stderr)
+            print(
+                f"{name} --jobs {jobs}: {args.items} items in {seconds:.2f} s = {rates[jobs]:.1f} items/min",
+                file=sys.stderr,
+            )
     finally:
         server.stop()
-    return {"server": server.label, "jobs1_items_per_min": round(rates[1], 2),
-            "jobs4_items_per_min": round(rates[4], 2),
-            # Where an item's time went at --jobs 1: waiting for the server vs everything else here.
-            "jobs1_server_s_per_item": split[1][0], "jobs1_client_s_per_item": split[1][1],
-            "jobs4_over_jobs1": round(rates[4] / rates[1], 3)}
+    return {
+        "server": server.label,
+        "jobs1_items_per_min": round(rates[1], 2),
+        "jobs4_items_per_min": round(rates[4], 2),
+        # Where an item's time went at --jobs 1: waiting for the server vs everything else here.
+        "jobs1_server_s_per_item": split[1][0],
+        "jobs1_client_s_per_item": split[1][1],
+        "jobs4_over_jobs1": round(rates[4] / rates[1], 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=",".join(SERVERS),
-                        help=f"comma-separated, from {', '.join(SERVERS)} (default: all)")
+    parser.add_argument(
+        "--server", default=",".join(SERVERS), help=f"comma-separated, from {', '.join(SERVERS)} (default: all)"
+    )
     parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--size", default="640x480", help="input image size, WxH")
     parser.add_argument("--sandbox", default="auto")
@@ -267,8 +350,18 @@ def main() -> None:
             key = name.replace("-", "_")
             results[key] = figures
             results[f"{key}_jobs4_over_jobs1"] = figures["jobs4_over_jobs1"]
-    print(json.dumps({"items": args.items, "image_size": args.size, "cpus": os.cpu_count(),
-                      "python": platform.python_version(), **results, "skipped": skipped}))
+    print(
+        json.dumps(
+            {
+                "items": args.items,
+                "image_size": args.size,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                **results,
+                "skipped": skipped,
+            }
+        )
+    )
 
 
 def _split(results: Path) -> tuple[float, float]:

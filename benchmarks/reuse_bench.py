@@ -21,8 +21,8 @@ second's), ``second_question_over_first`` (wall time of the 2nd question on the 
 the 1st, in the second process), ``decode_tok_s_jobs4_over_jobs1`` (tokens/s of four sequences
 decoded together over one, engine level), ``samples4_over_samples1`` (wall time of
 `thyme ask --samples 4` over `--samples 1`, whole processes with the model load, one turn of at
-least 16 tokens at temperature 1, no saved prompt state; ``samples4_over_samples1_engine`` is the same from the engine-level parts),
-``items_per_min_jobs4_over_jobs1`` (`thyme batch` on
+least 16 tokens at temperature 1, no saved prompt state; ``samples4_over_samples1_engine`` is the
+same from the engine-level parts), ``items_per_min_jobs4_over_jobs1`` (`thyme batch` on
 --batch-items photos, one question and one turn each, --jobs 4 over --jobs 1: the local engine
 runs the items as sequences of one context).
 Figures taken on a loaded machine are not final. The last line is one JSON object.
@@ -88,11 +88,19 @@ def phase_ask(args: argparse.Namespace) -> dict[str, Any]:
         gen = conv.generate(max_tokens=args.reply_tokens)
         c = conv.counters
         conv.close()
-        out.append({"wall_s": time.perf_counter() - t0, "prefill_s": c.prefill_s, "image_encode_s": c.image_encode_s,
-                    "decode_s": c.decode_s, "tokens_evaluated": c.tokens_evaluated,
-                    "images_encoded": c.images_encoded, "tokens_generated": gen.n_tokens,
-                    "prompt_state_loaded": getattr(c, "prompt_state_loaded", False),
-                    "prompt_state": engine.prompt_store.last_event if engine.prompt_store else None})
+        out.append(
+            {
+                "wall_s": time.perf_counter() - t0,
+                "prefill_s": c.prefill_s,
+                "image_encode_s": c.image_encode_s,
+                "decode_s": c.decode_s,
+                "tokens_evaluated": c.tokens_evaluated,
+                "images_encoded": c.images_encoded,
+                "tokens_generated": gen.n_tokens,
+                "prompt_state_loaded": getattr(c, "prompt_state_loaded", False),
+                "prompt_state": engine.prompt_store.last_event if engine.prompt_store else None,
+            }
+        )
         print(f"  {question!r}: {out[-1]}", file=sys.stderr, flush=True)
     engine.close()
     return {"load_s": load_s, "questions": out}
@@ -109,8 +117,9 @@ def phase_parallel(args: argparse.Namespace) -> dict[str, Any]:
     from thyme_cli.models.registry import load_registry
     from thyme_cli.question.prompts import SYSTEM_PROMPT
 
-    options = replace(EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens),
-                      n_seq=4)
+    options = replace(
+        EngineOptions.from_spec(load_registry().get("thyme-7b"), max_image_tokens=args.image_tokens), n_seq=4
+    )
     engine = LlamaEngine.load(args.model, args.mmproj, options=options)
     native = engine.native
     prompt = native.tokenize(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>assistant\n")
@@ -129,8 +138,9 @@ def phase_parallel(args: argparse.Namespace) -> dict[str, Any]:
             for step in range(n):
                 dec.step([(seq, dec.sample(seq, samplers[seq].prose), len(prompt) + step) for seq in range(width)])
             timings[f"decode_s_{width}"] = time.perf_counter() - t0
-            print(f"  {width} sequence(s): {n} steps in {timings[f'decode_s_{width}']:.2f} s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  {width} sequence(s): {n} steps in {timings[f'decode_s_{width}']:.2f} s", file=sys.stderr, flush=True
+            )
     for s in samplers:
         s.close()
     engine.close()
@@ -142,16 +152,46 @@ def batch_items_per_min(pair: Any, home: Path, args: argparse.Namespace) -> dict
     with --jobs 1 and --jobs 4: items per minute, each run in its own process."""
     env = {**os.environ, "THYME_HOME": str(home)}
     cli = [sys.executable, "-m", "thyme_cli.cli"]
-    subprocess.run([*cli, "models", "add", "bench", "--model", str(pair.model), "--mmproj", str(pair.mmproj),
-                    "--protocol", "thyme"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            *cli,
+            "models",
+            "add",
+            "bench",
+            "--model",
+            str(pair.model),
+            "--mmproj",
+            str(pair.mmproj),
+            "--protocol",
+            "thyme",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     photos = home / "photos"
     photos.mkdir(exist_ok=True)
     for i in range(args.batch_items):
         write_photo(photos / f"p{i}.jpg", (1600 - 40 * i, 1200))
     out: dict[str, float] = {}
     for jobs in (1, 4):
-        cmd = [*cli, "batch", str(photos), "-q", QUESTIONS[0], "-m", "bench", "--jobs", str(jobs),
-               "--max-tokens", str(max(16, args.reply_tokens)), "--max-turns", "1", "-o", str(home / f"b{jobs}.jsonl")]
+        cmd = [
+            *cli,
+            "batch",
+            str(photos),
+            "-q",
+            QUESTIONS[0],
+            "-m",
+            "bench",
+            "--jobs",
+            str(jobs),
+            "--max-tokens",
+            str(max(16, args.reply_tokens)),
+            "--max-turns",
+            "1",
+            "-o",
+            str(home / f"b{jobs}.jsonl"),
+        ]
         if args.image_tokens:
             cmd += ["--max-image-tokens", str(args.image_tokens)]
         t0 = time.perf_counter()
@@ -170,13 +210,44 @@ def samples_wall(pair: Any, home: Path, args: argparse.Namespace) -> dict[str, f
     16, temperature 1), each in its own process with no saved prompt state: wall seconds."""
     env = {**os.environ, "THYME_HOME": str(home), "THYME_PROMPT_STATE_MB": "0"}
     cli = [sys.executable, "-m", "thyme_cli.cli"]
-    subprocess.run([*cli, "models", "add", "bench-s", "--model", str(pair.model), "--mmproj", str(pair.mmproj),
-                    "--protocol", "thyme"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            *cli,
+            "models",
+            "add",
+            "bench-s",
+            "--model",
+            str(pair.model),
+            "--mmproj",
+            str(pair.mmproj),
+            "--protocol",
+            "thyme",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     out: dict[str, float] = {}
     for n in (1, 4):
-        cmd = [*cli, "ask", str(home / "photo.jpg"), QUESTIONS[0], "-m", "bench-s", "--samples", str(n),
-               "--temperature", "1.0", "--max-tokens", str(max(16, args.reply_tokens)), "--max-turns", "1",
-               "--quiet", "--out", str(home / f"samples{n}")]
+        cmd = [
+            *cli,
+            "ask",
+            str(home / "photo.jpg"),
+            QUESTIONS[0],
+            "-m",
+            "bench-s",
+            "--samples",
+            str(n),
+            "--temperature",
+            "1.0",
+            "--max-tokens",
+            str(max(16, args.reply_tokens)),
+            "--max-turns",
+            "1",
+            "--quiet",
+            "--out",
+            str(home / f"samples{n}"),
+        ]
         if args.image_tokens:
             cmd += ["--max-image-tokens", str(args.image_tokens)]
         t0 = time.perf_counter()
@@ -190,8 +261,17 @@ def samples_wall(pair: Any, home: Path, args: argparse.Namespace) -> dict[str, f
 
 def run_phase(common: list[str], home: Path, questions: list[str], phase: str = "ask") -> dict[str, Any]:
     result = home / f"result-{phase}-{len(questions)}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--result", str(result),
-           "--questions", "|".join(questions), *common]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--phase",
+        phase,
+        "--result",
+        str(result),
+        "--questions",
+        "|".join(questions),
+        *common,
+    ]
     env = {**os.environ, "THYME_HOME": str(home)}
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sys.stderr.write(proc.stdout)
@@ -204,15 +284,23 @@ def run_phase(common: list[str], home: Path, questions: list[str], phase: str = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="3b")
-    parser.add_argument("--image-tokens", type=int, default=None,
-                        help="image token budget (default: the thyme-7b entry's, as `thyme ask` uses)")
+    parser.add_argument(
+        "--image-tokens",
+        type=int,
+        default=None,
+        help="image token budget (default: the thyme-7b entry's, as `thyme ask` uses)",
+    )
     parser.add_argument("--reply-tokens", type=int, default=16, help="tokens decoded per question")
     parser.add_argument("--batch-items", type=int, default=4, help="photos in the batch --jobs 1 / 4 runs (0: skip)")
-    parser.add_argument("--decode-tokens", type=int, default=32,
-                        help="decode steps timed for 1 and for 4 parallel sequences")
-    parser.add_argument("--quick", action="store_true",
-                        help="a 256-token image budget, 4-token replies, 8 decode steps, 2 batch items "
-                             "(to test the benchmark, not its figures)")
+    parser.add_argument(
+        "--decode-tokens", type=int, default=32, help="decode steps timed for 1 and for 4 parallel sequences"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 256-token image budget, 4-token replies, 8 decode steps, 2 batch items "
+        "(to test the benchmark, not its figures)",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--questions", help=argparse.SUPPRESS)
@@ -232,8 +320,18 @@ def main() -> None:
         home = Path(tmp)
         photo = home / "photo.jpg"
         write_photo(photo, (1600, 1200))
-        common = ["--model", str(pair.model), "--mmproj", str(pair.mmproj), "--photo", str(photo),
-                  "--reply-tokens", str(args.reply_tokens), "--decode-tokens", str(args.decode_tokens)]
+        common = [
+            "--model",
+            str(pair.model),
+            "--mmproj",
+            str(pair.mmproj),
+            "--photo",
+            str(photo),
+            "--reply-tokens",
+            str(args.reply_tokens),
+            "--decode-tokens",
+            str(args.decode_tokens),
+        ]
         if args.image_tokens:
             common += ["--image-tokens", str(args.image_tokens)]
         print("first process: one question, fresh prompt-state directory", file=sys.stderr, flush=True)
@@ -268,8 +366,9 @@ def main() -> None:
         "decode_tok_s_4": round(4 * par["decode_tokens"] / par["decode_s_4"], 3),
         "decode_tok_s_jobs4_over_jobs1": round(4 * par["decode_s_1"] / par["decode_s_4"], 3),
         **{k: round(v, 3) for k, v in batch.items()},
-        "items_per_min_jobs4_over_jobs1": (round(batch["items_per_min_jobs4"] / batch["items_per_min_jobs1"], 3)
-                                           if batch else None),
+        "items_per_min_jobs4_over_jobs1": (
+            round(batch["items_per_min_jobs4"] / batch["items_per_min_jobs1"], 3) if batch else None
+        ),
         **{k: round(v, 3) for k, v in sampled.items()},
         "samples4_over_samples1": round(sampled["ask_s_samples4"] / sampled["ask_s_samples1"], 4),
         # Engine level: the first question's encode + prefill once, then --decode-tokens steps for 4

@@ -5,8 +5,8 @@
 For each backend that starts here: worker start (spawn -> ready), a trivial step and a
 crop+rotate+contrast+save step on a 1280x960 image (host-side image harvest included: the host
 decodes and checks the image on the step's path, and its compressed PNG is written by a background
-thread while the next step runs; that is what the agent loop waits for; the same step saving outside the output dir shows
-the jail's own cost without it). Medians are printed; the LAST line is one line
+thread while the next step runs; that is what the agent loop waits for; the same step saving
+outside the output dir shows the jail's own cost without it). Medians are printed; the LAST line is one line
 of JSON. Headline keys take the WORST backend, so a target met there is met by either backend.
 
 In-process exec runs the code as plain Python would (Pillow's default PNG compression); the jailed
@@ -88,9 +88,7 @@ class InProcess:
             "ImageOps": ImageOps, "ImageDraw": ImageDraw, "cv2": cv2, "image_path": str(image),
         }  # fmt: skip
         self.trivial_code = compile(TRIVIAL, "<string>", "exec")
-        self.crop_code = compile(
-            CROP.replace("/mnt/data/temp_processed_images", str(out_dir)), "<string>", "exec"
-        )
+        self.crop_code = compile(CROP.replace("/mnt/data/temp_processed_images", str(out_dir)), "<string>", "exec")
         self.crop()  # warm-up
 
     def _exec(self, code: Any) -> None:
@@ -181,7 +179,8 @@ def main() -> None:
         r["fresh_over_warm_crop"] = round(r["fresh_crop_ms"] / r["warm_crop_ms"], 3)
         results[probe.name] = r
         print(
-            f"{probe.name}: worker start {r['worker_start_ms']} ms (open_sandbox returns in {r['open_sandbox_ms']} ms); "
+            f"{probe.name}: worker start {r['worker_start_ms']} ms "
+            f"(open_sandbox returns in {r['open_sandbox_ms']} ms); "
             f"warm trivial {r['warm_trivial_ms']} ms, warm crop {r['warm_crop_ms']} ms "
             f"(in-process: trivial {r['inprocess_trivial_ms']} ms, crop {r['inprocess_crop_ms']} ms, "
             f"x{r['crop_ratio_jail_over_inprocess']}; without the host's image re-encode "

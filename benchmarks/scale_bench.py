@@ -170,8 +170,12 @@ def parse_setting(text: str) -> tuple[int, str | None, str | None, str | None]:
     except ValueError:
         raise SystemExit(bad) from None
     kv, flash, mmproj_flash = ((parts[i] if len(parts) > i and parts[i] else None) for i in (1, 2, 3))
-    if (threads < 1 or len(parts) > 4 or (kv and kv not in ("f32", "f16", "bf16", "q8_0", "q4_0"))
-            or any(f and f not in ("on", "off", "auto") for f in (flash, mmproj_flash))):
+    if (
+        threads < 1
+        or len(parts) > 4
+        or (kv and kv not in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+        or any(f and f not in ("on", "off", "auto") for f in (flash, mmproj_flash))
+    ):
         raise SystemExit(bad)
     return threads, kv, flash, mmproj_flash
 
@@ -253,8 +257,10 @@ def phase_thyme(args: argparse.Namespace) -> dict[str, Any]:
     question_s = time.perf_counter() - wall0
     c = captured["counters"]
     if served != len(queue) or trace.stop_reason != "answered" or len(trace.steps) != 2:
-        raise SystemExit(f"the scripted question did not run as scripted: {trace.stop_reason} "
-                         f"({trace.stop_detail}), {len(trace.steps)} steps, {served}/{len(queue)} tokens")
+        raise SystemExit(
+            f"the scripted question did not run as scripted: {trace.stop_reason} "
+            f"({trace.stop_detail}), {len(trace.steps)} steps, {served}/{len(queue)} tokens"
+        )
     # Save the stream for the limit runs: token ids, and each image as the exact pixels evaluated.
     items: list[Any] = []
     for i, item in enumerate(captured["stream"]):
@@ -271,16 +277,27 @@ def phase_thyme(args: argparse.Namespace) -> dict[str, Any]:
     # tokens_evaluated counts fed text and image tokens; the stream's ints are fed + generated text.
     image_tokens = c.tokens_evaluated - (sum(1 for it in items if isinstance(it, int)) - gen_tokens)
     parts = Parts(
-        image_encode_s=c.image_encode_s, images_encoded=c.images_encoded, image_tokens=image_tokens,
-        prefill_s=c.prefill_s, prefill_tokens=c.tokens_evaluated, decode_s=c.decode_s,
+        image_encode_s=c.image_encode_s,
+        images_encoded=c.images_encoded,
+        image_tokens=image_tokens,
+        prefill_s=c.prefill_s,
+        prefill_tokens=c.tokens_evaluated,
+        decode_s=c.decode_s,
         decode_tokens=c.tokens_generated,
         extra={
-            "question_s": question_s, "load_s": load_s, "native_s": c.native_s,
-            "sandbox_s": sandbox_open_s + sandbox_steps_s, "sandbox_steps_s": sandbox_steps_s,
-            "image_load_s": c.image_load_s, "n_images": n_images,
+            "question_s": question_s,
+            "load_s": load_s,
+            "native_s": c.native_s,
+            "sandbox_s": sandbox_open_s + sandbox_steps_s,
+            "sandbox_steps_s": sandbox_steps_s,
+            "image_load_s": c.image_load_s,
+            "n_images": n_images,
             "overhead_s": question_s - c.native_s - sandbox_open_s - sandbox_steps_s,
-            "n_threads": native.n_threads, "n_threads_batch": native.n_threads_batch,
-            "n_ctx": native.n_ctx, "kv_cache_type": options.kv_cache_type, "flash_attn": native.flash_attn,
+            "n_threads": native.n_threads,
+            "n_threads_batch": native.n_threads_batch,
+            "n_ctx": native.n_ctx,
+            "kv_cache_type": options.kv_cache_type,
+            "flash_attn": native.flash_attn,
             "mmproj_flash_attn": options.mmproj_flash_attn,
             "image_max_tokens": options.image_max_tokens,
             "peak_rss_mb": peak_rss_mb(),
@@ -389,8 +406,14 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
     cpus = os.cpu_count() or 1
     handler = Qwen25VLChatHandler(clip_model_path=args.mmproj, verbose=False)
     t0 = time.perf_counter()
-    llm = Llama(model_path=args.model, chat_handler=handler, n_ctx=options.n_ctx, verbose=False,
-                n_threads=max(1, cpus // 2), n_threads_batch=cpus)
+    llm = Llama(
+        model_path=args.model,
+        chat_handler=handler,
+        n_ctx=options.n_ctx,
+        verbose=False,
+        n_threads=max(1, cpus // 2),
+        n_threads_batch=cpus,
+    )
     handler._init_mtmd_context(llm)
     load_s = time.perf_counter() - t0
     photo = Path(args.photo)
@@ -401,8 +424,13 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
 
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [image_part(photo), {"type": "text", "text": user_prompt(
-            QUESTION, "/mnt/data/input.jpg", w, h).replace(IMAGE_MARKER, "")}]},
+        {
+            "role": "user",
+            "content": [
+                image_part(photo),
+                {"type": "text", "text": user_prompt(QUESTION, "/mnt/data/input.jpg", w, h).replace(IMAGE_MARKER, "")},
+            ],
+        },
     ]
     turns = []
     wall0 = time.perf_counter()
@@ -417,16 +445,23 @@ def phase_stock(args: argparse.Namespace) -> dict[str, Any]:
             return out
 
         t0 = time.perf_counter()
-        out = llm.create_chat_completion(messages=messages, max_tokens=len(forced), temperature=0.0,  # type: ignore[arg-type]
-                                         logits_processor=llama_cpp.LogitsProcessorList([force]))
+        out = llm.create_chat_completion(
+            messages=messages,
+            max_tokens=len(forced),
+            temperature=0.0,  # type: ignore[arg-type]
+            logits_processor=llama_cpp.LogitsProcessorList([force]),
+        )
         text = out["choices"][0]["message"]["content"] or ""  # type: ignore[index]
         turns.append({"wall_s": time.perf_counter() - t0, "forced": len(forced), "decoded": step["k"]})
         messages.append({"role": "assistant", "content": text})
         if i < len(crops):
             obs = observation(n_images=1, stdout="", error=None)
             before, _, after = obs.partition(IMAGE_MARKER)
-            content: list[dict[str, Any]] = [{"type": "text", "text": before}, image_part(Path(crops[i])),
-                                             {"type": "text", "text": after}]
+            content: list[dict[str, Any]] = [
+                {"type": "text", "text": before},
+                image_part(Path(crops[i])),
+                {"type": "text", "text": after},
+            ]
             messages.append({"role": "user", "content": content})
     question_s = time.perf_counter() - wall0
     llm.close()
@@ -450,8 +485,14 @@ def phase_load(args: argparse.Namespace) -> dict[str, Any]:
     engine.native.decode_tokens([engine.native.tokenize("Hello")[0]], 0)
     first_eval_s = time.perf_counter() - t0
     engine.close()
-    return {"cold": args.cold, "mmap": not args.no_mmap, "evicted": evicted, "load_s": load_s,
-            "first_eval_s": first_eval_s, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "cold": args.cold,
+        "mmap": not args.no_mmap,
+        "evicted": evicted,
+        "load_s": load_s,
+        "first_eval_s": first_eval_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 PHASES = {"thyme": phase_thyme, "limit": phase_limit, "stock": phase_stock, "load": phase_load}
@@ -473,18 +514,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="3b")
     cpus = len(os.sched_getaffinity(0))
-    parser.add_argument("--threads", default=",".join(str(t) for t in sorted({1, max(1, cpus // 2), cpus})),
-                        help=f"settings the limit is measured at, comma-separated: {SETTING_FORM}, e.g. "
-                             "1,2,2:q8_0:on,2:f16:off,2:f16:on:off; the limit takes the best per part")
+    parser.add_argument(
+        "--threads",
+        default=",".join(str(t) for t in sorted({1, max(1, cpus // 2), cpus})),
+        help=f"settings the limit is measured at, comma-separated: {SETTING_FORM}, e.g. "
+        "1,2,2:q8_0:on,2:f16:off,2:f16:on:off; the limit takes the best per part",
+    )
     parser.add_argument("--skip-stock", action="store_true", help="leave out the stock llama-cpp-python run")
-    parser.add_argument("--stock-timeout-factor", type=float, default=0.0,
-                        help="stop the stock run after this many times thyme's question time and report "
-                             "stock_over_thyme as at least that (0: let it finish; on 2 cores it takes over an hour)")
+    parser.add_argument(
+        "--stock-timeout-factor",
+        type=float,
+        default=0.0,
+        help="stop the stock run after this many times thyme's question time and report "
+        "stock_over_thyme as at least that (0: let it finish; on 2 cores it takes over an hour)",
+    )
     parser.add_argument("--skip-load", action="store_true", help="leave out the cold/warm load timings")
-    parser.add_argument("--skip-limit", action="store_true",
-                        help="leave out the limit runs (e.g. for thyme's own timings and peak RSS only)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small photo and short replies (for testing the benchmark; not its figures)")
+    parser.add_argument(
+        "--skip-limit",
+        action="store_true",
+        help="leave out the limit runs (e.g. for thyme's own timings and peak RSS only)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small photo and short replies (for testing the benchmark; not its figures)",
+    )
     # internal: one phase in this process
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -513,8 +567,7 @@ def main() -> None:
         photo = work / "photo.jpg"
         write_photo(photo, QUICK_PHOTO if args.quick else PHOTO)
         (work / "replies.json").write_text(json.dumps(QUICK_REPLIES if args.quick else REPLIES))
-        common = ["--work", str(work), "--model", str(pair.model), "--mmproj", str(pair.mmproj),
-                  "--photo", str(photo)]
+        common = ["--work", str(work), "--model", str(pair.model), "--mmproj", str(pair.mmproj), "--photo", str(photo)]
         report: dict[str, Any] = {"shape": args.shape, "pair_build_s": round(build_s, 1)}
         if not args.skip_load:
             report["load_cold"] = run_phase("load", common, "--cold")
@@ -535,24 +588,41 @@ def main() -> None:
         if not args.skip_stock:
             factor = args.stock_timeout_factor
             budget = factor * thyme["extra"]["question_s"] if factor > 0 else None
-            print("running the stock llama-cpp-python path"
-                  + (f" (stopped after {budget:.0f} s) ..." if budget else " ..."), file=sys.stderr, flush=True)
+            print(
+                "running the stock llama-cpp-python path"
+                + (f" (stopped after {budget:.0f} s) ..." if budget else " ..."),
+                file=sys.stderr,
+                flush=True,
+            )
             try:
                 # + 30 s for its model load, which its question time does not count
                 stock = run_phase("stock", common, timeout=budget + 30 if budget else None)
             except subprocess.TimeoutExpired:
-                stock = {"finished": False, "question_s": budget, "turns": [], "peak_rss_mb": None,
-                         "at_least_factor": factor}
+                stock = {
+                    "finished": False,
+                    "question_s": budget,
+                    "turns": [],
+                    "peak_rss_mb": None,
+                    "at_least_factor": factor,
+                }
     report_figures(args, report, thyme, limits, stock, grid)
 
 
-def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict[str, Any],
-                   limits: dict[str, dict[str, Any]], stock: dict[str, Any] | None, grid: list[int]) -> None:
+def report_figures(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    thyme: dict[str, Any],
+    limits: dict[str, dict[str, Any]],
+    stock: dict[str, Any] | None,
+    grid: list[int],
+) -> None:
     x = thyme["extra"]
     q = x["question_s"]
     # Without limit runs (--skip-limit), thyme's own parts stand in, so the limit columns read as 1.0.
     runs = limits or {"thyme": {**thyme, "extra": {**x, "threads": None, "setting": None}}}
-    best = {part: min(runs.values(), key=lambda r, p=part: r[p]) for part in ("image_encode_s", "prefill_s", "decode_s")}
+    best = {
+        part: min(runs.values(), key=lambda r, p=part: r[p]) for part in ("image_encode_s", "prefill_s", "decode_s")
+    }
     limit_s = sum(best[p][p] for p in best)
     wb = weight_bytes(args.shape)
     shape = SHAPES[args.shape]
@@ -565,33 +635,52 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
     bound_tps = bw * 1e9 / per_token
     decode_tps = thyme["decode_tokens"] / thyme["decode_s"] if thyme["decode_s"] else 0.0
     prefill_tps = thyme["prefill_tokens"] / thyme["prefill_s"] if thyme["prefill_s"] else 0.0
-    print(f"shape {args.shape}: Q4_K_M language model {wb['total'] / 1e9:.2f} GB, f16 projector "
-          f"{wb['projector'] / 1e9:.2f} GB; {x['n_images']} images ({thyme['image_tokens']} image tokens), "
-          f"{thyme['prefill_tokens']} tokens evaluated, {thyme['decode_tokens']} decoded")
-    print(f"thyme defaults: {x['n_threads']} decode / {x['n_threads_batch']} batch threads, n_ctx {x['n_ctx']}, "
-          f"KV {x['kv_cache_type']}, flash_attn {x['flash_attn']} (projector {x.get('mmproj_flash_attn')}; None: auto)")
+    print(
+        f"shape {args.shape}: Q4_K_M language model {wb['total'] / 1e9:.2f} GB, f16 projector "
+        f"{wb['projector'] / 1e9:.2f} GB; {x['n_images']} images ({thyme['image_tokens']} image tokens), "
+        f"{thyme['prefill_tokens']} tokens evaluated, {thyme['decode_tokens']} decoded"
+    )
+    print(
+        f"thyme defaults: {x['n_threads']} decode / {x['n_threads_batch']} batch threads, n_ctx {x['n_ctx']}, "
+        f"KV {x['kv_cache_type']}, flash_attn {x['flash_attn']} (projector {x.get('mmproj_flash_attn')}; None: auto)"
+    )
     print("part            | thyme s  | " + " | ".join(f"limit {t:>8s}" for t in limits))
     for part, label in (("image_encode_s", "image encodes"), ("prefill_s", "prefill"), ("decode_s", "decode")):
         print(f"{label:15s} | {thyme[part]:8.2f} | " + " | ".join(f"{limits[t][part]:14.2f}" for t in limits))
     print(f"sandbox         | {x['sandbox_s']:8.2f} |")
-    print(f"thyme overhead  | {x['overhead_s']:8.2f} |  (wall - llama.cpp - sandbox; image files {x['image_load_s']:.2f} s)")
+    print(
+        f"thyme overhead  | {x['overhead_s']:8.2f} |  "
+        f"(wall - llama.cpp - sandbox; image files {x['image_load_s']:.2f} s)"
+    )
     print(f"question (wall) | {q:8.2f} |  limit {limit_s:.2f} s")
-    print(f"prefill {prefill_tps:.1f} tok/s, decode {decode_tps:.2f} tok/s; memory bandwidth {bw:.1f} GB/s, "
-          f"{per_token / 1e9:.2f} GB read per token -> bound {bound_tps:.2f} tok/s")
+    print(
+        f"prefill {prefill_tps:.1f} tok/s, decode {decode_tps:.2f} tok/s; memory bandwidth {bw:.1f} GB/s, "
+        f"{per_token / 1e9:.2f} GB read per token -> bound {bound_tps:.2f} tok/s"
+    )
     stock_done = bool(stock) and stock.get("finished", True)
     if stock and stock_done:
-        print(f"stock llama-cpp-python: {stock['question_s']:.2f} s ({[round(t['wall_s'], 1) for t in stock['turns']]} per turn), "
-              f"peak RSS {stock['peak_rss_mb']:.0f} MB")
+        print(
+            f"stock llama-cpp-python: {stock['question_s']:.2f} s "
+            f"({[round(t['wall_s'], 1) for t in stock['turns']]} per turn), "
+            f"peak RSS {stock['peak_rss_mb']:.0f} MB"
+        )
     elif stock:
-        print(f"stock llama-cpp-python: not finished after {stock['question_s']:.0f} s "
-              f"({stock['at_least_factor']:g} x thyme's question), stopped")
+        print(
+            f"stock llama-cpp-python: not finished after {stock['question_s']:.0f} s "
+            f"({stock['at_least_factor']:g} x thyme's question), stopped"
+        )
     for key in ("load_cold", "load_warm", "load_warm_no_mmap"):
         if key in report:
             r = report[key]
-            print(f"{key}: load {r['load_s']:.2f} s + first evaluation {r['first_eval_s']:.2f} s, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB"
-                  + ("" if r["evicted"] or not r["cold"] else " (page cache could not be dropped)"))
-    print(f"peak RSS: thyme {x['peak_rss_mb']:.0f} MB, limit {max(r['extra']['peak_rss_mb'] for r in runs.values()):.0f} MB")
+            print(
+                f"{key}: load {r['load_s']:.2f} s + first evaluation {r['first_eval_s']:.2f} s, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                + ("" if r["evicted"] or not r["cold"] else " (page cache could not be dropped)")
+            )
+    print(
+        f"peak RSS: thyme {x['peak_rss_mb']:.0f} MB, "
+        f"limit {max(r['extra']['peak_rss_mb'] for r in runs.values()):.0f} MB"
+    )
     best_decode = best["decode_s"]
     result = {
         "shape": args.shape,
@@ -611,8 +700,11 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
         "prefill_tokens_per_s": round(prefill_tps, 2),
         "decode_tokens_per_s": round(decode_tps, 3),
         "threads_thyme": {"decode": x["n_threads"], "batch": x["n_threads_batch"]},
-        "attention_thyme": {"kv": x["kv_cache_type"], "flash_attn": x["flash_attn"],
-                            "mmproj_flash_attn": x.get("mmproj_flash_attn")},
+        "attention_thyme": {
+            "kv": x["kv_cache_type"],
+            "flash_attn": x["flash_attn"],
+            "mmproj_flash_attn": x.get("mmproj_flash_attn"),
+        },
         "threads_best": {p.removesuffix("_s"): best[p]["extra"]["threads"] for p in best} if limits else None,
         "setting_best": {p.removesuffix("_s"): best[p]["extra"]["setting"] for p in best} if limits else None,
         "defaults_over_best_decode": round(thyme["decode_s"] / best_decode["decode_s"], 3) if limits else None,
@@ -623,12 +715,16 @@ def report_figures(args: argparse.Namespace, report: dict[str, Any], thyme: dict
         "peak_rss_mb": round(x["peak_rss_mb"]),
         "stock_peak_rss_mb": round(stock["peak_rss_mb"]) if stock_done else None,
         "load_cold_s": round(report["load_cold"]["load_s"] + report["load_cold"]["first_eval_s"], 2)
-        if "load_cold" in report else None,
+        if "load_cold" in report
+        else None,
         "load_warm_s": round(report["load_warm"]["load_s"] + report["load_warm"]["first_eval_s"], 2)
-        if "load_warm" in report else None,
-        "load_warm_no_mmap_s": round(report["load_warm_no_mmap"]["load_s"]
-                                     + report["load_warm_no_mmap"]["first_eval_s"], 2)
-        if "load_warm_no_mmap" in report else None,
+        if "load_warm" in report
+        else None,
+        "load_warm_no_mmap_s": round(
+            report["load_warm_no_mmap"]["load_s"] + report["load_warm_no_mmap"]["first_eval_s"], 2
+        )
+        if "load_warm_no_mmap" in report
+        else None,
     }
     print(json.dumps(result))
 

@@ -16,8 +16,17 @@ def _lines_in(out: Path) -> int:
     return out.read_text().count("\n") if out.exists() else 0
 
 
-def kill_9_then_resume(args: list[str], out: Path, *, kills: int, seed: int, max_pause_s: float,
-                       progress_timeout_s: float, finish_timeout_s: float, attempts: int) -> int:
+def kill_9_then_resume(
+    args: list[str],
+    out: Path,
+    *,
+    kills: int,
+    seed: int,
+    max_pause_s: float,
+    progress_timeout_s: float,
+    finish_timeout_s: float,
+    attempts: int,
+) -> int:
     """Run `thyme <args>` (with --resume after the first start); ``kills`` times, wait until it
     has written a new line to ``out`` (or ``progress_timeout_s``), let it run a random pause of
     up to ``max_pause_s`` more and SIGKILL its process group. Then let it finish; it must exit 0.
@@ -25,8 +34,12 @@ def kill_9_then_resume(args: list[str], out: Path, *, kills: int, seed: int, max
     rng = random.Random(seed)
     made = 0
     for attempt in range(attempts):
-        proc = subprocess.Popen([sys.executable, "-m", "thyme_cli.cli", *args, *(["--resume"] if attempt else [])],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thyme_cli.cli", *args, *(["--resume"] if attempt else [])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         before = _lines_in(out)
         deadline = time.monotonic() + progress_timeout_s
         while made < kills and proc.poll() is None and time.monotonic() < deadline and _lines_in(out) == before:

@@ -145,7 +145,9 @@ def compare(case: dict[str, Any], want: list[dict[str, Any]], got: list[dict[str
                 problems.append(f"{where}: text {g['text']!r} != documented {case['thyme_text']!r}")
             continue
         if w["raised"] != g["raised"]:
-            problems.append(f"{where}: upstream raised={w['raised']} ({w['error']}), thyme raised={g['raised']} ({g['error']})")
+            problems.append(
+                f"{where}: upstream raised={w['raised']} ({w['error']}), thyme raised={g['raised']} ({g['error']})"
+            )
             continue
         if w["raised"]:
             continue

@@ -190,7 +190,9 @@ def tiny_checkpoint_fixture(converter_python: Path, tmp_path_factory: pytest.Tem
     out = tmp_path_factory.mktemp("tiny-qwen25vl") / "ckpt"
     result = subprocess.run(
         [str(converter_python), "-I", convert_tiny.__file__, "build", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out

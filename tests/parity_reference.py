@@ -42,26 +42,54 @@ def build(out: Path, data: Path, seed: int = 0) -> None:
     for name in (*TOKENIZER_FILES, "preprocessor_config.json", "generation_config.json"):
         shutil.copyfile(data / name, out / name)
     tok = tf.AutoTokenizer.from_pretrained(out)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in
-           ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
     torch.manual_seed(seed)
     text = dict(
-        vocab_size=VOCAB_ROWS, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-6,
-        hidden_act="silu", tie_word_embeddings=False, rope_theta=1000000.0,
+        vocab_size=VOCAB_ROWS,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        use_sliding_window=False, sliding_window=8192, max_window_layers=2,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        use_sliding_window=False,
+        sliding_window=8192,
+        max_window_layers=2,
     )
     vision = dict(
-        depth=4, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=14,
-        spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=64,
-        fullatt_block_indexes=[1, 3], hidden_act="silu", tokens_per_second=2,
+        depth=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        out_hidden_size=64,
+        fullatt_block_indexes=[1, 3],
+        hidden_act="silu",
+        tokens_per_second=2,
     )
     config = tf.Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=False,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=False,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -151,13 +179,22 @@ def conversation(ckpt: Path, request_path: Path, out_path: Path) -> None:
         ids = inputs["input_ids"]
         types = (ids == model.config.image_token_id).long()
         with torch.no_grad():
-            kwargs = {"input_ids": ids, "mm_token_type_ids": types, "image_grid_thw": inputs["image_grid_thw"],
-                      "attention_mask": inputs["attention_mask"]}
+            kwargs = {
+                "input_ids": ids,
+                "mm_token_type_ids": types,
+                "image_grid_thw": inputs["image_grid_thw"],
+                "attention_mask": inputs["attention_mask"],
+            }
             accepted = _import("inspect").signature(model.model.get_rope_index).parameters
             rope = model.model.get_rope_index(**{k: v for k, v in kwargs.items() if k in accepted})  # 4.57 and 5.x
             positions = rope[0] if isinstance(rope, tuple) else rope
-            out = model(input_ids=ids, attention_mask=inputs["attention_mask"], mm_token_type_ids=types,
-                        pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+            out = model(
+                input_ids=ids,
+                attention_mask=inputs["attention_mask"],
+                mm_token_type_ids=types,
+                pixel_values=inputs["pixel_values"],
+                image_grid_thw=inputs["image_grid_thw"],
+            )
         results[f"input_ids_{state}"] = ids[0].numpy()
         results[f"positions_{state}"] = positions[:, 0, :].numpy()
         results[f"logits_{state}"] = out.logits[0, -1].float().numpy()

@@ -77,8 +77,9 @@ def test_the_model_is_fed_the_exact_thyme_protocol(tmp_path: Path, photo: Path, 
     model = LoadedModel(engine, ModelSpec(name="scripted", protocol="thyme", model_path=photo, mmproj_path=photo))
     run_dir = tmp_path / "run"
     image = prepare_input(photo, run_dir, label=str(photo), remove_on_error=False)
-    trace = ask_one(model, image, "read the serial number", run_dir, QuestionSettings(sandbox=sandbox_backend),
-                    QuietEvents())
+    trace = ask_one(
+        model, image, "read the serial number", run_dir, QuestionSettings(sandbox=sandbox_backend), QuietEvents()
+    )
     fed = engine.conversations[0].fed
     assert [f.kind for f in fed] == ["system", "user", "generated", "assistant", "generated", "assistant", "generated"]
     assert fed[0].text == SYSTEM_PROMPT
@@ -121,7 +122,9 @@ def test_on_error_retry_discards_the_failed_step(tmp_path: Path, photo: Path, sa
     assert len(trace.turns) == 3 and trace.answer == "SN 4417-AB"
 
 
-def test_turn_budget_forces_a_final_answer(run_thyme: RunThyme, tmp_path: Path, photo: Path, sandbox_backend: str) -> None:
+def test_turn_budget_forces_a_final_answer(
+    run_thyme: RunThyme, tmp_path: Path, photo: Path, sandbox_backend: str
+) -> None:
     script = _script(tmp_path, COMPUTE, COMPUTE.replace("width is", "the width is"), "1280 pixels wide</answer>")
     result = run_thyme("ask", str(photo), "how wide?", "--script", str(script), "--max-turns", "2", "--json")
     assert result.returncode == 0, result.stderr
@@ -163,8 +166,9 @@ def _bad_inputs(tmp_path: Path, photo: Path) -> dict[str, tuple[list[str], str]]
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "not an image", "truncated", "empty question", "unknown model",
-                                  "bad script"])
+@pytest.mark.parametrize(
+    "case", ["missing file", "not an image", "truncated", "empty question", "unknown model", "bad script"]
+)
 def test_bad_input_gets_one_clear_line(run_thyme: RunThyme, tmp_path: Path, photo: Path, case: str) -> None:
     args, message = _bad_inputs(tmp_path, photo)[case]
     before = set((Path.cwd()).iterdir())
@@ -201,8 +205,16 @@ def test_html_report_shows_the_run_in_headless_chromium(
     if chromium is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     out = tmp_path / "run"
-    result = run_thyme("ask", str(photo), "read it", "--script", str(_script(tmp_path, CROP, CONTRAST, ANSWER)),
-                       "--out", str(out), "--html")
+    result = run_thyme(
+        "ask",
+        str(photo),
+        "read it",
+        "--script",
+        str(_script(tmp_path, CROP, CONTRAST, ANSWER)),
+        "--out",
+        str(out),
+        "--html",
+    )
     assert result.returncode == 0, result.stderr
     report = (out / "report.html").read_text()
     assert "file://" not in report and "http" not in report.split("<body>", 1)[1]  # self-contained
@@ -210,10 +222,23 @@ def test_html_report_shows_the_run_in_headless_chromium(
     probe = tmp_path / "probe.html"
     probe.write_text(report.replace("</body>", PROBE_SCRIPT + "</body>"))
     dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome-profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome-profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     start = dom.index('<pre id="probe">') + len('<pre id="probe">')
     seen = json.loads(dom[start : dom.index("</pre>", start)])
@@ -243,19 +268,33 @@ def test_real_llama_engine_on_the_tiny_model_finishes_and_reports(
     from thyme_cli.devtools.tiny_gguf import TinyPair
 
     assert isinstance(tiny_pair, TinyPair)
-    added = run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj),
-                      "--protocol", "thyme", "--ctx", "8192")
+    added = run_thyme(
+        "models",
+        "add",
+        "tiny",
+        "--model",
+        str(tiny_pair.model),
+        "--mmproj",
+        str(tiny_pair.mmproj),
+        "--protocol",
+        "thyme",
+        "--ctx",
+        "8192",
+    )
     assert added.returncode == 0, added.stderr
     small = tmp_path / "small.png"
     Image.open(photo).resize((320, 240)).save(small)
-    result = run_thyme("ask", str(small), "read the serial number", "-m", "tiny", "--max-tokens", "48",
-                       "--max-turns", "2", "--json")
+    result = run_thyme(
+        "ask", str(small), "read the serial number", "-m", "tiny", "--max-tokens", "48", "--max-turns", "2", "--json"
+    )
     assert result.returncode in (0, 3), result.stderr
     run = json.loads(result.stdout)
     assert run["model"] == "tiny" and run["protocol"] == "thyme"
     assert run["stop_reason"] in ("answered", "answered_untagged", "no_answer", "truncated")
     assert run["stop_detail"]
-    assert run["turns"] and all(t["stop_reason"] in ("code", "answer", "end_of_turn", "max_tokens") for t in run["turns"])
+    assert run["turns"] and all(
+        t["stop_reason"] in ("code", "answer", "end_of_turn", "max_tokens") for t in run["turns"]
+    )
     assert run["counters"]["images_encoded"] >= 1 and run["counters"]["tokens_evaluated"] > 100
     assert (Path(run["run_dir"]) / "trace.json").is_file()
 

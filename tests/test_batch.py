@@ -64,8 +64,12 @@ def test_manifests_jsonl_and_csv_carry_questions_ids_and_expected(
     run_thyme: RunThyme, tmp_path: Path, photos: Path, script: Path, sandbox_backend: str
 ) -> None:
     jsonl = tmp_path / "m.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": f"j{i}", "image": f"photos/p{i}.png", "question": f"q{i}",
-                                         "answer": "forty"}) + "\n" for i in range(2)))
+    jsonl.write_text(
+        "".join(
+            json.dumps({"id": f"j{i}", "image": f"photos/p{i}.png", "question": f"q{i}", "answer": "forty"}) + "\n"
+            for i in range(2)
+        )
+    )
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("id,image,question,answer\nc1,photos/p3.png,what?,B\n")
     out = tmp_path / "r.jsonl"
@@ -73,7 +77,10 @@ def test_manifests_jsonl_and_csv_carry_questions_ids_and_expected(
     assert result.returncode == 0, result.stderr
     lines = _lines(out)
     assert [(r["id"], r["question"], r["expected"]) for r in lines] == [
-        ("j0", "q0", "forty"), ("j1", "q1", "forty"), ("c1", "what?", "B")]
+        ("j0", "q0", "forty"),
+        ("j1", "q1", "forty"),
+        ("c1", "what?", "B"),
+    ]
 
 
 def test_stdin_paths_and_stdout_output_is_pure_jsonl(
@@ -125,8 +132,12 @@ def test_shards_split_the_work_without_overlap(
 
 
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "thyme_cli.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "thyme_cli.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def test_kill_9_at_random_moments_then_resume_gives_every_item_exactly_once(
@@ -139,8 +150,9 @@ def test_kill_9_at_random_moments_then_resume_gives_every_item_exactly_once(
     out = tmp_path / "r.jsonl"
     args = ["batch", str(root), "-q", "q", "--script", str(script), "-o", str(out)]
     # Kill at a random moment after the batch has made some progress, five times; then let it finish.
-    kills = kill_9_then_resume(args, out, kills=5, seed=1234, max_pause_s=0.15, progress_timeout_s=60,
-                               finish_timeout_s=300, attempts=60)
+    kills = kill_9_then_resume(
+        args, out, kills=5, seed=1234, max_pause_s=0.15, progress_timeout_s=60, finish_timeout_s=300, attempts=60
+    )
     assert kills >= 3, "the test must really interrupt the batch several times"
     lines = out.read_text().splitlines()
     ids = [json.loads(line)["id"] for line in lines]  # every line parses
@@ -164,8 +176,25 @@ def test_ctrl_c_stops_cleanly_and_is_resumable(tmp_path: Path, script: Path, san
     assert b"--resume" in err and b"Traceback" not in err
     done = len(out.read_text().splitlines())
     assert 2 <= done < 20
-    result = subprocess.run([sys.executable, "-m", "thyme_cli.cli", "batch", str(root), "-q", "q", "--script",
-                             str(script), "-o", str(out), "--resume"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thyme_cli.cli",
+            "batch",
+            str(root),
+            "-q",
+            "q",
+            "--script",
+            str(script),
+            "-o",
+            str(out),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 20
@@ -188,7 +217,21 @@ def test_jobs_with_a_local_model_runs_sequences_of_one_context(
 
     assert isinstance(tiny_pair, TinyPair)
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
-    result = run_thyme("batch", str(photos), "-q", "q", "-m", "tiny", "-o", str(tmp_path / "r.jsonl"), "--jobs", "2",
-                       "--max-tokens", "16", "--max-turns", "1")
+    result = run_thyme(
+        "batch",
+        str(photos),
+        "-q",
+        "q",
+        "-m",
+        "tiny",
+        "-o",
+        str(tmp_path / "r.jsonl"),
+        "--jobs",
+        "2",
+        "--max-tokens",
+        "16",
+        "--max-turns",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert len(_lines(tmp_path / "r.jsonl")) == len(list(photos.glob("*.png")))

@@ -41,8 +41,10 @@ def test_glob_and_stdin(photos: Path) -> None:
 def test_jsonl_and_csv_manifests(photos: Path, tmp_path: Path) -> None:
     jsonl = tmp_path / "m.jsonl"
     jsonl.write_text(
-        json.dumps({"id": "x1", "image": str(photos / "a.jpg"), "question": "what?", "answer": "B"}) + "\n"
-        + json.dumps({"image": "photos/b.png"}) + "\n"
+        json.dumps({"id": "x1", "image": str(photos / "a.jpg"), "question": "what?", "answer": "B"})
+        + "\n"
+        + json.dumps({"image": "photos/b.png"})
+        + "\n"
     )
     items = collect_items([str(jsonl)], "default q")
     assert (items[0].id, items[0].question, items[0].expected) == ("x1", "what?", "B")

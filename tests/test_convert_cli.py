@@ -63,7 +63,8 @@ def _fake_checkpoint(folder: Path, **config_changes: object) -> Path:
     """Files shaped like a Qwen2.5-VL checkpoint (enough for the checks before conversion)."""
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, object] = {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
         "torch_dtype": "bfloat16",
         "vision_config": {"depth": 32, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]},
     }
@@ -115,7 +116,9 @@ def test_pull_thyme_7b_downloads_converts_checks_installs_and_becomes_the_defaul
     info = json.loads(run_thyme("models", "info", "thyme-7b", "--json").stdout)
     assert info["model_file"] == "thyme-7b-Q8_0.gguf" and info["state"] == "installed"
     assert sorted(p.name for p in (_models_dir() / "thyme-7b").iterdir()) == [
-        "mmproj-thyme-7b-f16.gguf", "thyme-7b-Q8_0.gguf"]
+        "mmproj-thyme-7b-f16.gguf",
+        "thyme-7b-Q8_0.gguf",
+    ]
     commit = thyme_rl_hub.repos[THYME_RL].commit
     assert (repo_dir(THYME_RL) / "snapshots" / commit / "model.safetensors").is_file()
 
@@ -131,7 +134,10 @@ def test_an_interrupted_pull_resumes_after_the_last_finished_phase(
 ) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "thyme_cli.cli", "models", "pull", "thyme-7b"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         env={**os.environ, "COLUMNS": "200"},
     )
     deadline = time.monotonic() + 120
@@ -173,9 +179,11 @@ def test_an_unknown_pre_tokenizer_is_refused_unless_named(
     refused = run_thyme("models", "convert", str(ckpt), "--name", "odd")
     assert refused.returncode == 1
     error = next(ln for ln in refused.stderr.splitlines() if ln.startswith("error:"))
-    assert error == ("error: converting the language model failed: the tokenizer's BPE pre-tokenizer is not one the "
-                     "converter knows, and it is not Qwen2's; if you know which llama.cpp pre-tokenizer it uses, "
-                     "pass --pre-tokenizer NAME")
+    assert error == (
+        "error: converting the language model failed: the tokenizer's BPE pre-tokenizer is not one the "
+        "converter knows, and it is not Qwen2's; if you know which llama.cpp pre-tokenizer it uses, "
+        "pass --pre-tokenizer NAME"
+    )
     assert "the full log is in " in refused.stderr and "Traceback" not in refused.stderr
     assert "odd" not in load_registry().models
 
@@ -196,16 +204,24 @@ def test_an_unknown_pre_tokenizer_is_refused_unless_named(
     ("build", "expected"),
     [
         (lambda d: d.mkdir(), "is not a Hugging Face checkpoint: no config.json"),
-        (lambda d: _fake_checkpoint(d, model_type="qwen2", architectures=["Qwen2ForCausalLM"]),
-         "is not a Qwen2.5-VL checkpoint (model type 'qwen2')"),
+        (
+            lambda d: _fake_checkpoint(d, model_type="qwen2", architectures=["Qwen2ForCausalLM"]),
+            "is not a Qwen2.5-VL checkpoint (model type 'qwen2')",
+        ),
         (lambda d: (_fake_checkpoint(d) / "preprocessor_config.json").unlink(), "has no preprocessor_config.json"),
         (lambda d: (_fake_checkpoint(d) / "model.safetensors").unlink(), "has no .safetensors weights"),
-        (lambda d: (_fake_checkpoint(d) / "model.safetensors.index.json").write_text(
-            json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
-                                       "b": "model-00002-of-00002.safetensors"}})),
-         "is incomplete: 2 of 2 weight shards missing"),
-        (lambda d: _fake_checkpoint(d, vision_config={"depth": 32, "window_size": 56, "fullatt_block_indexes": [7]}),
-         "vision window_size 56 is not 112"),
+        (
+            lambda d: (_fake_checkpoint(d) / "model.safetensors.index.json").write_text(
+                json.dumps(
+                    {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+                )
+            ),
+            "is incomplete: 2 of 2 weight shards missing",
+        ),
+        (
+            lambda d: _fake_checkpoint(d, vision_config={"depth": 32, "window_size": 56, "fullatt_block_indexes": [7]}),
+            "vision window_size 56 is not 112",
+        ),
     ],
     ids=["no-config", "not-qwen25vl", "no-preprocessor", "no-weights", "missing-shards", "window-size"],
 )
@@ -285,8 +301,11 @@ def test_failed_quantization_and_an_unloadable_pair_are_clear_errors(tiny_pair: 
     garbage.write_bytes(b"GGUF" + b"\xff" * 64)
     native = [sys.executable, "-m", "thyme_cli.models.convert.quantize"]
     with pytest.raises(ConversionError) as quant:
-        run_step([*native, "quantize", str(garbage), str(tmp_path / "out.gguf"), "Q4_K_M"], tmp_path / "q.log",
-                 what="quantizing to Q4_K_M")
+        run_step(
+            [*native, "quantize", str(garbage), str(tmp_path / "out.gguf"), "Q4_K_M"],
+            tmp_path / "q.log",
+            what="quantizing to Q4_K_M",
+        )
     assert quant.value.message.startswith("quantizing to Q4_K_M failed: ")
     assert quant.value.hint == f"the full log is in {tmp_path / 'q.log'}"
     assert "llama_model_quantize" in (tmp_path / "q.log").read_text()

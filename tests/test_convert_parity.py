@@ -38,7 +38,9 @@ pytestmark = pytest.mark.slow
 TEXT_LOGITS_TOL = 5e-3
 IMAGE_EMBD_TOL = 1e-3
 MM_LOGITS_TOL = 1e-2
-PROMPT = "<|im_start|>user\nHello world! What is written on the sign?<|im_end|>\n<|im_start|>assistant\nThe answer is 42."
+PROMPT = (
+    "<|im_start|>user\nHello world! What is written on the sign?<|im_end|>\n<|im_start|>assistant\nThe answer is 42."
+)
 MM_PROMPT = "<|im_start|>user\n{marker}What is written on the sign in this picture?<|im_end|>\n<|im_start|>assistant\n"
 TOKENIZE = "Read the serial number: SN-2048-XK7. Total amount: $13.75, paid 2024-05-01."
 
@@ -61,8 +63,16 @@ def _llama_outputs(model: Path, mmproj: Path, image: Path) -> dict[str, Any]:
     import llama_cpp.mtmd_cpp as mtmd
     from PIL import Image
 
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=512, logits_all=True, type_k=0, type_v=0,  # f32 KV cache
-                          n_threads=2, n_gpu_layers=0, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(model),
+        n_ctx=512,
+        logits_all=True,
+        type_k=0,
+        type_v=0,  # f32 KV cache
+        n_threads=2,
+        n_gpu_layers=0,
+        verbose=False,
+    )
     params = mtmd.mtmd_context_params_default()
     params.use_gpu, params.n_threads, params.print_timings = False, 2, False
     ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
@@ -105,8 +115,15 @@ def _llama_outputs(model: Path, mmproj: Path, image: Path) -> dict[str, Any]:
         mtmd.mtmd_bitmap_free(bitmap)
         mtmd.mtmd_free(ctx)
         llm.close()
-    return {"text_ids": ids, "text_logits": text_logits, "image_embd": embd, "mm_before": before,
-            "mm_after": after, "mm_last_logits": last, "tokenized": tokenized}
+    return {
+        "text_ids": ids,
+        "text_logits": text_logits,
+        "image_embd": embd,
+        "mm_before": before,
+        "mm_after": after,
+        "mm_last_logits": last,
+        "tokenized": tokenized,
+    }
 
 
 def _reference(python: Path, checkpoint: Path, request: dict[str, Any], tmp_path: Path) -> Any:
@@ -115,8 +132,12 @@ def _reference(python: Path, checkpoint: Path, request: dict[str, Any], tmp_path
 
     req_path, out_path = tmp_path / "request.json", tmp_path / "reference.npz"
     req_path.write_text(json.dumps(request))
-    result = subprocess.run([str(python), "-I", convert_tiny.__file__, "reference", str(checkpoint), str(req_path),
-                             str(out_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(python), "-I", convert_tiny.__file__, "reference", str(checkpoint), str(req_path), str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(out_path)
 
@@ -124,18 +145,37 @@ def _reference(python: Path, checkpoint: Path, request: dict[str, Any], tmp_path
 def test_converted_tiny_qwen25vl_matches_transformers(
     converter: Path, tiny_checkpoint: Path, run_thyme: RunThyme, tmp_path: Path
 ) -> None:
-    result = run_thyme("models", "convert", str(tiny_checkpoint), "--name", "tiny-f32", "--quant", "F32",
-                       "--mmproj-type", "f32", "--protocol", "thyme")
+    result = run_thyme(
+        "models",
+        "convert",
+        str(tiny_checkpoint),
+        "--name",
+        "tiny-f32",
+        "--quant",
+        "F32",
+        "--mmproj-type",
+        "f32",
+        "--protocol",
+        "thyme",
+    )
     assert result.returncode == 0, result.stderr
     model, mmproj = (Path(p) for p in run_thyme("models", "path", "tiny-f32").stdout.splitlines())
     assert model.name == "tiny-f32-F32.gguf" and mmproj.name == "mmproj-tiny-f32-f32.gguf"
 
     image = _write_image(tmp_path / "sign.png")
     ours = _llama_outputs(model, mmproj, image)
-    ref = _reference(converter, tiny_checkpoint, {
-        "text_ids": ours["text_ids"], "mm_before": ours["mm_before"], "mm_after": ours["mm_after"],
-        "image": str(image), "tokenize": TOKENIZE,
-    }, tmp_path)
+    ref = _reference(
+        converter,
+        tiny_checkpoint,
+        {
+            "text_ids": ours["text_ids"],
+            "mm_before": ours["mm_before"],
+            "mm_after": ours["mm_after"],
+            "image": str(image),
+            "tokenize": TOKENIZE,
+        },
+        tmp_path,
+    )
 
     # The model is far from flat, so these tolerances are meaningful.
     assert np.abs(ref["text_logits"]).max() > 2.0
@@ -146,8 +186,10 @@ def test_converted_tiny_qwen25vl_matches_transformers(
     clear = (top2[:, 1] - top2[:, 0]) > 2 * TEXT_LOGITS_TOL  # positions where the winner is not a near-tie
     image_diff = float(np.abs(ours["image_embd"] - ref["image_embd"]).max())
     mm_diff = float(np.abs(ours["mm_last_logits"] - ref["mm_last_logits"]).max())
-    print(f"text logits max|diff| {text_diff:.2e}, argmax {int(agree.sum())}/{agree.size}; "
-          f"image embd max|diff| {image_diff:.2e} over {ref['image_embd'].shape}; mm last logits {mm_diff:.2e}")
+    print(
+        f"text logits max|diff| {text_diff:.2e}, argmax {int(agree.sum())}/{agree.size}; "
+        f"image embd max|diff| {image_diff:.2e} over {ref['image_embd'].shape}; mm last logits {mm_diff:.2e}"
+    )
 
     assert ours["text_logits"].shape == ref["text_logits"].shape
     assert text_diff < TEXT_LOGITS_TOL

@@ -75,14 +75,15 @@ def test_a_hub_that_does_not_answer_times_out_after_a_short_bounded_retry(
     ("entry", "message"),
     [
         (hub_entry("bad-repo", repo="test-org/no-such-repo"), "error: repository test-org/no-such-repo not found"),
-        (hub_entry("bad-file", model="no-such-file.gguf"), "error: file no-such-file.gguf not found in test-org/tiny-GGUF"),
+        (
+            hub_entry("bad-file", model="no-such-file.gguf"),
+            "error: file no-such-file.gguf not found in test-org/tiny-GGUF",
+        ),
         (hub_entry("bad-rev", extra='revision = "v9"\n'), "error: revision 'v9' not found in test-org/tiny-GGUF"),
     ],
     ids=["repo", "file", "revision"],
 )
-def test_not_found_errors_name_what_is_missing(
-    hub: LocalHub, run_thyme: RunThyme, entry: str, message: str
-) -> None:
+def test_not_found_errors_name_what_is_missing(hub: LocalHub, run_thyme: RunThyme, entry: str, message: str) -> None:
     write_config(entry)
     name = entry.split('"')[1]
     error, hint = _one_error(run_thyme("models", "pull", name))
@@ -111,7 +112,10 @@ def test_gated_repo_without_a_token_says_to_set_hf_token_and_accept_the_licence(
 ) -> None:
     error, hint = _one_error(run_thyme("models", "pull", "tiny"))
     assert error == f"error: {REPO} is a gated model: you must accept its licence and authenticate to download it"
-    assert hint == f"hint: accept the licence on {gated_hub.endpoint}/{REPO}, then set HF_TOKEN to an access token of that account"
+    assert (
+        hint == f"hint: accept the licence on {gated_hub.endpoint}/{REPO}, "
+        "then set HF_TOKEN to an access token of that account"
+    )
 
 
 def test_a_wrong_token_is_never_printed(gated_hub: LocalHub, run_thyme: RunThyme) -> None:

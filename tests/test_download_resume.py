@@ -63,9 +63,7 @@ def test_a_cut_connection_is_resumed_within_the_same_call(hub: LocalHub, run_thy
     _assert_installed_and_intact(hub, run_thyme)
 
 
-def test_a_failed_pull_keeps_its_partial_file_and_the_next_pull_resumes_it(
-    hub: LocalHub, run_thyme: RunThyme
-) -> None:
+def test_a_failed_pull_keeps_its_partial_file_and_the_next_pull_resumes_it(hub: LocalHub, run_thyme: RunThyme) -> None:
     # The link dies after CUT bytes and then gives nothing: the first pull gives up with a clear line.
     hub.faults = Faults(filename=MODEL_FILE, cut_after=CUT, cut_count=1, drop_count=100)
     first = run_thyme("models", "pull", "tiny")

@@ -99,7 +99,7 @@ def test_incremental_conversation_equals_evaluating_its_stream_from_scratch(
     # The comparison can fail: the same stream without its last image gives other logits.
     wrong = exact.open()
     last_image = max(i for i, item in enumerate(stream) if not isinstance(item, int))
-    wrong.evaluate_stream(stream[:last_image] + stream[last_image + 1:])
+    wrong.evaluate_stream(stream[:last_image] + stream[last_image + 1 :])
     assert float(np.abs(wrong.logits() - incremental).max()) > 1e-2
 
 
@@ -299,8 +299,9 @@ def test_thyme_observation_continues_the_same_assistant_turn(exact: LlamaEngine,
 
 @pytest.fixture
 def small_ctx(tiny_pair: TinyPair) -> Iterator[LlamaEngine]:
-    engine = LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                              options=EngineOptions(n_ctx=256, reserve_tokens=0, n_threads=2))
+    engine = LlamaEngine.load(
+        tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=256, reserve_tokens=0, n_threads=2)
+    )
     yield engine
     engine.close()
 
@@ -324,8 +325,9 @@ def test_context_overflow_is_an_error_before_anything_is_evaluated(
 
 
 def test_room_is_reserved_for_the_reply(tiny_pair: TinyPair) -> None:
-    engine = LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                              options=EngineOptions(n_ctx=256, reserve_tokens=200, n_threads=2))
+    engine = LlamaEngine.load(
+        tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=256, reserve_tokens=200, n_threads=2)
+    )
     try:
         conv = engine.open()
         with pytest.raises(EngineError, match="200 kept for the reply"):
@@ -438,8 +440,9 @@ def test_chatml_and_the_ggufs_chatml_template_give_the_same_tokens(
 ) -> None:
     streams = []
     for fmt in ("chatml", "template"):
-        engine = LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                                  options=EngineOptions(n_ctx=2048, reserve_tokens=0, chat_format=fmt))
+        engine = LlamaEngine.load(
+            tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=2048, reserve_tokens=0, chat_format=fmt)
+        )
         try:
             assert engine.chat_format == fmt
             conv = engine.open(force(engine, "a"))
@@ -447,8 +450,9 @@ def test_chatml_and_the_ggufs_chatml_template_give_the_same_tokens(
             conv.feed_user(f"{IMAGE_MARKER} q", [images["small"]])
             conv.generate(max_tokens=3)
             conv.feed_user("again")
-            streams.append([item if isinstance(item, int) else (item.width, item.height)
-                            for item in conv.token_stream()])
+            streams.append(
+                [item if isinstance(item, int) else (item.width, item.height) for item in conv.token_stream()]
+            )
             assert conv.counters.rollbacks == 0
         finally:
             engine.close()

@@ -29,7 +29,9 @@ def test_estimate_is_files_plus_kv_cache_plus_buffers(tiny_pair: TinyPair) -> No
     assert q8.kv_cache < need.kv_cache / 1.8
 
 
-def test_check_fits_refuses_in_one_line_and_skips_gpu_offload(tiny_pair: TinyPair, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_fits_refuses_in_one_line_and_skips_gpu_offload(
+    tiny_pair: TinyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(MEMORY_ENV, str(10**9))
     with pytest.raises(EngineError) as err:
         check_fits(tiny_pair.model, tiny_pair.mmproj, EngineOptions(), on_gpu=False)
@@ -44,8 +46,17 @@ def test_check_fits_refuses_in_one_line_and_skips_gpu_offload(tiny_pair: TinyPai
 def test_ask_refuses_before_loading_when_the_model_cannot_fit(
     run_thyme: RunThyme, tmp_path: Path, tiny_pair: TinyPair
 ) -> None:
-    added = run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj),
-                      "--protocol", "thyme")
+    added = run_thyme(
+        "models",
+        "add",
+        "tiny",
+        "--model",
+        str(tiny_pair.model),
+        "--mmproj",
+        str(tiny_pair.mmproj),
+        "--protocol",
+        "thyme",
+    )
     assert added.returncode == 0, added.stderr
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 64), "white").save(photo)

@@ -65,11 +65,11 @@ def _alone(native: Native, seed: int, temperature: float) -> list[int]:
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_four_sequences_decoded_together_match_each_decoded_alone(tiny_pair: TinyPair, temperature: float) -> None:
     seeds = [11, 12, 13, 14]
-    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                          options=EngineOptions(n_ctx=2048, n_seq=4, n_threads=2)) as engine:
+    with LlamaEngine.load(
+        tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=2048, n_seq=4, n_threads=2)
+    ) as engine:
         together = _together(engine.native, seeds, temperature)
-    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                          options=EngineOptions(n_ctx=2048, n_threads=2)) as engine:
+    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=2048, n_threads=2)) as engine:
         alone = [_alone(engine.native, s, temperature) for s in seeds]
     assert together == alone
     if temperature > 0:
@@ -80,8 +80,10 @@ def test_sequences_outside_the_context_are_refused(tiny_pair: TinyPair) -> None:
     with pytest.raises(UsageError, match="n_seq"):
         EngineOptions(n_seq=0)
     options = EngineOptions(n_ctx=1024, n_seq=2, n_threads=2)
-    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=options) as engine, \
-            ParallelDecoder(engine.native) as dec:
+    with (
+        LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=options) as engine,
+        ParallelDecoder(engine.native) as dec,
+    ):
         with pytest.raises(EngineError, match="outside"):
             dec.fork(0, 2)
         with pytest.raises(EngineError, match="no logits"):
@@ -98,7 +100,8 @@ def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
     photos.mkdir()
     for i in range(4):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (56 + 28 * i, 84, 3), dtype=np.uint8)).save(
-            photos / f"p{i}.png")
+            photos / f"p{i}.png"
+        )
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
     # thyme's CPU defaults: the language model's flash attention is off. With it on, llama.cpp's
     # CPU kernel rounds differently when other sequences' cells sit between a sequence's own (up to
@@ -113,8 +116,11 @@ def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
         for line in out.read_text().splitlines():
             record = json.loads(line)
             trace = json.loads((Path(record["run_dir"]) / "trace.json").read_text())
-            runs[jobs][record["id"]] = (record["answer"], [t["text"] for t in trace["turns"]],
-                                        record["counters"]["tokens_generated"])
+            runs[jobs][record["id"]] = (
+                record["answer"],
+                [t["text"] for t in trace["turns"]],
+                record["counters"]["tokens_generated"],
+            )
     assert len(runs[1]) == 4 and runs[3] == runs[1]
     assert sum(r[2] for r in runs[1].values()) > 20  # the model really wrote something
 
@@ -130,10 +136,27 @@ def test_local_jobs_kill_9_then_resume_gives_every_item_exactly_once(
     for i in range(16):
         Image.new("RGB", (84, 56 + i)).save(root / f"img{i:02d}.png")
     out = tmp_path / "r.jsonl"
-    args = ["batch", str(root), "-q", "q", "-m", "tiny", "--jobs", "3", "--max-tokens", "16", "--max-turns", "1",
-            "--threads", "2", "-o", str(out)]
-    kills = kill_9_then_resume(args, out, kills=3, seed=7, max_pause_s=0.5, progress_timeout_s=120,
-                               finish_timeout_s=600, attempts=30)
+    args = [
+        "batch",
+        str(root),
+        "-q",
+        "q",
+        "-m",
+        "tiny",
+        "--jobs",
+        "3",
+        "--max-tokens",
+        "16",
+        "--max-turns",
+        "1",
+        "--threads",
+        "2",
+        "-o",
+        str(out),
+    ]
+    kills = kill_9_then_resume(
+        args, out, kills=3, seed=7, max_pause_s=0.5, progress_timeout_s=120, finish_timeout_s=600, attempts=30
+    )
     assert kills >= 2
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(str(p) for p in root.glob("*.png"))

@@ -53,7 +53,9 @@ def test_the_second_question_skips_the_system_prompt_and_gets_the_same_logits(
     assert text == fresh_text
 
 
-def test_a_different_system_prompt_is_evaluated_from_scratch(engine: LlamaEngine, tiny_pair: TinyPair, photo: Path) -> None:
+def test_a_different_system_prompt_is_evaluated_from_scratch(
+    engine: LlamaEngine, tiny_pair: TinyPair, photo: Path
+) -> None:
     first, _, _ = _question(engine, photo, SYSTEM, "q")
     other, logits, _ = _question(engine, photo, "Answer briefly.", "q")
     with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=EXACT) as fresh:

@@ -106,14 +106,16 @@ def test_the_system_prompt_state_is_saved_loaded_by_the_next_process_and_rebuilt
     assert len(list(prompt_state.state_dir().glob("*.state"))) == 2
 
 
-def test_the_state_directory_stays_within_its_bound(tiny_pair: TinyPair, photo: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_state_directory_stays_within_its_bound(
+    tiny_pair: TinyPair, photo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=OPTS) as engine:
         _ask(engine, photo, "q")
     (one,) = prompt_state.state_dir().glob("*.state")
     monkeypatch.setenv("THYME_PROMPT_STATE_MB", str(1.5 * one.stat().st_size / 1024 / 1024))
-    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                          options=EngineOptions(n_ctx=2048, reserve_tokens=0, n_threads=2)) as engine:
+    with LlamaEngine.load(
+        tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=2048, reserve_tokens=0, n_threads=2)
+    ) as engine:
         _ask(engine, photo, "q")
     remaining = list(prompt_state.state_dir().glob("*.state"))
     assert len(remaining) == 1 and remaining[0] != one
@@ -173,8 +175,9 @@ def test_models_rm_and_runs_gc_clean_the_saved_states(run_thyme: RunThyme, tiny_
 
     with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj, options=OPTS) as engine:
         _ask(engine, photo, "q")
-    with LlamaEngine.load(tiny_pair.model, tiny_pair.mmproj,
-                          options=EngineOptions(n_ctx=2048, reserve_tokens=0, n_threads=2)) as engine:
+    with LlamaEngine.load(
+        tiny_pair.model, tiny_pair.mmproj, options=EngineOptions(n_ctx=2048, reserve_tokens=0, n_threads=2)
+    ) as engine:
         _ask(engine, photo, "q")
     states = sorted(prompt_state.state_dir().glob("*.state"))
     assert len(states) == 2

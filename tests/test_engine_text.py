@@ -89,10 +89,23 @@ def test_a_cut_character_is_flushed_as_replacement() -> None:
 
 
 def test_gguf_header_keys_are_read(tiny_pair: TinyPair) -> None:
-    meta = read_gguf_keys(tiny_pair.mmproj, ["general.architecture", "clip.projector_type", "clip.vision.patch_size",
-                                             "clip.vision.projection_dim", "no.such.key"])
-    assert meta == {"general.architecture": "clip", "clip.projector_type": "qwen2.5vl_merger",
-                    "clip.vision.patch_size": 14, "clip.vision.projection_dim": 64, "no.such.key": None}
+    meta = read_gguf_keys(
+        tiny_pair.mmproj,
+        [
+            "general.architecture",
+            "clip.projector_type",
+            "clip.vision.patch_size",
+            "clip.vision.projection_dim",
+            "no.such.key",
+        ],
+    )
+    assert meta == {
+        "general.architecture": "clip",
+        "clip.projector_type": "qwen2.5vl_merger",
+        "clip.vision.patch_size": 14,
+        "clip.vision.projection_dim": 64,
+        "no.such.key": None,
+    }
     assert read_gguf_keys(tiny_pair.model, ["general.architecture"]) == {"general.architecture": "qwen2vl"}
 
 
@@ -157,7 +170,8 @@ def test_a_template_without_system_role_gets_system_text_in_the_first_user_turn(
 
 def test_content_style_is_probed_per_role() -> None:
     string_only = (
-        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[a]{% endif %}"
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[a]{% endif %}"
     )
     r = TemplateRenderer(string_only)
     assert r.styles == {"user": "string", "assistant": "string", "system": "string"}
@@ -190,7 +204,10 @@ def test_engine_options_from_a_registry_entry() -> None:
     spec = load_registry().get("thyme-7b")
     options = EngineOptions.from_spec(spec)
     assert (options.n_ctx, options.image_min_tokens, options.image_max_tokens) == (
-        spec.n_ctx, spec.image_min_tokens, spec.image_max_tokens)
+        spec.n_ctx,
+        spec.image_min_tokens,
+        spec.image_max_tokens,
+    )
     lowered = EngineOptions.from_spec(spec, n_ctx=4096, max_image_tokens=2, n_threads=3)
     assert (lowered.n_ctx, lowered.image_max_tokens, lowered.n_threads) == (4096, 2, 3)
     assert lowered.token_limits == (2, 2)  # a max below the model's min pulls the min down

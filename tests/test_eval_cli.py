@@ -66,9 +66,17 @@ def test_eval_file_runs_every_item_and_scores_per_category(
     assert summary["tools"] is True and summary["failed"] == 0
     # run with the paper's evaluation settings unless told otherwise, and say so in the report
     settings = json.loads((work / "meta.json").read_text())["settings"]
-    assert settings == {"benchmark": "synth", "tools": True, "max_turns": 5, "max_tokens": 2048, "temperature": 0.0,
-                        "on_error": "retry", "max_image_tokens": 16384, "min_image_tokens": 4,
-                        "ctx": 44032}
+    assert settings == {
+        "benchmark": "synth",
+        "tools": True,
+        "max_turns": 5,
+        "max_tokens": 2048,
+        "temperature": 0.0,
+        "on_error": "retry",
+        "max_image_tokens": 16384,
+        "min_image_tokens": 4,
+        "ctx": 44032,
+    }
     assert "All settings are those of the paper's evaluation." in (work / "report.md").read_text()
     scored = _lines(work / "scored.jsonl")
     assert [s["correct"] for s in scored] == [t.answer == "B" for t in truth]
@@ -101,8 +109,19 @@ def test_no_tools_ablation_then_compare_writes_markdown_html_and_a_plot(
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     assert "scripted (tools)" in result.stdout and "-28.6" in result.stdout
 
-    result = run_thyme("eval", "compare", "synth.tools.jsonl", "synth.no-tools.jsonl", "-o", "out/cmp.html",
-                       "--label", "Thyme", "--label", "direct", cwd=tmp_path)
+    result = run_thyme(
+        "eval",
+        "compare",
+        "synth.tools.jsonl",
+        "synth.no-tools.jsonl",
+        "-o",
+        "out/cmp.html",
+        "--label",
+        "Thyme",
+        "--label",
+        "direct",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "out" / "cmp.html").read_text()
     assert "<th>Thyme</th><th>direct</th>" in page and "data:image/png;base64," in page
@@ -175,11 +194,21 @@ def test_report_against_a_benchmark_for_concatenated_results(
     run_thyme: RunThyme, tmp_path: Path, bench: tuple[Path, list[SynthItem]]
 ) -> None:
     path, truth = bench
-    lines: list[dict[str, Any]] = [{"id": t.index, "answer": f"<answer>{t.answer}</answer>" if t.category == "word" else "no idea",
-              "steps": [], "error": None, "model": "elsewhere", "timings": {"item_s": 1.0}} for t in truth]
+    lines: list[dict[str, Any]] = [
+        {
+            "id": t.index,
+            "answer": f"<answer>{t.answer}</answer>" if t.category == "word" else "no idea",
+            "steps": [],
+            "error": None,
+            "model": "elsewhere",
+            "timings": {"item_s": 1.0},
+        }
+        for t in truth
+    ]
     (tmp_path / "all.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    result = run_thyme("eval", "report", str(tmp_path / "all.jsonl"), "--benchmark", str(path), "-o",
-                       str(tmp_path / "rep.md"))
+    result = run_thyme(
+        "eval", "report", str(tmp_path / "all.jsonl"), "--benchmark", str(path), "-o", str(tmp_path / "rep.md")
+    )
     assert result.returncode == 0, result.stderr
     assert "57.1 (4/7)" in result.stdout and "elsewhere" in result.stdout and "(tools)" not in result.stdout
     assert "| number | 0.0 (0/3) |" in (tmp_path / "rep.md").read_text()
@@ -231,11 +260,13 @@ def _options_block(item: SynthItem) -> str:
 
 def _zoom(item: SynthItem) -> str:
     left, top, right, bottom = item.box
-    return ("<think>Find the small text and zoom in.</think><code>\n```python\nimg = Image.open(image_path)\n"
-            f"crop = img.crop(({left - 30}, {top - 20}, {right + 30}, {bottom + 20}))\n"
-            "crop = crop.resize((crop.width * 4, crop.height * 4))\n"
-            "crop.save('/mnt/data/temp_processed_images/zoom.png')\n"
-            "print('/mnt/data/temp_processed_images/zoom.png')\n```\n</code>")
+    return (
+        "<think>Find the small text and zoom in.</think><code>\n```python\nimg = Image.open(image_path)\n"
+        f"crop = img.crop(({left - 30}, {top - 20}, {right + 30}, {bottom + 20}))\n"
+        "crop = crop.resize((crop.width * 4, crop.height * 4))\n"
+        "crop.save('/mnt/data/temp_processed_images/zoom.png')\n"
+        "print('/mnt/data/temp_processed_images/zoom.png')\n```\n</code>"
+    )
 
 
 def _invoke(args: list[str], cwd: Path) -> Any:
@@ -260,10 +291,16 @@ def test_routed_model_zooms_per_item_and_tools_beat_direct_answers(
     truth = write_synthetic_tsv(path, per_category=3, seed=7)
     words = [t for t in truth if t.category == "word"]
     n1, n2, n3 = (t for t in truth if t.category == "number")
-    phrasings = ["<answer>{L}</answer>", "<answer>The answer is ({L}).</answer>", "<answer>{T}</answer>",
-                 "<answer>{L}. {T}</answer>"]
-    routes = [{"match": _options_block(t), "replies": [_zoom(t), phrasings[i].format(L=t.answer, T=t.truth)]}
-              for i, t in enumerate(words)]
+    phrasings = [
+        "<answer>{L}</answer>",
+        "<answer>The answer is ({L}).</answer>",
+        "<answer>{T}</answer>",
+        "<answer>{L}. {T}</answer>",
+    ]
+    routes = [
+        {"match": _options_block(t), "replies": [_zoom(t), phrasings[i].format(L=t.answer, T=t.truth)]}
+        for i, t in enumerate(words)
+    ]
     wrong = next(k for k in n2.options if k != n2.answer)
     routes += [
         {"match": _options_block(n1), "replies": [_zoom(n1), f"<answer>Answer: {n1.answer.lower()}</answer>"]},
@@ -297,9 +334,15 @@ def test_routed_model_zooms_per_item_and_tools_beat_direct_answers(
     assert all("<code>" in c.fed[0].text for c in tools_engine.conversations)
 
     # Without tools the same "model" cannot read the words (it picks a wrong option) but reads the numbers.
-    direct = [{"match": _options_block(t), "replies": [
-        f"<answer>{next(k for k in t.options if k != t.answer) if t.category == 'word' else t.answer}</answer>"]}
-        for t in truth]
+    direct = [
+        {
+            "match": _options_block(t),
+            "replies": [
+                f"<answer>{next(k for k in t.options if k != t.answer) if t.category == 'word' else t.answer}</answer>"
+            ],
+        }
+        for t in truth
+    ]
     plain = _script(tmp_path, "plain.json", {"routes": direct})
     result = _invoke(["eval", str(path), "--no-tools", "--script", str(plain)], tmp_path)
     assert result.exit_code == 0, result.output

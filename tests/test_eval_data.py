@@ -81,12 +81,16 @@ def test_forward_references_float_indexes_nan_cells_and_extra_letters(tmp_path: 
     assert [i.id for i in items] == ["1", "2"]
     assert items[0].image == items[1].image and Path(items[0].image).is_file()
     assert items[0].options == {"A": "x", "B": "y"} and items[0].l2_category is None and items[0].hint is None
-    assert items[1].options["E"] == "v" and items[1].answer == "E" and items[1].prompt.startswith("Hint: look closely\n")
+    assert (
+        items[1].options["E"] == "v" and items[1].answer == "E" and items[1].prompt.startswith("Hint: look closely\n")
+    )
 
 
 def test_mme_realworld_option_lists_and_chinese_prompt(tmp_path: Path) -> None:
     header = ["index", "image", "question", "multi-choice options", "answer", "category", "l2-category"]
-    rows = [["7", _png_b64(), "图中的数字是多少？", "['(A) 1', '(B) 2', '(C) 3', '(D) 4', '(E) 5']", "C", "OCR", "text"]]
+    rows = [
+        ["7", _png_b64(), "图中的数字是多少？", "['(A) 1', '(B) 2', '(C) 3', '(D) 4', '(E) 5']", "C", "OCR", "text"]
+    ]
     (item,) = load_benchmark(_tsv(tmp_path / "mme.tsv", header, rows), tmp_path / "img")
     assert item.options == {"A": "1", "B": "2", "C": "3", "D": "4", "E": "5"} and item.answer == "C"
     assert item.prompt.endswith("E. 5\n请直接回答选项字母。")
@@ -95,7 +99,9 @@ def test_mme_realworld_option_lists_and_chinese_prompt(tmp_path: Path) -> None:
 def test_image_path_column_is_relative_to_the_tsv(tmp_path: Path) -> None:
     Image.new("RGB", (30, 30)).save(tmp_path / "pic.jpg")
     header = ["index", "image_path", "question", "A", "B", "answer"]
-    (item,) = load_benchmark(_tsv(tmp_path / "p.tsv", header, [["1", "pic.jpg", "q", "yes", "no", "A"]]), tmp_path / "i")
+    (item,) = load_benchmark(
+        _tsv(tmp_path / "p.tsv", header, [["1", "pic.jpg", "q", "yes", "no", "A"]]), tmp_path / "i"
+    )
     assert item.image == str(tmp_path / "pic.jpg") and item.category is None
 
 
@@ -108,14 +114,26 @@ BAD_TSVS = [
     ("no tabs", "index,image,question,answer\n1,abc,q,A\n", "not a TSV file"),
     ("missing columns", "index\timage\tA\tB\tanswer\n1\tx\ta\tb\tA\n", "missing column(s) question"),
     ("broken base64", f"{chr(9).join(HEADER)}\n1\t{'@' * 100}\tq\ta\tb\tc\td\tA\tx\n", "not valid base64"),
-    ("not an image", f"{chr(9).join(HEADER)}\n1\t{base64.b64encode(b'hello world' * 20).decode()}\tq\ta\tb\tc\td\tA\tx\n",
-     "not a PNG, JPEG"),
-    ("unknown answer letter", f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\tq\ta\tb\tc\t\tD\tx\n",
-     "the answer 'D' is not one of the options A, B, C"),
-    ("answer not a letter", f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\tq\ta\tb\tc\td\tmaybe\tx\n",
-     "not an option letter"),
-    ("duplicate index", f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\tq\ta\tb\tc\td\tA\tx\n1\t1\tq\ta\tb\tc\td\tA\tx\n",
-     "duplicate index '1'"),
+    (
+        "not an image",
+        f"{chr(9).join(HEADER)}\n1\t{base64.b64encode(b'hello world' * 20).decode()}\tq\ta\tb\tc\td\tA\tx\n",
+        "not a PNG, JPEG",
+    ),
+    (
+        "unknown answer letter",
+        f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\tq\ta\tb\tc\t\tD\tx\n",
+        "the answer 'D' is not one of the options A, B, C",
+    ),
+    (
+        "answer not a letter",
+        f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\tq\ta\tb\tc\td\tmaybe\tx\n",
+        "not an option letter",
+    ),
+    (
+        "duplicate index",
+        f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\tq\ta\tb\tc\td\tA\tx\n1\t1\tq\ta\tb\tc\td\tA\tx\n",
+        "duplicate index '1'",
+    ),
     ("reference loop", f"{chr(9).join(HEADER)}\n1\t2\tq\ta\tb\tc\td\tA\tx\n2\t1\tq\ta\tb\tc\td\tA\tx\n", "loop"),
     ("several images", f"{chr(9).join(HEADER)}\n1\t['{_png_b64()}']\tq\ta\tb\tc\td\tA\tx\n", "several images"),
     ("empty question", f"{chr(9).join(HEADER)}\n1\t{_png_b64()}\t\ta\tb\tc\td\tA\tx\n", "the question is empty"),
@@ -150,8 +168,13 @@ def test_jsonl_manifest_options_as_list_or_object_and_answers_as_text(tmp_path: 
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     rows = [
         {"image": "a.png", "question": "colour?", "options": ["red", "blue"], "answer": "blue", "category": "c"},
-        {"id": "x7", "image": str(tmp_path / "a.png"), "question": "size?", "options": {"b": "big", "a": "small"},
-         "answer": "(a)"},
+        {
+            "id": "x7",
+            "image": str(tmp_path / "a.png"),
+            "question": "size?",
+            "options": {"b": "big", "a": "small"},
+            "answer": "(a)",
+        },
         {"image": "a.png", "question": "what is written?", "answer": "STOP"},
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
@@ -161,7 +184,10 @@ def test_jsonl_manifest_options_as_list_or_object_and_answers_as_text(tmp_path: 
     assert items[1].options == {"A": "small", "B": "big"} and items[1].answer == "A"
     assert items[2].options == {} and items[2].answer == "STOP"
     # a question without options gets upstream's VQA instruction (eval/items.py)
-    assert items[2].prompt == "what is written?\nPlease try to answer the question with short words or phrases if possible."
+    assert (
+        items[2].prompt
+        == "what is written?\nPlease try to answer the question with short words or phrases if possible."
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,11 @@ OPTIONS = {"A": "red car", "B": "blue car", "C": "dark red car", "D": "12"}
         ("Between A and B, I pick B", "B", "declared"),
         ("答案是B", "B", "declared"),
         ("<think>maybe A</think><answer>B</answer>", "B", "letter"),
-        ("<think>I will crop</think><code>print(1)</code><sandbox_output>A</sandbox_output><answer>C</answer>", "C",
-         "letter"),
+        (
+            "<think>I will crop</think><code>print(1)</code><sandbox_output>A</sandbox_output><answer>C</answer>",
+            "C",
+            "letter",
+        ),
         ("<answer>C", "C", "letter"),  # cut off by the token budget
         ("\n</think>\n<answer>B", "B", "letter"),  # what the forced final turn leaves
         ("reasoning...</think> D", "D", "letter"),
@@ -89,8 +92,28 @@ def test_free_answers_match_by_words() -> None:
 
 # ---- properties ----------------------------------------------------------------------------
 
-TEMPLATE_WORDS = {"the", "answer", "option", "choice", "correct", "choose", "final", "and", "but", "not", "looking",
-                  "closely", "visible", "think", "box", "boxed", "text", "pick", "select", "one"}
+TEMPLATE_WORDS = {
+    "the",
+    "answer",
+    "option",
+    "choice",
+    "correct",
+    "choose",
+    "final",
+    "and",
+    "but",
+    "not",
+    "looking",
+    "closely",
+    "visible",
+    "think",
+    "box",
+    "boxed",
+    "text",
+    "pick",
+    "select",
+    "one",
+}
 WORD = st.text(alphabet="bcdefghjklmnopqrstuvwxyz", min_size=3, max_size=9).filter(lambda w: w not in TEMPLATE_WORDS)
 
 
@@ -103,15 +126,49 @@ def option_sets(draw: st.DrawFn) -> dict[str, str]:
 
 
 LETTER_TEMPLATES = [
-    "{L}", "({L})", "{L}.", "{l}", "({l})", "**{L}**", "[{L}]", "{L}. {T}", "({L}) {T}", "{L}) {T}", "{L}: {T}",
-    "Answer: {L}", "answer: {l}", "ANSWER: {L}", "The answer is {L}.", "the answer is {l}", "The answer is ({L})",
-    "The correct option is ({L}).", "The best answer is {L}", "I choose {L}", "I would go with {L}.",
-    "Final answer: {L}", "So the final answer is **{L}**.", "\\boxed{{{L}}}", "答案是{L}", "答案：{L}",
-    "Looking closely, the {T} is visible. So the answer is {L}.", "Option {L}", "{L} is correct",
-    "{T}", "{TU}!", "The answer is {T}.", "It is {T}", "the answer is: {T}",
+    "{L}",
+    "({L})",
+    "{L}.",
+    "{l}",
+    "({l})",
+    "**{L}**",
+    "[{L}]",
+    "{L}. {T}",
+    "({L}) {T}",
+    "{L}) {T}",
+    "{L}: {T}",
+    "Answer: {L}",
+    "answer: {l}",
+    "ANSWER: {L}",
+    "The answer is {L}.",
+    "the answer is {l}",
+    "The answer is ({L})",
+    "The correct option is ({L}).",
+    "The best answer is {L}",
+    "I choose {L}",
+    "I would go with {L}.",
+    "Final answer: {L}",
+    "So the final answer is **{L}**.",
+    "\\boxed{{{L}}}",
+    "答案是{L}",
+    "答案：{L}",
+    "Looking closely, the {T} is visible. So the answer is {L}.",
+    "Option {L}",
+    "{L} is correct",
+    "{T}",
+    "{TU}!",
+    "The answer is {T}.",
+    "It is {T}",
+    "the answer is: {T}",
 ]
-WRAPPERS = ["{x}", "<answer>{x}</answer>", "<think>Let me zoom in first.</think><answer>{x}</answer>",
-            "<think>hmm</think>\n<answer>\n{x}\n</answer>", "  {x}  ", "<think>check the options</think>{x}"]
+WRAPPERS = [
+    "{x}",
+    "<answer>{x}</answer>",
+    "<think>Let me zoom in first.</think><answer>{x}</answer>",
+    "<think>hmm</think>\n<answer>\n{x}\n</answer>",
+    "  {x}  ",
+    "<think>check the options</think>{x}",
+]
 
 
 @settings(max_examples=400, deadline=None)
@@ -125,8 +182,16 @@ def test_every_phrasing_of_one_option_gives_that_option(options: dict[str, str],
     assert extract_choice(reply, options).letter == letter, reply
 
 
-AMBIGUOUS_TEMPLATES = ["{A} or {B}", "Either ({A}) or ({B})", "{A}/{B}", "The answer is {A} or {B}", "{A} and {B}",
-                       "({A}) and ({B}) are both plausible", "{TA} or {TB}", "I choose {A}. The answer is {B}."]
+AMBIGUOUS_TEMPLATES = [
+    "{A} or {B}",
+    "Either ({A}) or ({B})",
+    "{A}/{B}",
+    "The answer is {A} or {B}",
+    "{A} and {B}",
+    "({A}) and ({B}) are both plausible",
+    "{TA} or {TB}",
+    "I choose {A}. The answer is {B}.",
+]
 
 
 @settings(max_examples=200, deadline=None)

@@ -16,8 +16,14 @@ from thyme_cli.eval.paper import eval_context, paper_image_tokens, paper_min_ima
 from thyme_cli.eval.synth import write_synthetic_tsv
 from thyme_cli.models.registry import load_registry
 
-PAPER = {"tools": True, "max_turns": 5, "max_tokens": 2048, "temperature": 0.0, "on_error": "retry",
-         "max_image_tokens": 16384}
+PAPER = {
+    "tools": True,
+    "max_turns": 5,
+    "max_tokens": 2048,
+    "temperature": 0.0,
+    "on_error": "retry",
+    "max_image_tokens": 16384,
+}
 
 
 def test_ocrbench_gets_the_papers_larger_minimum_image() -> None:
@@ -31,14 +37,19 @@ def test_ocrbench_gets_the_papers_larger_minimum_image() -> None:
 def test_settings_section_says_what_differs() -> None:
     same = "\n".join(settings_markdown({**PAPER, "benchmark": "OCRBench", "min_image_tokens": 100}))
     assert "All settings are those of the paper's evaluation." in same
-    off = "\n".join(settings_markdown({**PAPER, "benchmark": "OCRBench", "min_image_tokens": None,
-                                       "temperature": 0.7, "max_turns": 3}))
+    off = "\n".join(
+        settings_markdown(
+            {**PAPER, "benchmark": "OCRBench", "min_image_tokens": None, "temperature": 0.7, "max_turns": 3}
+        )
+    )
     assert "| image tokens (min) | model default (differs) | 100 (78,400 px) |" in off
     assert "| temperature | 0.7 (differs) |" in off and "| code steps per question | 3 (differs) |" in off
     assert "differ from the paper's evaluation: code steps per question, temperature, image tokens (min)." in off
 
 
-def test_eval_of_ocrbench_records_the_papers_settings(run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str) -> None:
+def test_eval_of_ocrbench_records_the_papers_settings(
+    run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str
+) -> None:
     bench = tmp_path / "OCRBench.tsv"
     write_synthetic_tsv(bench, per_category=1)
     script = tmp_path / "s.json"
@@ -61,8 +72,9 @@ def test_image_token_budget_per_benchmark_is_the_papers() -> None:
     assert paper_image_tokens("OCRBench", 64) == (64, 64)  # the minimum never exceeds it
 
 
-def test_eval_with_a_smaller_image_budget_says_it_differs(run_thyme: RunThyme, tmp_path: Path,
-                                                          sandbox_backend: str) -> None:
+def test_eval_with_a_smaller_image_budget_says_it_differs(
+    run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str
+) -> None:
     bench = tmp_path / "HRBench4K.tsv"
     write_synthetic_tsv(bench, per_category=1)
     script = tmp_path / "s.json"
@@ -77,8 +89,7 @@ def test_eval_with_a_smaller_image_budget_says_it_differs(run_thyme: RunThyme, t
     assert "Settings differ from the paper's evaluation: image tokens (max)." in report
 
 
-def test_eval_retry_uses_up_steps_as_the_papers_loop(run_thyme: RunThyme, tmp_path: Path,
-                                                     sandbox_backend: str) -> None:
+def test_eval_retry_uses_up_steps_as_the_papers_loop(run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str) -> None:
     # Upstream's inner loop: a code step without a result is rolled back and the turn generated
     # again, and each attempt is one of the 5 iterations. So 5 failing attempts end the steps and the
     # model is asked for its answer (thyme's final-answer turn; upstream restarts, then a plain prompt).
@@ -99,8 +110,12 @@ def test_eval_agent_options_are_the_papers() -> None:
     from thyme_cli.commands.eval import agent_options
 
     options = agent_options(no_tools=False, max_turns=5, max_tokens=2048, on_error="retry")
-    assert (options.on_error, options.max_retries, options.retry_warm, options.retries_use_turns) == \
-        ("retry", 5, False, True)
+    assert (options.on_error, options.max_retries, options.retry_warm, options.retries_use_turns) == (
+        "retry",
+        5,
+        False,
+        True,
+    )
 
 
 def test_eval_retry_regenerates_greedily_as_upstream(tiny_pair: TinyPair, tmp_path: Path) -> None:
@@ -133,23 +148,30 @@ def _manifest(tmp_path: Path, name: str, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def test_open_questions_get_upstreams_instruction_per_benchmark_type(run_thyme: RunThyme, tmp_path: Path,
-                                                                     sandbox_backend: str) -> None:
+def test_open_questions_get_upstreams_instruction_per_benchmark_type(
+    run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str
+) -> None:
     # upstream's ThymePromptMixin: VQA -> question + "\nPlease try to answer ... phrases if possible."
     # (not MMVet), Y/N -> question + " Please answer yes or no." (not MME); no hint line in either;
     # multiple choice: "Question: ... Options: ... Please select the correct answer from the options above."
     script = tmp_path / "s.json"
     script.write_text(json.dumps({"replies": ["<answer>yes</answer>"]}))
     cases = {
-        "OCRBench.jsonl": ([{"question": "What is written?", "answer": "STOP", "hint": "a sign"}],
-                           "What is written?\nPlease try to answer the question with short words or phrases if possible."),
-        "POPE.jsonl": ([{"question": "Is there a dog?", "answer": "yes"}, {"question": "A cat?", "answer": "No"}],
-                       "Is there a dog? Please answer yes or no."),
+        "OCRBench.jsonl": (
+            [{"question": "What is written?", "answer": "STOP", "hint": "a sign"}],
+            "What is written?\nPlease try to answer the question with short words or phrases if possible.",
+        ),
+        "POPE.jsonl": (
+            [{"question": "Is there a dog?", "answer": "yes"}, {"question": "A cat?", "answer": "No"}],
+            "Is there a dog? Please answer yes or no.",
+        ),
         "MME.jsonl": ([{"question": "Is there a dog?", "answer": "yes"}], "Is there a dog?"),
         "MMVet.jsonl": ([{"question": "What is it?", "answer": "a sign"}], "What is it?"),
-        "V_star.jsonl": ([{"question": "What colour?", "options": ["red", "blue"], "answer": "A", "hint": "h"}],
-                         "Hint: h\nQuestion: What colour?\nOptions:\nA. red\nB. blue\n"
-                         "Please select the correct answer from the options above."),
+        "V_star.jsonl": (
+            [{"question": "What colour?", "options": ["red", "blue"], "answer": "A", "hint": "h"}],
+            "Hint: h\nQuestion: What colour?\nOptions:\nA. red\nB. blue\n"
+            "Please select the correct answer from the options above.",
+        ),
     }
     for name, (rows, prompt) in cases.items():
         bench = _manifest(tmp_path, name, rows)

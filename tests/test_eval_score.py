@@ -17,17 +17,36 @@ OPTS = {"A": "red", "B": "blue", "C": "green", "D": "black"}
 
 
 def _items() -> list[EvalItem]:
-    spec = [("1", "B", "color", "fine"), ("2", "C", "color", "fine"), ("3", "A", "color", "coarse"),
-            ("4", "D", "size", "coarse"), ("5", "A", "size", "coarse"), ("6", "B", "size", None),
-            ("7", None, "size", None)]  # 7: no expected answer (a test split)
+    spec = [
+        ("1", "B", "color", "fine"),
+        ("2", "C", "color", "fine"),
+        ("3", "A", "color", "coarse"),
+        ("4", "D", "size", "coarse"),
+        ("5", "A", "size", "coarse"),
+        ("6", "B", "size", None),
+        ("7", None, "size", None),
+    ]  # 7: no expected answer (a test split)
     return [EvalItem(i, "", f"q{i}", OPTS, a, c, l2) for i, a, c, l2 in spec]
 
 
-def _record(item_id: str, answer: str | None, *, steps: list[dict[str, Any]] | None = None, error: str | None = None,
-            seconds: float = 1.0, model: str = "m") -> dict[str, Any]:
-    return {"id": item_id, "answer": answer, "steps": steps or [], "error": error, "model": model,
-            "stop_reason": "error" if error else "answered",
-            "timings": {"item_s": seconds, "model_s": seconds / 2, "sandbox_s": 0.1 * len(steps or [])}}
+def _record(
+    item_id: str,
+    answer: str | None,
+    *,
+    steps: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+    seconds: float = 1.0,
+    model: str = "m",
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "answer": answer,
+        "steps": steps or [],
+        "error": error,
+        "model": model,
+        "stop_reason": "error" if error else "answered",
+        "timings": {"item_s": seconds, "model_s": seconds / 2, "sandbox_s": 0.1 * len(steps or [])},
+    }
 
 
 OK_STEP: dict[str, Any] = {"code": "x", "error": None, "timed_out": False, "images": ["images/a.png"]}
@@ -88,8 +107,10 @@ def test_open_questions_are_scored_by_words() -> None:
 
 
 def _no_tools_run() -> list[dict[str, Any]]:
-    return [_record(i, a, seconds=0.5) for i, a in
-            [("1", "B"), ("2", "A"), ("3", "A"), ("4", "D"), ("5", "blue"), ("6", "B"), ("7", "A")]]
+    return [
+        _record(i, a, seconds=0.5)
+        for i, a in [("1", "B"), ("2", "A"), ("3", "A"), ("4", "D"), ("5", "blue"), ("6", "B"), ("7", "A")]
+    ]
 
 
 def test_comparison_rows_flips_and_formats(tmp_path: Path) -> None:
@@ -100,14 +121,22 @@ def test_comparison_rows_flips_and_formats(tmp_path: Path) -> None:
     assert rows["accuracy"] == ["60.0 (3/5)", "66.7 (4/6)"]
     assert rows["color"] == ["66.7 (2/3)", "66.7 (2/3)"] and rows["size"] == ["50.0 (1/2)", "66.7 (2/3)"]
     assert rows["items with code (%)"] == ["50.0", "0.0"] and rows["sandbox errors (% of steps)"] == ["50.0", "–"]
-    assert flips(tools, plain) == {"common": 5, "both right": 1, "only first right": 2, "only second right": 2,
-                                   "both wrong": 0}
+    assert flips(tools, plain) == {
+        "common": 5,
+        "both right": 1,
+        "only first right": 2,
+        "only second right": 2,
+        "both wrong": 0,
+    }
     png = plot_runs([tools, plain], tmp_path / "plot.png", "HRBench4K")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     md = markdown([tools, plain], "HRBench4K", "plot.png")
     assert "| **accuracy** | 60.0 (3/5) | 66.7 (4/6) | +6.7 |" in md
     assert "| size | 50.0 (1/2) | 66.7 (2/3) | +16.7 |" in md
-    assert "both right 1, only m (tools) right 2, only m (no tools) right 2" in md and "![accuracy per category](plot.png)" in md
+    assert (
+        "both right 1, only m (tools) right 2, only m (no tools) right 2" in md
+        and "![accuracy per category](plot.png)" in md
+    )
     assert "paper (Thyme-7B, bf16, tools) on HRBench4K: 77.0" in md
     assert "1 of 7 items not run yet" in md
     page = html_report([tools, plain], "HRBench4K", png)

@@ -18,11 +18,18 @@ def _write(tmp_path: Path, data: object) -> Path:
 
 
 def test_routes_pick_replies_by_the_fed_question(tmp_path: Path) -> None:
-    engine = ScriptedEngine.from_file(_write(tmp_path, {
-        "routes": [{"match": "A. maple", "replies": ["<answer>A</answer>"]},
-                   {"match": "B. maple", "replies": ["<code>print(1)</code>", "<answer>B</answer>"]}],
-        "replies": ["<answer>no idea</answer>"],
-    }))
+    engine = ScriptedEngine.from_file(
+        _write(
+            tmp_path,
+            {
+                "routes": [
+                    {"match": "A. maple", "replies": ["<answer>A</answer>"]},
+                    {"match": "B. maple", "replies": ["<code>print(1)</code>", "<answer>B</answer>"]},
+                ],
+                "replies": ["<answer>no idea</answer>"],
+            },
+        )
+    )
     assert engine.concurrent and len(engine.routes) == 2
     texts = {}
     for question in ("Options:\nA. cedar\nB. maple", "Options:\nA. maple\nB. cedar", "Options:\nA. oak"):
@@ -41,8 +48,12 @@ def test_plain_scripts_still_replay_for_every_question(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [{"routes": "x"}, {"routes": [{"match": "", "replies": ["a"]}]}, {"routes": [{"match": "q", "replies": "a"}]},
-     {"routes": [], "replies": [1]}],
+    [
+        {"routes": "x"},
+        {"routes": [{"match": "", "replies": ["a"]}]},
+        {"routes": [{"match": "q", "replies": "a"}]},
+        {"routes": [], "replies": [1]},
+    ],
 )
 def test_bad_route_files_are_usage_errors(tmp_path: Path, data: object) -> None:
     with pytest.raises(UsageError, match="script"):

@@ -118,9 +118,17 @@ def test_decode_never_raises_anything_but_protocol_error(data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(st.binary(max_size=300), json_values.map(lambda v: frame(json.dumps(v).encode())),
-                          st.integers(0, 40).map(lambda n: frame(b"[" * 5000 * n)),
-                          st.integers(0, 2**32 - 1).map(lambda n: struct.pack(">I", n))), max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            json_values.map(lambda v: frame(json.dumps(v).encode())),
+            st.integers(0, 40).map(lambda n: frame(b"[" * 5000 * n)),
+            st.integers(0, 2**32 - 1).map(lambda n: struct.pack(">I", n)),
+        ),
+        max_size=6,
+    )
+)
 def test_reader_survives_any_byte_stream(chunks: list[bytes]) -> None:
     """Any mix of valid frames, garbage, deep nesting and bogus headers: frames or ProtocolError."""
     read_all(b"".join(chunks), deadline_s=0.05)

@@ -37,8 +37,9 @@ def gemma(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
 
 @pytest.fixture
 def registered(run_thyme: RunThyme, gemma: TinyPair) -> Iterator[str]:
-    added = run_thyme("models", "add", "gemma", "--model", str(gemma.model), "--mmproj", str(gemma.mmproj),
-                      "--ctx", "2048")
+    added = run_thyme(
+        "models", "add", "gemma", "--model", str(gemma.model), "--mmproj", str(gemma.mmproj), "--ctx", "2048"
+    )
     assert added.returncode == 0, added.stderr
     yield "gemma"
 
@@ -60,8 +61,9 @@ def _check_run(run: dict[str, object]) -> None:
             assert tag not in answer
 
 
-def test_without_a_template_gemma_needs_chat_format(run_thyme: RunThyme, registered: str, image: Path,
-                                                      isolated_home: Path) -> None:
+def test_without_a_template_gemma_needs_chat_format(
+    run_thyme: RunThyme, registered: str, image: Path, isolated_home: Path
+) -> None:
     result = run_thyme("ask", str(image), "What colour is it?", "-m", registered, *FAST)
     assert result.returncode == 1
     assert "no chat template" in result.stderr and "--chat-format" in result.stderr
@@ -73,8 +75,19 @@ def test_ask_with_gemma_runs_the_loop_and_ends_cleanly(
     run_thyme: RunThyme, registered: str, image: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
     out = tmp_path / "run"
-    result = run_thyme("ask", str(image), "What colour is this image?", "-m", registered, "--chat-format", "gemma",
-                       "--json", "--out", str(out), *FAST)
+    result = run_thyme(
+        "ask",
+        str(image),
+        "What colour is this image?",
+        "-m",
+        registered,
+        "--chat-format",
+        "gemma",
+        "--json",
+        "--out",
+        str(out),
+        *FAST,
+    )
     assert result.returncode in (0, 3), result.stderr  # answered or no answer; never a crash
     run = json.loads(result.stdout)
     _check_run(run)
@@ -83,26 +96,33 @@ def test_ask_with_gemma_runs_the_loop_and_ends_cleanly(
     assert (result.returncode == 0) == (run["answer"] is not None)
 
 
-def test_a_chat_template_file_works_too(run_thyme: RunThyme, registered: str, image: Path, tmp_path: Path,
-                                        sandbox_backend: str) -> None:
+def test_a_chat_template_file_works_too(
+    run_thyme: RunThyme, registered: str, image: Path, tmp_path: Path, sandbox_backend: str
+) -> None:
     template = tmp_path / "gemma.jinja"
     template.write_text(
         "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
         "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
     )
-    result = run_thyme("ask", str(image), "What colour?", "-m", registered, "--chat-template", str(template),
-                       "--json", *FAST)
+    result = run_thyme(
+        "ask", str(image), "What colour?", "-m", registered, "--chat-template", str(template), "--json", *FAST
+    )
     assert result.returncode in (0, 3), result.stderr
     _check_run(json.loads(result.stdout))
     missing = run_thyme("ask", str(image), "q", "-m", registered, "--chat-template", str(tmp_path / "nope.jinja"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
-def test_batch_and_eval_with_gemma(run_thyme: RunThyme, registered: str, image: Path, tmp_path: Path,
-                                   sandbox_backend: str) -> None:
+def test_batch_and_eval_with_gemma(
+    run_thyme: RunThyme, registered: str, image: Path, tmp_path: Path, sandbox_backend: str
+) -> None:
     items = tmp_path / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": f"q{i}", "image": str(image), "question": q}) + "\n"
-                             for i, q in enumerate(["What colour is it?", "Is it bright?"])))
+    items.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "image": str(image), "question": q}) + "\n"
+            for i, q in enumerate(["What colour is it?", "Is it bright?"])
+        )
+    )
     out = tmp_path / "out.jsonl"
     result = run_thyme("batch", str(items), "-m", registered, "--chat-format", "gemma", "-o", str(out), *FAST)
     assert result.returncode == 0, result.stderr

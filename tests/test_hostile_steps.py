@@ -38,8 +38,8 @@ PAYLOADS = {
     "million-digits": "to_socket(struct.pack('>I', 1000000) + b'9' * 1000000)",
     "forged-result": (  # a well-formed reply for this step, with lone surrogates (not storable as UTF-8)
         "n = __STEP__  # this step's number (steps share one output folder: the test fills it in)\n"
-        "body = ('{\"op\": \"result\", \"step\": %d, \"stdout\": \"\\\\ud800 x\", '\n"
-        "        '\"error\": \"forged \\\\udfff\"}' % n).encode()\n"
+        'body = (\'{"op": "result", "step": %d, "stdout": "\\\\ud800 x", \'\n'
+        '        \'"error": "forged \\\\udfff"}\' % n).encode()\n'
         "to_socket(struct.pack('>I', len(body)) + body)"
     ),
     "cut-off-frame": "to_socket(struct.pack('>I', 5000) + b'{\"op\": \"res')",
@@ -90,16 +90,41 @@ def test_hostile_frames_through_ask_and_replay(run_thyme: RunThyme, tmp_path: Pa
     script.write_text(json.dumps([*replies, ANSWER]))
     image = _photo(tmp_path / "in.png")
     out = tmp_path / "run"
-    result = run_thyme("ask", str(image), "q", "--script", str(script), "--sandbox", jail, "--out", str(out),
-                       "--max-turns", str(len(replies) + 1), "--step-timeout", "10", "--json", timeout=600)
+    result = run_thyme(
+        "ask",
+        str(image),
+        "q",
+        "--script",
+        str(script),
+        "--sandbox",
+        jail,
+        "--out",
+        str(out),
+        "--max-turns",
+        str(len(replies) + 1),
+        "--step-timeout",
+        "10",
+        "--json",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "bug in thyme" not in result.stderr
     trace = json.loads((out / "trace.json").read_text())
     assert trace["answer"] == "survived"
     _check_steps(trace["steps"], len(PAYLOADS))
 
-    again = run_thyme("replay", str(out), "--sandbox", jail, "--json", "--out", str(tmp_path / "replay"),
-                      "--step-timeout", "10", timeout=600)
+    again = run_thyme(
+        "replay",
+        str(out),
+        "--sandbox",
+        jail,
+        "--json",
+        "--out",
+        str(tmp_path / "replay"),
+        "--step-timeout",
+        "10",
+        timeout=600,
+    )
     assert again.returncode == 1, again.stderr  # the hostile steps failed; the replay went on
     assert "Traceback" not in again.stderr and "bug in thyme" not in again.stderr
     replayed = json.loads(again.stdout)
@@ -116,8 +141,20 @@ def test_hostile_frames_through_batch(run_thyme: RunThyme, tmp_path: Path, jail:
     script = tmp_path / "script.json"
     script.write_text(json.dumps([step(PAYLOADS["deep-nesting"]), CROP, ANSWER]))
     out = tmp_path / "results.jsonl"
-    result = run_thyme("batch", str(photos), "-q", "q", "--script", str(script), "--sandbox", jail, "-o", str(out),
-                       env={"THYME_SANDBOX_POOL": pooled}, timeout=600)
+    result = run_thyme(
+        "batch",
+        str(photos),
+        "-q",
+        "q",
+        "--script",
+        str(script),
+        "--sandbox",
+        jail,
+        "-o",
+        str(out),
+        env={"THYME_SANDBOX_POOL": pooled},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -164,8 +201,21 @@ def test_other_host_attacks_through_ask_replay_and_batch(run_thyme: RunThyme, tm
     script.write_text(json.dumps([*replies, ANSWER]))
     image = _photo(tmp_path / "in.png")
     out = tmp_path / "run"
-    result = run_thyme("ask", str(image), "q", "--script", str(script), "--sandbox", jail, "--out", str(out),
-                       "--max-turns", str(len(replies) + 1), "--json", timeout=600)
+    result = run_thyme(
+        "ask",
+        str(image),
+        "q",
+        "--script",
+        str(script),
+        "--sandbox",
+        jail,
+        "--out",
+        str(out),
+        "--max-turns",
+        str(len(replies) + 1),
+        "--json",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     trace = json.loads((out / "trace.json").read_text())
     assert trace["answer"] == "survived"
@@ -180,8 +230,21 @@ def test_other_host_attacks_through_ask_replay_and_batch(run_thyme: RunThyme, tm
     for i in range(2):
         _photo(photos / f"p{i}.png")
     results = tmp_path / "results.jsonl"
-    batch = run_thyme("batch", str(photos), "-q", "q", "--script", str(script), "--sandbox", jail,
-                      "--max-turns", str(len(replies) + 1), "-o", str(results), timeout=600)
+    batch = run_thyme(
+        "batch",
+        str(photos),
+        "-q",
+        "q",
+        "--script",
+        str(script),
+        "--sandbox",
+        jail,
+        "--max-turns",
+        str(len(replies) + 1),
+        "-o",
+        str(results),
+        timeout=600,
+    )
     assert batch.returncode == 0, batch.stderr
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(records) == 2

@@ -104,7 +104,14 @@ def test_quant_tag_must_be_followed_by_a_dot_or_dash() -> None:
 
 
 def test_bits_and_split_helpers() -> None:
-    assert [quant_bits(t) for t in ("Q4_K_M", "Q8_0", "f16", "mmproj-BF16.gguf", "IQ4_XS", "F32")] == [4, 8, 16, 16, 4, 32]
+    assert [quant_bits(t) for t in ("Q4_K_M", "Q8_0", "f16", "mmproj-BF16.gguf", "IQ4_XS", "F32")] == [
+        4,
+        8,
+        16,
+        16,
+        4,
+        32,
+    ]
     assert split_siblings("a/M-00001-of-00003.gguf") == [f"a/M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
 
 
@@ -136,9 +143,7 @@ def ref_hub(tiny_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> It
         yield server
 
 
-def test_pull_by_reference_registers_records_the_commit_and_lists(
-    ref_hub: LocalHub, run_thyme: RunThyme
-) -> None:
+def test_pull_by_reference_registers_records_the_commit_and_lists(ref_hub: LocalHub, run_thyme: RunThyme) -> None:
     result = run_thyme("models", "pull", f"hf.co/{GGML}:q8_0")
     assert result.returncode == 0, result.stderr
     assert "Vision-3B-Q8_0.gguf + mmproj-Vision-3B-Q8_0.gguf (protocol generic)" in result.stderr
@@ -165,7 +170,11 @@ def test_split_model_in_a_subfolder_pulls_every_part(ref_hub: LocalHub, run_thym
     assert result.returncode == 0, result.stderr
     snapshot = repo_dir(NESTED) / "snapshots" / ("c" * 40)
     # the Hub lists files sorted: mmproj-BF16 comes before mmproj-F16, both 16 bits
-    for part in ("BF16/Vision-7B-BF16-00001-of-00002.gguf", "BF16/Vision-7B-BF16-00002-of-00002.gguf", "mmproj-BF16.gguf"):
+    for part in (
+        "BF16/Vision-7B-BF16-00001-of-00002.gguf",
+        "BF16/Vision-7B-BF16-00002-of-00002.gguf",
+        "mmproj-BF16.gguf",
+    ):
         assert (snapshot / part).read_bytes() == ref_hub.repos[NESTED].files[part]
     info = json.loads(run_thyme("models", "info", f"hf.co/{NESTED}:BF16", "--json").stdout)
     assert info["installed"] is True and info["commit"] == "c" * 40
@@ -174,12 +183,24 @@ def test_split_model_in_a_subfolder_pulls_every_part(ref_hub: LocalHub, run_thym
 
 
 def test_overrides_and_protocol(ref_hub: LocalHub, run_thyme: RunThyme) -> None:
-    result = run_thyme("models", "pull", f"hf.co/{NESTED}", "--model-file", "Vision-7B-Q4_K_S.gguf",
-                       "--mmproj-file", "mmproj-BF16.gguf", "--protocol", "thyme")
+    result = run_thyme(
+        "models",
+        "pull",
+        f"hf.co/{NESTED}",
+        "--model-file",
+        "Vision-7B-Q4_K_S.gguf",
+        "--mmproj-file",
+        "mmproj-BF16.gguf",
+        "--protocol",
+        "thyme",
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(run_thyme("models", "info", f"hf.co/{NESTED}:Q4_K_S", "--json").stdout)
     assert (info["model_file"], info["mmproj_file"], info["protocol"]) == (
-        "Vision-7B-Q4_K_S.gguf", "mmproj-BF16.gguf", "thyme")
+        "Vision-7B-Q4_K_S.gguf",
+        "mmproj-BF16.gguf",
+        "thyme",
+    )
 
 
 @pytest.mark.parametrize(
@@ -207,8 +228,23 @@ def test_ask_runs_a_reference_after_downloading_it(
     ref = f"hf.co/{GGML}"
     refused = run_thyme("ask", str(image), "what is it", "--model", ref)  # not a terminal: never downloads silently
     assert refused.returncode == 1 and f"thyme models pull hf.co/{GGML}:Q4_K_M" in refused.stderr
-    result = run_thyme("ask", str(image), "what is it", "--model", ref, "--yes", "--protocol", "thyme",
-                       "--max-tokens", "16", "--max-turns", "1", "--ctx", "2048", "--json")
+    result = run_thyme(
+        "ask",
+        str(image),
+        "what is it",
+        "--model",
+        ref,
+        "--yes",
+        "--protocol",
+        "thyme",
+        "--max-tokens",
+        "16",
+        "--max-turns",
+        "1",
+        "--ctx",
+        "2048",
+        "--json",
+    )
     assert result.returncode in (0, 3), result.stderr
     run = json.loads(result.stdout)
     assert run["model"] == f"hf.co/{GGML}:Q4_K_M" and run["protocol"] == "thyme"
@@ -243,9 +279,23 @@ def test_batch_runs_a_pulled_reference_offline(
     folder.mkdir()
     Image.new("RGB", (64, 48), "white").save(folder / "a.png")
     out = tmp_path / "r.jsonl"
-    result = run_thyme("batch", str(folder), "-q", "what is it", "--model", f"hf.co/{GGML}:q8_0",
-                       "--max-tokens", "16", "--max-turns", "1", "--ctx", "4096", "-o", str(out),
-                       env={"HF_HUB_OFFLINE": "1"})
+    result = run_thyme(
+        "batch",
+        str(folder),
+        "-q",
+        "what is it",
+        "--model",
+        f"hf.co/{GGML}:q8_0",
+        "--max-tokens",
+        "16",
+        "--max-turns",
+        "1",
+        "--ctx",
+        "4096",
+        "-o",
+        str(out),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode in (0, 3), result.stderr
     (line,) = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert line["model"] == f"hf.co/{GGML}:Q8_0" and line["error"] is None

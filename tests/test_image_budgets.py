@@ -38,7 +38,8 @@ def three(tag: str = "m") -> str:
     """A step that writes three 1 MP images (named by `tag`: identical code is not run twice)."""
     return (
         "<code>\n```python\nfor i in range(3):\n"
-        f"    Image.new('RGB', (1000, 1000), (i * 80, 10, 10)).save(f'/mnt/data/temp_processed_images/{tag}{{i}}.png')\n"
+        "    Image.new('RGB', (1000, 1000), (i * 80, 10, 10))"
+        f".save(f'/mnt/data/temp_processed_images/{tag}{{i}}.png')\n"
         "print('three')\n```\n</code>"
     )
 
@@ -74,8 +75,20 @@ def _photo(tmp_path: Path) -> Path:
 
 def test_amplification_is_capped_and_host_memory_stays_bounded(tmp_path: Path, jail: str) -> None:
     out = tmp_path / "run"
-    args = ["ask", str(_photo(tmp_path)), "q", "--script", str(_script(tmp_path, [AMPLIFY])), "--sandbox", jail,
-            "--out", str(out), "--step-timeout", "120", "--quiet"]
+    args = [
+        "ask",
+        str(_photo(tmp_path)),
+        "q",
+        "--script",
+        str(_script(tmp_path, [AMPLIFY])),
+        "--sandbox",
+        jail,
+        "--out",
+        str(out),
+        "--step-timeout",
+        "120",
+        "--quiet",
+    ]
     done = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     peak_mb = int(done.stderr.split("PEAK_RSS_KB")[1].split()[0]) / 1024
@@ -109,8 +122,9 @@ def test_budget_flags_through_ask_replay_and_batch(run_thyme: RunThyme, tmp_path
     script = _script(tmp_path, [three("a"), three("b"), three("c")])
     photo = _photo(tmp_path)
     out = tmp_path / "run"
-    result = run_thyme("ask", str(photo), "q", "--script", str(script), "--sandbox", jail, "--out", str(out),
-                       "--quiet", *budget)
+    result = run_thyme(
+        "ask", str(photo), "q", "--script", str(script), "--sandbox", jail, "--out", str(out), "--quiet", *budget
+    )
     assert result.returncode == 0, result.stderr
     trace = json.loads((out / "trace.json").read_text())
     # step 1: 2 of 3 (step budget); step 2: 1 (3 MP of the question's 3.5 used); step 3: none
@@ -128,8 +142,9 @@ def test_budget_flags_through_ask_replay_and_batch(run_thyme: RunThyme, tmp_path
     for i in range(2):
         Image.new("RGB", (90, 60), (i * 100, 0, 0)).save(photos / f"p{i}.png")
     results = tmp_path / "results.jsonl"
-    batch = run_thyme("batch", str(photos), "-q", "q", "--script", str(script), "--sandbox", jail,
-                      "-o", str(results), *budget)
+    batch = run_thyme(
+        "batch", str(photos), "-q", "q", "--script", str(script), "--sandbox", jail, "-o", str(results), *budget
+    )
     assert batch.returncode == 0, batch.stderr
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(records) == 2
@@ -140,8 +155,9 @@ def test_budget_flags_through_ask_replay_and_batch(run_thyme: RunThyme, tmp_path
 
 def test_bad_budget_values_are_usage_errors(run_thyme: RunThyme, tmp_path: Path) -> None:
     for value in ("lots", "0MP", "-5MB", "12"):
-        result = run_thyme("ask", str(_photo(tmp_path)), "q", "--script", str(_script(tmp_path, [])),
-                           "--step-images", value)
+        result = run_thyme(
+            "ask", str(_photo(tmp_path)), "q", "--script", str(_script(tmp_path, [])), "--step-images", value
+        )
         assert result.returncode == 2, (value, result.stderr)
         assert "--step-images" in result.stderr and "Traceback" not in result.stderr
 

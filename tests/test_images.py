@@ -22,8 +22,13 @@ def _save(tmp_path: Path, name: str, fmt: str, size: tuple[int, int] = (64, 48),
 
 @pytest.mark.parametrize(
     ("name", "fmt", "saved_as"),
-    [("a.png", "PNG", "input.png"), ("a.jpg", "JPEG", "input.jpg"), ("a.webp", "WEBP", "input.png"),
-     ("a.tiff", "TIFF", "input.png"), ("a.bmp", "BMP", "input.png")],
+    [
+        ("a.png", "PNG", "input.png"),
+        ("a.jpg", "JPEG", "input.jpg"),
+        ("a.webp", "WEBP", "input.png"),
+        ("a.tiff", "TIFF", "input.png"),
+        ("a.bmp", "BMP", "input.png"),
+    ],
 )
 def test_supported_formats(tmp_path: Path, name: str, fmt: str, saved_as: str) -> None:
     src = _save(tmp_path, name, fmt)
@@ -73,8 +78,10 @@ def test_truncated_image(tmp_path: Path) -> None:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares a huge size (a decompression bomb's header) with a tiny body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 

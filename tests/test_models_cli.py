@@ -84,7 +84,9 @@ def test_path_prints_files_that_huggingface_hub_agrees_with(hub: LocalHub, run_t
 
 def test_plain_hf_download_reuses_our_blobs_and_we_see_its_files(hub: LocalHub, run_thyme: RunThyme) -> None:
     # huggingface_hub first: thyme must see a model another tool downloaded.
-    code = f"from huggingface_hub import hf_hub_download as d\nd({REPO!r}, {MODEL_FILE!r}); d({REPO!r}, {MMPROJ_FILE!r})"
+    code = (
+        f"from huggingface_hub import hf_hub_download as d\nd({REPO!r}, {MODEL_FILE!r}); d({REPO!r}, {MMPROJ_FILE!r})"
+    )
     _hf_python(code)
     assert _row(run_thyme, "tiny")["installed"] is True
     hub.clear_log()
@@ -136,8 +138,21 @@ def test_info_shows_every_registry_field_paths_and_state(hub: LocalHub, run_thym
     result = run_thyme("models", "info", "tiny", "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    for field in ("name", "description", "repo", "model_file", "mmproj_file", "revision", "size_gb", "license",
-                  "protocol", "n_ctx", "image_min_tokens", "image_max_tokens", "needs_conversion"):
+    for field in (
+        "name",
+        "description",
+        "repo",
+        "model_file",
+        "mmproj_file",
+        "revision",
+        "size_gb",
+        "license",
+        "protocol",
+        "n_ctx",
+        "image_min_tokens",
+        "image_max_tokens",
+        "needs_conversion",
+    ):
         assert field in record
     assert record["repo"] == REPO and record["state"] == "installed"
     paths = run_thyme("models", "path", "tiny").stdout.splitlines()

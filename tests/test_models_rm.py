@@ -63,7 +63,9 @@ def test_rm_keeps_files_other_models_and_other_tools_use(hub: LocalHub, run_thym
     assert run_thyme("models", "pull", "tiny").returncode == 0
     assert run_thyme("models", "pull", "tiny-q8").returncode == 0
     code = f"from huggingface_hub import hf_hub_download as d\nprint(d({REPO!r}, 'README.md'))"
-    readme = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+    readme = Path(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    )
     blobs = repo_dir() / "blobs"
     sha = hub.repos[REPO].sha256
 
@@ -102,13 +104,15 @@ def test_rm_of_a_local_pair_removes_only_the_config_entry(tiny_pair: TinyPair, r
     assert "your files were not touched" in result.stderr
     assert tiny_pair.model.is_file() and tiny_pair.mmproj.is_file()
     after = config.read_text()
-    assert "[models.\"mine\"]" not in after and "mine" not in after
+    assert '[models."mine"]' not in after and "mine" not in after
     assert "# my settings" in after and '[models."other"]' in after and 'model = "qwen2.5-vl-3b"' in after
     assert config.with_name("config.toml.bak").read_text() == before
     assert run_thyme("models", "info", "mine").returncode == 2
 
 
-def test_pull_of_a_local_pair_whose_file_vanished_says_which(tmp_path: Path, tiny_pair: TinyPair, run_thyme: RunThyme) -> None:
+def test_pull_of_a_local_pair_whose_file_vanished_says_which(
+    tmp_path: Path, tiny_pair: TinyPair, run_thyme: RunThyme
+) -> None:
     model = tmp_path / "copy.gguf"
     model.write_bytes(tiny_pair.model.read_bytes())
     assert run_thyme("models", "add", "mine", "--model", str(model), "--mmproj", str(tiny_pair.mmproj)).returncode == 0

@@ -63,9 +63,12 @@ def _pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
 
 
 ENCRYPTED = _pdf(
-    [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-     b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
-     b"<< /Filter /Standard /V 1 /R 2 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32 + b"> /P -4 >>"],
+    [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+        b"<< /Filter /Standard /V 1 /R 2 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32 + b"> /P -4 >>",
+    ],
     b"/Encrypt 4 0 R /ID [<" + b"01" * 16 + b"> <" + b"01" * 16 + b">] ",
 )
 NO_PAGES = _pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"])
@@ -73,8 +76,18 @@ NO_PAGES = _pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [
 
 def test_ask_about_page_two(run_thyme: RunThyme, tmp_path: Path, doc: Path, sandbox_backend: str) -> None:
     out = tmp_path / "run"
-    result = run_thyme("ask", str(doc), "what colour is it", "--page", "2", "--script", str(_script(tmp_path)),
-                       "--out", str(out), "--json")
+    result = run_thyme(
+        "ask",
+        str(doc),
+        "what colour is it",
+        "--page",
+        "2",
+        "--script",
+        str(_script(tmp_path)),
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     run = json.loads(result.stdout)
     assert run["image_source"] == f"{doc}#p2"
@@ -136,8 +149,7 @@ def test_batch_makes_one_item_per_page(run_thyme: RunThyme, tmp_path: Path, doc:
     doc.rename(folder / "doc.pdf")
     Image.new("RGB", (64, 64), (250, 250, 0)).save(folder / "photo.png")
     out = tmp_path / "results.jsonl"
-    result = run_thyme("batch", str(folder), "-q", "what colour?", "--script", str(_script(tmp_path)),
-                       "-o", str(out))
+    result = run_thyme("batch", str(folder), "-q", "what colour?", "--script", str(_script(tmp_path)), "-o", str(out))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert [Path(r["id"]).name for r in lines] == ["doc.pdf#p1", "doc.pdf#p2", "doc.pdf#p3", "photo.png"]

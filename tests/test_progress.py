@@ -86,11 +86,23 @@ def test_progress_line_on_a_terminal_shows_a_transient_status() -> None:
 def test_thyme_ask_on_the_real_engine_says_it_is_encoding_and_prefilling(
     run_thyme: RunThyme, tmp_path: Path, tiny_pair: TinyPair, sandbox_backend: str
 ) -> None:
-    added = run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj),
-                      "--protocol", "thyme", "--ctx", "8192")
+    added = run_thyme(
+        "models",
+        "add",
+        "tiny",
+        "--model",
+        str(tiny_pair.model),
+        "--mmproj",
+        str(tiny_pair.mmproj),
+        "--protocol",
+        "thyme",
+        "--ctx",
+        "8192",
+    )
     assert added.returncode == 0, added.stderr
-    result = run_thyme("ask", str(_photo(tmp_path)), "what colour is it?", "-m", "tiny", "--max-tokens", "16",
-                       "--max-turns", "1")
+    result = run_thyme(
+        "ask", str(_photo(tmp_path)), "what colour is it?", "-m", "tiny", "--max-tokens", "16", "--max-turns", "1"
+    )
     assert result.returncode in (0, 3), result.stderr
     lines = result.stderr.splitlines()
     assert "encoding image (108 tokens)" in lines

@@ -50,7 +50,7 @@ SEGMENT_1 = (
     "<think>The plate is small, so I will crop and zoom in on it.\n<code>\n```python\n"
     "from PIL import Image\nimage = Image.open(image_path)\nx1, y1, x2, y2 = 40, 30, 120, 80\n"
     "crop = image.crop((x1, y1, x2, y2)).resize((160, 100))\n"
-    "processed_path = \"/mnt/data/temp_processed_images/plate.png\"\ncrop.save(processed_path)\n"
+    'processed_path = "/mnt/data/temp_processed_images/plate.png"\ncrop.save(processed_path)\n'
     "print(processed_path)\n```\n</code>"
 )
 SEGMENT_2 = "\nThe zoomed plate reads S QT 911, which is option A.</think>\n<answer>A</answer>"
@@ -79,15 +79,31 @@ def real_vocab_model(converter_python: Path, tmp_path_factory: pytest.TempPathFa
         pytest.skip(f"the real Qwen2.5-VL tokenizer files are not at {QWEN_DATA}")
     base = tmp_path_factory.mktemp("real-vocab")
     ckpt = base / "ckpt"
-    built = subprocess.run([str(converter_python), "-I", str(REFERENCE), "build", str(ckpt), str(QWEN_DATA)],
-                           capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [str(converter_python), "-I", str(REFERENCE), "build", str(ckpt), str(QWEN_DATA)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     return {"ckpt": ckpt, "base": base}
 
 
 def _convert(run_thyme: RunThyme, ckpt: Path) -> tuple[Path, Path, str]:
-    result = run_thyme("models", "convert", str(ckpt), "--name", "realvocab", "--quant", "F32",
-                       "--mmproj-type", "f32", "--protocol", "thyme", timeout=900)
+    result = run_thyme(
+        "models",
+        "convert",
+        str(ckpt),
+        "--name",
+        "realvocab",
+        "--quant",
+        "F32",
+        "--mmproj-type",
+        "f32",
+        "--protocol",
+        "thyme",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model, mmproj = (Path(p) for p in run_thyme("models", "path", "realvocab").stdout.splitlines())
     return model, mmproj, result.stdout + result.stderr
@@ -101,9 +117,16 @@ def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> 
     from thyme_cli.engine.settings import EngineOptions
     from thyme_cli.question import prompts as proto
 
-    options = EngineOptions(n_ctx=4096, kv_cache_type="f32", n_threads=2, flash_attn=False, mmproj_flash_attn=False,
-                            image_max_tokens=3072,
-                            chat_format="chatml" if protocol == "thyme" else "template", reserve_tokens=0)
+    options = EngineOptions(
+        n_ctx=4096,
+        kv_cache_type="f32",
+        n_threads=2,
+        flash_attn=False,
+        mmproj_flash_attn=False,
+        image_max_tokens=3072,
+        chat_format="chatml" if protocol == "thyme" else "template",
+        reserve_tokens=0,
+    )
     engine = LlamaEngine.load(model, mmproj, options=options)
     positions: list[np.ndarray] = []
     native = engine.native
@@ -144,8 +167,7 @@ def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> 
                     ids += pad * ((item.width // 28) * (item.height // 28))
                 else:
                     ids.append(int(item))
-            states.append({"ids": ids, "positions": np.concatenate(positions, axis=1),
-                           "logits": conv.logits().copy()})
+            states.append({"ids": ids, "positions": np.concatenate(positions, axis=1), "logits": conv.logits().copy()})
 
         conv.feed_system(proto.system_prompt(protocol))
         from PIL import Image
@@ -169,24 +191,36 @@ def thyme_side(model: Path, mmproj: Path, images: list[Path], protocol: str) -> 
         conv.close()
     finally:
         engine.close()
-    return {"states": states,
-            "user_text": user.replace(proto.IMAGE_MARKER, "", 1),
-            "system": proto.system_prompt(protocol), "min_pixels": sizing.min_pixels, "max_pixels": sizing.max_pixels}
+    return {
+        "states": states,
+        "user_text": user.replace(proto.IMAGE_MARKER, "", 1),
+        "system": proto.system_prompt(protocol),
+        "min_pixels": sizing.min_pixels,
+        "max_pixels": sizing.max_pixels,
+    }
 
 
 def reference_request(protocol: str, ours: dict[str, Any], images: list[Path]) -> dict[str, Any]:
     return {
-        "protocol": protocol, "system": ours["system"], "user": ours["user_text"],
-        "assistant": [SEGMENT_1, SEGMENT_2], "images": [str(p) for p in images],
-        "min_pixels": ours["min_pixels"], "max_pixels": ours["max_pixels"],
+        "protocol": protocol,
+        "system": ours["system"],
+        "user": ours["user_text"],
+        "assistant": [SEGMENT_1, SEGMENT_2],
+        "images": [str(p) for p in images],
+        "min_pixels": ours["min_pixels"],
+        "max_pixels": ours["max_pixels"],
     }
 
 
 def reference(python: Path, ckpt: Path, request: dict[str, Any], tmp: Path) -> Any:
     req, out = tmp / "request.json", tmp / "reference.npz"
     req.write_text(json.dumps(request))
-    result = subprocess.run([str(python), "-I", str(REFERENCE), "conversation", str(ckpt), str(req), str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(python), "-I", str(REFERENCE), "conversation", str(ckpt), str(req), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(out)
 
@@ -202,20 +236,25 @@ def parity_figures(ours: dict[str, Any], ref: Any) -> dict[str, Any]:
         tokens_equal.append(same)
         if not same and first_diff is None:
             i = next(i for i, (a, b) in enumerate(zip([*state["ids"], -1], [*want, -1], strict=False)) if a != b)
-            first_diff = {"state": k, "at": i, "thyme": state["ids"][i:i + 8], "transformers": want[i:i + 8]}
+            first_diff = {"state": k, "at": i, "thyme": state["ids"][i : i + 8], "transformers": want[i : i + 8]}
         positions_equal.append(same and np.array_equal(state["positions"], ref[f"positions_{k}"]))
         diffs.append(float(np.abs(state["logits"] - ref[f"logits_{k}"]).max()))
         argmax.append(bool(state["logits"].argmax() == ref[f"logits_{k}"].argmax()))
         scale = max(scale, float(np.abs(ref[f"logits_{k}"]).max()))
     return {
-        "tokens_equal": all(tokens_equal), "n_tokens": [len(s["ids"]) for s in ours["states"]],
-        "first_difference": first_diff, "positions_equal": all(positions_equal),
-        "logits_max_abs_diff_per_turn": diffs, "argmax_equal": argmax, "logits_scale": scale,
+        "tokens_equal": all(tokens_equal),
+        "n_tokens": [len(s["ids"]) for s in ours["states"]],
+        "first_difference": first_diff,
+        "positions_equal": all(positions_equal),
+        "logits_max_abs_diff_per_turn": diffs,
+        "argmax_equal": argmax,
+        "logits_scale": scale,
     }
 
 
-def test_real_tokenizer_converts_without_fallback(real_vocab_model: dict[str, Path], converter: Path,
-                                                  run_thyme: RunThyme) -> None:
+def test_real_tokenizer_converts_without_fallback(
+    real_vocab_model: dict[str, Path], converter: Path, run_thyme: RunThyme
+) -> None:
     from gguf import GGUFReader
 
     model, _mmproj, log = _convert(run_thyme, real_vocab_model["ckpt"])
@@ -229,8 +268,14 @@ def test_real_tokenizer_converts_without_fallback(real_vocab_model: dict[str, Pa
     assert field("tokenizer.ggml.pre") == "qwen2"
     tokens = field("tokenizer.ggml.tokens")
     types = field("tokenizer.ggml.token_type")
-    for tok, tid in (("<|endoftext|>", 151643), ("<|im_start|>", 151644), ("<|im_end|>", 151645),
-                     ("<|vision_start|>", 151652), ("<|vision_end|>", 151653), ("<|image_pad|>", 151655)):
+    for tok, tid in (
+        ("<|endoftext|>", 151643),
+        ("<|im_start|>", 151644),
+        ("<|im_end|>", 151645),
+        ("<|vision_start|>", 151652),
+        ("<|vision_end|>", 151653),
+        ("<|image_pad|>", 151655),
+    ):
         assert tokens[tid] == tok and types[tid] == 3, tok  # 3: CONTROL
     assert field("tokenizer.ggml.eos_token_id") == 151645
     template = field("tokenizer.chat_template")

@@ -71,7 +71,9 @@ def test_several_blocks_first_runs_and_the_rest_are_counted() -> None:
 
 
 def test_inline_code_in_prose_is_not_a_code_block() -> None:
-    reply = parse_reply("In HTML, the <code>code</code> tag marks <code>inline</code> code.\n<answer>inline code</answer>")
+    reply = parse_reply(
+        "In HTML, the <code>code</code> tag marks <code>inline</code> code.\n<answer>inline code</answer>"
+    )
     assert reply.code is None and reply.answer == "inline code"
     assert reply.think == "In HTML, the code tag marks inline code."
     prose_then_block = parse_reply("Use <code>img</code> here:\n<code>\n```python\nprint(img.size)\n```\n</code>")

@@ -77,7 +77,11 @@ def test_decide_caches_per_library_and_cpu_and_honours_the_override(
 
 @pytest.mark.parametrize("quant", QUANTS)
 def test_ask_runs_a_quantized_model_through_the_real_cli(
-    run_thyme: RunThyme, tmp_path: Path, image: Path, quant_pairs: dict[str, TinyPair], quant: str,
+    run_thyme: RunThyme,
+    tmp_path: Path,
+    image: Path,
+    quant_pairs: dict[str, TinyPair],
+    quant: str,
     sandbox_backend: str,
 ) -> None:
     pair = quant_pairs[quant]
@@ -85,8 +89,20 @@ def test_ask_runs_a_quantized_model_through_the_real_cli(
     added = run_thyme("models", "add", "tq", "--model", str(pair.model), "--mmproj", str(pair.mmproj))
     assert added.returncode == 0, added.stderr
     out = tmp_path / "run"
-    result = run_thyme("ask", str(image), "what colour is it?", "-m", "tq", "--max-tokens", "24",
-                       "--max-turns", "2", "--json", "--out", str(out))
+    result = run_thyme(
+        "ask",
+        str(image),
+        "what colour is it?",
+        "-m",
+        "tq",
+        "--max-tokens",
+        "24",
+        "--max-turns",
+        "2",
+        "--json",
+        "--out",
+        str(out),
+    )
     assert result.returncode in (0, 3), result.stderr  # answered or not: random weights, no crash
     run = json.loads(result.stdout)
     assert run["model"] == "tq" and run["turns"] and run["counters"]["tokens_generated"] > 0
@@ -108,16 +124,21 @@ def test_doctor_runs_the_quantized_probe_and_reports_it(run_thyme: RunThyme, pro
 
 
 def test_a_native_crash_during_ask_is_one_line_and_leaves_no_run_directory(
-    run_thyme: RunThyme, isolated_home: Path, image: Path, quant_pairs: dict[str, TinyPair],
-    probe: cpu_probe.ProbeResult, sandbox_backend: str,
+    run_thyme: RunThyme,
+    isolated_home: Path,
+    image: Path,
+    quant_pairs: dict[str, TinyPair],
+    probe: cpu_probe.ProbeResult,
+    sandbox_backend: str,
 ) -> None:
     if probe.extra_bufts:
         pytest.skip("llama.cpp's extra buffer types do not crash on this CPU, so no real native crash to provoke")
     pair = quant_pairs["Q4_K_M"]
     run_thyme("models", "add", "tq", "--model", str(pair.model), "--mmproj", str(pair.mmproj))
     # Forcing the buffer types the probe saw crash gives a real native crash inside llama.cpp.
-    result = run_thyme("ask", str(image), "q", "-m", "tq", "--max-tokens", "16", "--json",
-                       env={"THYME_EXTRA_BUFTS": "1"})
+    result = run_thyme(
+        "ask", str(image), "q", "-m", "tq", "--max-tokens", "16", "--json", env={"THYME_EXTRA_BUFTS": "1"}
+    )
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
@@ -126,8 +147,9 @@ def test_a_native_crash_during_ask_is_one_line_and_leaves_no_run_directory(
     assert not runs.exists() or list(runs.iterdir()) == []
     batch_in = isolated_home / "items.jsonl"
     batch_in.write_text(json.dumps({"id": "a", "image": str(image), "question": "q"}) + "\n")
-    batch = run_thyme("batch", str(batch_in), "-m", "tq", "-o", str(isolated_home / "out.jsonl"),
-                      env={"THYME_EXTRA_BUFTS": "1"})
+    batch = run_thyme(
+        "batch", str(batch_in), "-m", "tq", "-o", str(isolated_home / "out.jsonl"), env={"THYME_EXTRA_BUFTS": "1"}
+    )
     assert batch.returncode == 1 and "crashed inside native code" in batch.stderr.splitlines()[-1], batch.stderr
     assert not (isolated_home / "out.runs").exists()
 
@@ -141,7 +163,9 @@ def test_the_buffer_types_the_engine_picks_give_the_logits_of_plain_cpu(
     from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
 
     def logits() -> tuple[str, np.ndarray]:
-        engine = LlamaEngine.load(quant_pairs[quant].model, quant_pairs[quant].mmproj, options=EngineOptions(n_ctx=1024))
+        engine = LlamaEngine.load(
+            quant_pairs[quant].model, quant_pairs[quant].mmproj, options=EngineOptions(n_ctx=1024)
+        )
         try:
             conv = engine.open()
             conv.feed_user("what is in the picture? " * 4)  # a batch: the matrix-matrix kernels

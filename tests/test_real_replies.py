@@ -34,8 +34,16 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
-def _ask(tmp_path: Path, photo: Path, replies: list[str], *, protocol: str = "thyme", sandbox: str,
-         max_turns: int = 5, on_error: str = "show") -> tuple[Trace, ScriptedEngine]:
+def _ask(
+    tmp_path: Path,
+    photo: Path,
+    replies: list[str],
+    *,
+    protocol: str = "thyme",
+    sandbox: str,
+    max_turns: int = 5,
+    on_error: str = "show",
+) -> tuple[Trace, ScriptedEngine]:
     engine = ScriptedEngine(replies)
     model = LoadedModel(engine, ModelSpec(name="s", protocol=protocol, model_path=photo, mmproj_path=photo))
     run_dir = tmp_path / "run"
@@ -47,16 +55,19 @@ def _ask(tmp_path: Path, photo: Path, replies: list[str], *, protocol: str = "th
 # --- answers --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "clean"), [
-    ("Your final answer to the user's question goes here.", None),
-    ("**Your final answer to the user’s question goes here**", None),
-    ("  ", None),
-    ("...", None),
-    ("<answer>blue", "blue"),
-    ("42\n<sandbox_output>width 640</sandbox_output>", "42"),
-    ("```python\nprint(1)\n```\n7 apples", "7 apples"),
-    ("The <code> tag marks inline code.", "The <code> tag marks inline code."),
-])
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Your final answer to the user's question goes here.", None),
+        ("**Your final answer to the user’s question goes here**", None),
+        ("  ", None),
+        ("...", None),
+        ("<answer>blue", "blue"),
+        ("42\n<sandbox_output>width 640</sandbox_output>", "42"),
+        ("```python\nprint(1)\n```\n7 apples", "7 apples"),
+        ("The <code> tag marks inline code.", "The <code> tag marks inline code."),
+    ],
+)
 def test_clean_answer(raw: str, clean: str | None) -> None:
     assert clean_answer(raw) == clean
 
@@ -133,8 +144,13 @@ def test_generic_fence_runs_and_its_answer_waits_for_the_output(
 ) -> None:
     # The model writes a fence and guesses an answer in the same breath: the fence ends the turn,
     # the code runs, and the answer comes after the model has seen the output.
-    trace, _ = _ask(tmp_path, photo, [WIDTH_FENCE + "<answer>500</answer>", "<answer>640</answer>"],
-                         protocol="generic", sandbox=sandbox_backend)
+    trace, _ = _ask(
+        tmp_path,
+        photo,
+        [WIDTH_FENCE + "<answer>500</answer>", "<answer>640</answer>"],
+        protocol="generic",
+        sandbox=sandbox_backend,
+    )
     assert [s.stdout for s in trace.steps] == ["width 640\n"]
     assert trace.answer == "640" and trace.turns[0].stop_reason == "code"
     assert trace.turns[0].text.endswith("```")
@@ -164,8 +180,9 @@ def test_repeated_code_is_not_rerun_and_the_model_is_told(tmp_path: Path, photo:
 
 
 def test_no_empty_model_turn_before_the_final_request(tmp_path: Path, photo: Path, sandbox_backend: str) -> None:
-    trace, engine = _ask(tmp_path, photo, [WIDTH_FENCE, "640"], protocol="generic", sandbox=sandbox_backend,
-                         max_turns=1)
+    trace, engine = _ask(
+        tmp_path, photo, [WIDTH_FENCE, "640"], protocol="generic", sandbox=sandbox_backend, max_turns=1
+    )
     fed = engine.conversations[0].fed
     kinds = [f.kind for f in fed]
     assert kinds == ["system", "user", "generated", "user", "assistant", "generated"]

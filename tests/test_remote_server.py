@@ -41,8 +41,14 @@ SECRET = "sk-thyme-test-S3CRET-9f8e7d"
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("THYME_API_KEY", "OPENAI_API_KEY", "THYME_BASE_URL", "THYME_BACKEND", "THYME_API_MODEL",
-                "THYME_API_EXTRA_BODY"):
+    for var in (
+        "THYME_API_KEY",
+        "OPENAI_API_KEY",
+        "THYME_BASE_URL",
+        "THYME_BACKEND",
+        "THYME_API_MODEL",
+        "THYME_API_EXTRA_BODY",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -83,8 +89,10 @@ def _load(server: LlamaServer, **kw: object) -> RemoteEngine:
 
 def _prompt_with(server: LlamaServer, marker: str) -> str:
     """The last prompt the server rendered (it logs each one) that contains ``marker``."""
-    prompts = [re.split(r"(?m)^(?:add_text|mtmd_|encoding|INFO)", p)[0]
-               for p in re.split(r"(?m)^<\|im_start\|>system\n", server.log_text())]
+    prompts = [
+        re.split(r"(?m)^(?:add_text|mtmd_|encoding|INFO)", p)[0]
+        for p in re.split(r"(?m)^<\|im_start\|>system\n", server.log_text())
+    ]
     found = [p for p in prompts if marker in p]
     assert found, f"no prompt with {marker!r} in the server log"
     return found[-1]
@@ -94,8 +102,21 @@ def test_ask_runs_a_code_step_through_the_real_server_and_sandbox(
     run_thyme: RunThyme, qwen_server: LlamaServer, photo: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
     env = {"THYME_BACKEND": "openai", "THYME_BASE_URL": qwen_server.url, **extra_body_env(code_grammar(CROP_CODE))}
-    result = run_thyme("ask", str(photo), "which green? q-ask-1", "--max-turns", "1", "--max-tokens", "400",
-                       "--sandbox", sandbox_backend, "--json", "--out", str(tmp_path / "run"), env=env)
+    result = run_thyme(
+        "ask",
+        str(photo),
+        "which green? q-ask-1",
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "400",
+        "--sandbox",
+        sandbox_backend,
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     run = json.loads(result.stdout)
     assert run["model"] == "tiny" and run["stop_reason"] == "answered"
@@ -115,10 +136,13 @@ def test_the_server_decodes_our_data_uris(qwen_server: LlamaServer, tmp_path: Pa
     tokens = {}
     for name, size in (("small.png", (56, 56)), ("large.png", (448, 448)), ("large.webp", (448, 448))):
         Image.new("RGB", size, (200, 30, 30)).save(tmp_path / name)
-        content = [{"type": "image_url", "image_url": {"url": image_data_uri(tmp_path / name)}},
-                   {"type": "text", "text": "colour?"}]
-        reply = engine.client.post_json("chat/completions", {
-            "model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": content}]})
+        content = [
+            {"type": "image_url", "image_url": {"url": image_data_uri(tmp_path / name)}},
+            {"type": "text", "text": "colour?"},
+        ]
+        reply = engine.client.post_json(
+            "chat/completions", {"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": content}]}
+        )
         tokens[name] = reply["usage"]["prompt_tokens"]
     engine.close()
     assert tokens["large.png"] > tokens["small.png"] + 8  # the image was decoded and encoded, by size
@@ -140,14 +164,29 @@ def test_text_observations_stay_inside_the_assistant_turn(
     run_thyme: RunThyme, prefill_server: LlamaServer, photo: Path, sandbox_backend: str
 ) -> None:
     env = extra_body_env(code_grammar("print(6 * 7)", think="multiply"))
-    result = run_thyme("ask", str(photo), "q-in-turn-2", "--backend", "openai", "--base-url", prefill_server.url,
-                       "--max-turns", "1", "--max-tokens", "200", "--sandbox", sandbox_backend, "--json", env=env)
+    result = run_thyme(
+        "ask",
+        str(photo),
+        "q-in-turn-2",
+        "--backend",
+        "openai",
+        "--base-url",
+        prefill_server.url,
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "200",
+        "--sandbox",
+        sandbox_backend,
+        "--json",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     run = json.loads(result.stdout)
     assert run["steps"][0]["stdout"].strip() == "42"
     prompt = _prompt_with(prefill_server, "q-in-turn-2")
     # One assistant turn holds the code, its output and the forced answer opening: no turn break.
-    tail = prompt[prompt.rindex("<|im_start|>assistant\n"):]
+    tail = prompt[prompt.rindex("<|im_start|>assistant\n") :]
     assert re.search(r"</code><sandbox_output>42\s*</sandbox_output>\n</think>\n<answer>\n", tail), tail[:400]
     assert "<|im_end|>" not in tail.split("<answer>")[0]
 
@@ -182,8 +221,11 @@ def test_adaptive_temperature_is_two_requests_and_code_is_greedy(
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--base-url", "http://127.0.0.1:{closed}/v1"], 1, "cannot reach the server at http://127.0.0.1:{closed}/v1: "
-                                                            "connection refused"),
+        (
+            ["--base-url", "http://127.0.0.1:{closed}/v1"],
+            1,
+            "cannot reach the server at http://127.0.0.1:{closed}/v1: connection refused",
+        ),
         (["--base-url", "{qwen}", "--api-model", "nope"], 2, "does not serve model 'nope' (it serves: tiny)"),
         (["--base-url", "{plain}"], 2, "does not look like an OpenAI-compatible server"),
         ([], 2, "--backend openai needs the server's URL"),
@@ -192,12 +234,20 @@ def test_adaptive_temperature_is_two_requests_and_code_is_greedy(
     ],
 )
 def test_bad_servers_and_settings_are_one_clear_line(
-    run_thyme: RunThyme, qwen_server: LlamaServer, photo: Path, tmp_path: Path,
-    args: list[str], code: int, message: str,
+    run_thyme: RunThyme,
+    qwen_server: LlamaServer,
+    photo: Path,
+    tmp_path: Path,
+    args: list[str],
+    code: int,
+    message: str,
 ) -> None:
     plain_port = free_port()
-    plain = subprocess.Popen([sys.executable, "-m", "http.server", str(plain_port), "--bind", "127.0.0.1",
-                              "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    plain = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(plain_port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         fill = {"closed": str(free_port()), "qwen": qwen_server.url, "plain": f"http://127.0.0.1:{plain_port}"}
         _wait_for_port(plain_port)
@@ -234,15 +284,24 @@ def test_api_key_is_sent_and_never_shown(
     assert "WR0NG" not in wrong.stdout + wrong.stderr
 
     good_env = {"OPENAI_API_KEY": SECRET, "THYME_DEBUG": "1", **extra_body_env(code_grammar(CROP_CODE))}
-    good = run_thyme(*base, "--max-turns", "1", "--max-tokens", "400", "--verbose", "--out", str(tmp_path / "ok"),
-                     env=good_env)
+    good = run_thyme(
+        *base, "--max-turns", "1", "--max-tokens", "400", "--verbose", "--out", str(tmp_path / "ok"), env=good_env
+    )
     assert good.returncode == 0, good.stderr
     assert "tokens evaluated" in good.stderr  # --verbose printed its counters
 
     # A failure mid-run (the server answers 500 to a field it cannot validate), with tracebacks on.
-    broken = run_thyme(*base, "--out", str(tmp_path / "bad"),
-                       env={"THYME_API_KEY": SECRET, "THYME_DEBUG": "1", "THYME_API_RETRIES": "2",
-                            "THYME_API_EXTRA_BODY": '{"top_p": "high"}'})
+    broken = run_thyme(
+        *base,
+        "--out",
+        str(tmp_path / "bad"),
+        env={
+            "THYME_API_KEY": SECRET,
+            "THYME_DEBUG": "1",
+            "THYME_API_RETRIES": "2",
+            "THYME_API_EXTRA_BODY": '{"top_p": "high"}',
+        },
+    )
     assert broken.returncode == 1 and "kept failing: HTTP 500 from chat/completions" in broken.stderr
     assert "Traceback" in broken.stderr  # THYME_DEBUG=1 shows it; the key is still not in it
 

@@ -82,16 +82,36 @@ class LlamaServer:
 
     def start(self, timeout: float = 60.0) -> LlamaServer:
         args = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.pair.model),
-            "--clip_model_path", str(self.pair.mmproj), "--chat_format", self.chat_format,
-            "--model_alias", "tiny", "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "8192",
-            "--n_threads", "1", "--n_threads_batch", "1", "--interrupt_requests", "False",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.pair.model),
+            "--clip_model_path",
+            str(self.pair.mmproj),
+            "--chat_format",
+            self.chat_format,
+            "--model_alias",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            "8192",
+            "--n_threads",
+            "1",
+            "--n_threads_batch",
+            "1",
+            "--interrupt_requests",
+            "False",
         ]
         if self.api_key:
             args += ["--api_key", self.api_key]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

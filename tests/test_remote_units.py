@@ -84,7 +84,9 @@ def test_passwords_in_urls_and_bad_keys_are_never_echoed() -> None:
         (["no stop", " here"], "no stop here", None),
     ],
 )
-def test_stop_strings_are_found_across_chunks_and_kept_in_the_text(pieces: list[str], text: str, hit: str | None) -> None:
+def test_stop_strings_are_found_across_chunks_and_kept_in_the_text(
+    pieces: list[str], text: str, hit: str | None
+) -> None:
     seg = _Segment(carry="")
     shown = "".join(seg.add(p, PROSE_STOPS) for p in pieces if seg.hit is None)
     assert (seg.text, seg.hit, shown) == (text, hit, text)
@@ -99,10 +101,14 @@ def test_a_stop_split_between_two_requests_is_found_through_the_carry() -> None:
 
 def test_messages_join_text_and_keep_images_in_order() -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
-    entry = _Entry("assistant", [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}, image,
-                                 {"type": "text", "text": "c"}])
-    assert _message(entry) == {"role": "assistant", "content": [{"type": "text", "text": "ab"}, image,
-                                                                {"type": "text", "text": "c"}]}
+    entry = _Entry(
+        "assistant",
+        [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}, image, {"type": "text", "text": "c"}],
+    )
+    assert _message(entry) == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "ab"}, image, {"type": "text", "text": "c"}],
+    }
     assert _message(_Entry("user", [{"type": "text", "text": "x"}])) == {"role": "user", "content": "x"}
 
 
@@ -141,9 +147,16 @@ def test_bad_settings_are_one_clear_usage_error(url: str | None, env: dict[str, 
 
 
 def test_settings_from_the_environment() -> None:
-    config = RemoteConfig.from_env("http://h:8000/v1", {
-        "OPENAI_API_KEY": "sk-openai", "THYME_API_RETRIES": "3", "THYME_API_RETRY_BUDGET": "9",
-        "THYME_API_TIMEOUT": "30", "THYME_API_EXTRA_BODY": '{"repetition_penalty": 1.05}'})
+    config = RemoteConfig.from_env(
+        "http://h:8000/v1",
+        {
+            "OPENAI_API_KEY": "sk-openai",
+            "THYME_API_RETRIES": "3",
+            "THYME_API_RETRY_BUDGET": "9",
+            "THYME_API_TIMEOUT": "30",
+            "THYME_API_EXTRA_BODY": '{"repetition_penalty": 1.05}',
+        },
+    )
     assert config.api_key == "sk-openai" and config.timeout_s == 30.0
     assert (config.policy.max_attempts, config.policy.budget_s) == (3, 9.0)
     assert config.extra_body == {"repetition_penalty": 1.05}

@@ -39,8 +39,14 @@ IMAGE_IN_ASSISTANT = "</code><sandbox_output><|vision_start|><|image_pad|><|visi
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("THYME_API_KEY", "OPENAI_API_KEY", "THYME_BASE_URL", "THYME_BACKEND", "THYME_API_MODEL",
-                "THYME_API_EXTRA_BODY"):
+    for var in (
+        "THYME_API_KEY",
+        "OPENAI_API_KEY",
+        "THYME_BASE_URL",
+        "THYME_BACKEND",
+        "THYME_API_MODEL",
+        "THYME_API_EXTRA_BODY",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -65,10 +71,33 @@ def _env(server: VllmServer, pattern: str | None = None, **extra: str) -> dict[s
     return {"THYME_BACKEND": "openai", "THYME_BASE_URL": server.url, "THYME_API_KEY": KEY, **body, **extra}
 
 
-def _ask(run_thyme: RunThyme, server: VllmServer, photo: Path, question: str, out: Path, sandbox: str,
-         *extra: str, pattern: str | None = None, exit_codes: tuple[int, ...] = (0,)) -> dict:
-    result = run_thyme("ask", str(photo), question, "--max-turns", "1", "--max-tokens", "300", "--sandbox", sandbox,
-                       "--json", "--out", str(out), *extra, env=_env(server, pattern))
+def _ask(
+    run_thyme: RunThyme,
+    server: VllmServer,
+    photo: Path,
+    question: str,
+    out: Path,
+    sandbox: str,
+    *extra: str,
+    pattern: str | None = None,
+    exit_codes: tuple[int, ...] = (0,),
+) -> dict:
+    result = run_thyme(
+        "ask",
+        str(photo),
+        question,
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "300",
+        "--sandbox",
+        sandbox,
+        "--json",
+        "--out",
+        str(out),
+        *extra,
+        env=_env(server, pattern),
+    )
     assert result.returncode in exit_codes, result.stderr
     return dict(json.loads(result.stdout))
 
@@ -86,8 +115,15 @@ def test_capabilities_measured_against_vllm(vllm: VllmServer, monkeypatch: pytes
 def test_ask_thyme_protocol_crop_goes_back_inside_the_assistant_turn(
     run_thyme: RunThyme, vllm: VllmServer, photo: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
-    run = _ask(run_thyme, vllm, photo, "which green? q-vllm-thyme", tmp_path / "run", sandbox_backend,
-               pattern=code_step_regex(CROP_CODE))
+    run = _ask(
+        run_thyme,
+        vllm,
+        photo,
+        "which green? q-vllm-thyme",
+        tmp_path / "run",
+        sandbox_backend,
+        pattern=code_step_regex(CROP_CODE),
+    )
     assert run["stop_reason"] == "answered" and run["turns"][0]["stop_reason"] == "code"
     assert len(run["steps"]) == 1 and run["steps"][0]["error"] is None
     crop = tmp_path / "run" / run["steps"][0]["images"][0]
@@ -97,7 +133,7 @@ def test_ask_thyme_protocol_crop_goes_back_inside_the_assistant_turn(
     assert len(requests) == 2, requests  # the code step, then the final answer
     final = requests[-1]
     # The crop went back INSIDE the assistant turn (no end of turn before it), then the answer opening.
-    tail = final[final.rindex("<|im_start|>assistant\\n"):]
+    tail = final[final.rindex("<|im_start|>assistant\\n") :]
     assert IMAGE_IN_ASSISTANT + "\\n</think>\\n<answer>" in tail, tail[:600]
     assert "<|im_end|>" not in tail
     # The server counted the crop: the final prompt has the question's image and the crop's tokens.
@@ -109,8 +145,17 @@ def test_ask_thyme_protocol_crop_goes_back_inside_the_assistant_turn(
 def test_ask_generic_protocol_sends_results_as_user_turns(
     run_thyme: RunThyme, vllm: VllmServer, photo: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
-    run = _ask(run_thyme, vllm, photo, "which green? q-vllm-generic", tmp_path / "run", sandbox_backend,
-               "--protocol", "generic", pattern=code_step_regex(CROP_CODE))
+    run = _ask(
+        run_thyme,
+        vllm,
+        photo,
+        "which green? q-vllm-generic",
+        tmp_path / "run",
+        sandbox_backend,
+        "--protocol",
+        "generic",
+        pattern=code_step_regex(CROP_CODE),
+    )
     assert run["turns"][0]["stop_reason"] == "code" and len(run["steps"]) == 1
     final = vllm.requests_with("q-vllm-generic")[-1]
     assert "<|im_start|>user\\n<sandbox_output><|vision_start|><|image_pad|><|vision_end|></sandbox_output>" in final
@@ -122,8 +167,18 @@ def test_adaptive_temperature_is_two_requests_and_the_code_one_is_greedy(
     # Request 1 (prose, temperature 1.5) stops at <code>; request 2 continues it at temperature 0.
     # The regex allows only code (a block, not an inline <code>x</code> mention), so the final turn is
     # code too: whether its prose counts as an answer (0) or not (3) is not what this test is about.
-    run = _ask(run_thyme, vllm, photo, "q-vllm-ats", tmp_path / "run", sandbox_backend, "--temperature", "1.5",
-               pattern=r"[a-z]{2,6}<code>\n[a-z]{2,6}\n</code>", exit_codes=(0, 3))
+    run = _ask(
+        run_thyme,
+        vllm,
+        photo,
+        "q-vllm-ats",
+        tmp_path / "run",
+        sandbox_backend,
+        "--temperature",
+        "1.5",
+        pattern=r"[a-z]{2,6}<code>\n[a-z]{2,6}\n</code>",
+        exit_codes=(0, 3),
+    )
     assert run["turns"][0]["stop_reason"] == "code"
     requests = vllm.requests_with("q-vllm-ats")
     assert len(requests) >= 2
@@ -133,15 +188,29 @@ def test_adaptive_temperature_is_two_requests_and_the_code_one_is_greedy(
     assert re.search(re.escape(f"<|im_start|>assistant\\n{prefix}<code>") + r"'", second), second[-600:]
 
 
-def test_batch_with_both_protocols(
-    run_thyme: RunThyme, vllm: VllmServer, tmp_path: Path, sandbox_backend: str
-) -> None:
+def test_batch_with_both_protocols(run_thyme: RunThyme, vllm: VllmServer, tmp_path: Path, sandbox_backend: str) -> None:
     src = photos(tmp_path / "in", 4)
     for protocol in ("thyme", "generic"):
         out = tmp_path / f"{protocol}.jsonl"
-        result = run_thyme("batch", str(src), "-q", f"q-vllm-batch-{protocol}", "-o", str(out), "--jobs", "3",
-                           "--max-turns", "1", "--max-tokens", "300", "--sandbox", sandbox_backend,
-                           "--protocol", protocol, env=_env(vllm, code_step_regex(CROP_CODE)))
+        result = run_thyme(
+            "batch",
+            str(src),
+            "-q",
+            f"q-vllm-batch-{protocol}",
+            "-o",
+            str(out),
+            "--jobs",
+            "3",
+            "--max-turns",
+            "1",
+            "--max-tokens",
+            "300",
+            "--sandbox",
+            sandbox_backend,
+            "--protocol",
+            protocol,
+            env=_env(vllm, code_step_regex(CROP_CODE)),
+        )
         assert result.returncode == 0, result.stderr
         records = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(records) == 4 and all(r["error"] is None and len(r["steps"]) == 1 for r in records), records
@@ -171,13 +240,32 @@ def test_zz_server_killed_mid_batch_then_resume_finishes_exactly_once(
     run_thyme: RunThyme, vllm: VllmServer, tmp_path: Path, sandbox_backend: str
 ) -> None:
     src, out, log = photos(tmp_path / "in", N_ITEMS), tmp_path / "r.jsonl", tmp_path / "batch.err"
-    args = ["batch", str(src), "-q", "q-vllm-kill", "-o", str(out), "--jobs", "2", "--max-turns", "1",
-            "--max-tokens", "300", "--sandbox", sandbox_backend]
+    args = [
+        "batch",
+        str(src),
+        "-q",
+        "q-vllm-kill",
+        "-o",
+        str(out),
+        "--jobs",
+        "2",
+        "--max-turns",
+        "1",
+        "--max-tokens",
+        "300",
+        "--sandbox",
+        sandbox_backend,
+    ]
     env = _env(vllm, code_step_regex(CROP_CODE), THYME_API_RETRIES="40", THYME_API_RETRY_BUDGET="600")
     with log.open("wb") as err:
-        batch = subprocess.Popen([sys.executable, "-m", "thyme_cli.cli", *args], env={**os.environ, **env},
-                                 stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        batch = subprocess.Popen(
+            [sys.executable, "-m", "thyme_cli.cli", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait(lambda: _lines(out) >= 1, 300, "a finished item")
         vllm.kill()

@@ -52,8 +52,15 @@ def test_code_and_answer_panels_wrap_long_lines(monkeypatch: pytest.MonkeyPatch,
     out, out_buf = _console()
     out = Console(file=out_buf, width=50, force_terminal=True, soft_wrap=True, highlight=False, color_system=None)
     monkeypatch.setattr("thyme_cli.ui.console.out_console", lambda: out)
-    trace = Trace(question="q", image="i.png", image_source="i.png", image_size=(1, 1), model="m", protocol="thyme",
-                  sandbox="none")
+    trace = Trace(
+        question="q",
+        image="i.png",
+        image_source="i.png",
+        image_size=(1, 1),
+        model="m",
+        protocol="thyme",
+        sandbox="none",
+    )
     trace.answer = "the answer is " + "long " * 30 + "END"
     render.print_answer(trace, quiet=False)
     assert "END" in out_buf.getvalue() and _flat(out_buf.getvalue()).count("long") == 30
@@ -63,7 +70,7 @@ def test_fenced_code_is_shown_once_as_its_step(tmp_path: Path) -> None:
     console, buf = _console(100)
     live = render.LiveRenderer(tmp_path, console=console, previews=None)
     for i in range(0, len(FENCE), 5):
-        live.text(FENCE[i:i + 5])
+        live.text(FENCE[i : i + 5])
     live.step_started(1, "print('width', Image.open(image_path).size[0])")
     live.step_finished(Step(1, "...", stdout="width 640\n", turn=1), ExecResult(stdout="width 640\n"))
     shown = buf.getvalue()
@@ -75,7 +82,7 @@ def test_inline_code_is_shown_as_prose_and_a_later_block_still_becomes_a_panel(t
     live = render.LiveRenderer(tmp_path, console=console, previews=None)
     text = "The <code>img</code> variable holds it.\n" + OK_CODE
     for i in range(0, len(text), 4):
-        live.text(text[i:i + 4])
+        live.text(text[i : i + 4])
     shown = buf.getvalue()
     assert "The <code>img</code> variable holds it." in shown and "Image.open" not in shown
 
@@ -100,18 +107,38 @@ def test_report_keeps_answer_lines_shows_fence_code_once_and_marks_discarded_tur
 
     def seen(report: Path) -> dict[str, object]:
         probe = report.with_name("probe.html")
-        probe.write_text(report.read_text().replace("</body>", PROBE_SCRIPT.replace(
-            "code:", "turns: [...document.querySelectorAll('pre.turn')].map(p => p.innerText), "
-                     "discarded: document.querySelectorAll('.discarded').length, code:") + "</body>"))
+        probe.write_text(
+            report.read_text().replace(
+                "</body>",
+                PROBE_SCRIPT.replace(
+                    "code:",
+                    "turns: [...document.querySelectorAll('pre.turn')].map(p => p.innerText), "
+                    "discarded: document.querySelectorAll('.discarded').length, code:",
+                )
+                + "</body>",
+            )
+        )
         dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome-profile'}", "--virtual-time-budget=5000", "--dump-dom",
-             probe.as_uri()],
-            capture_output=True, text=True, timeout=120,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome-profile'}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         ).stdout
         start = dom.index('<pre id="probe">') + len('<pre id="probe">')
-        result: dict[str, object] = json.loads(dom[start: dom.index("</pre>", start)])
+        result: dict[str, object] = json.loads(dom[start : dom.index("</pre>", start)])
         return result
 
     fenced = seen(run([FENCE, "<answer>640 px\nwide\nand white</answer>"], "generic", "show", "fenced"))

@@ -158,9 +158,7 @@ def test_similar_prefix_is_not_rewritten() -> None:
 
 @pytest.mark.parametrize("alias", ["cv", "cv3", "cv4"])
 def test_cv_aliases_become_cv2(alias: str) -> None:
-    fixed = repair.repair(
-        f"img = {alias}.imread(image_path)\ng = {alias}.cvtColor(img, {alias}.COLOR_BGR2GRAY)", ctx()
-    )
+    fixed = repair.repair(f"img = {alias}.imread(image_path)\ng = {alias}.cvtColor(img, {alias}.COLOR_BGR2GRAY)", ctx())
     text = fixed.unparse()
     assert f"{alias}." not in text.replace("cv2.", "")
     assert text.count("cv2.") == 3
@@ -180,7 +178,6 @@ def test_repaired_tree_keeps_original_line_numbers() -> None:
 
 # -- crop boxes: upstream's literal-box rule, nothing at run time ---------------------------------
 # (tests/test_fidelity_corpus.py checks the same rules against upstream's recorded results)
-
 
 
 def sized_ctx(w: int = 400, h: int = 300) -> RepairContext:

@@ -92,8 +92,9 @@ def test_ask_downloads_a_missing_model_with_yes_and_refuses_without(
     refused = run_thyme("ask", str(image), "q", "-m", "tiny", "--max-tokens", "16", "--max-turns", "0")
     assert refused.returncode == 1
     assert "not downloaded" in refused.stderr and "--yes" in refused.stderr and "Traceback" not in refused.stderr
-    result = run_thyme("ask", str(image), "q", "-m", "tiny", "--max-tokens", "16", "--max-turns", "0", "--yes",
-                       "--json")
+    result = run_thyme(
+        "ask", str(image), "q", "-m", "tiny", "--max-tokens", "16", "--max-turns", "0", "--yes", "--json"
+    )
     assert result.returncode in (0, 3), result.stderr
     assert json.loads(result.stdout)["model"] == "tiny"
     listed = run_thyme("models", "list", "--json")
@@ -134,8 +135,11 @@ def test_inline_image_sequences_for_kitty_and_iterm(tmp_path: Path) -> None:
 
 
 def test_the_wheel_ships_models_toml(tmp_path: Path) -> None:
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                            str(REPO_ROOT)], capture_output=True, text=True)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO_ROOT)],
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr
     wheel = next(tmp_path.glob("thyme_cli-*.whl"))
     with zipfile.ZipFile(wheel) as zf:

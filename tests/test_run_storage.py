@@ -15,9 +15,11 @@ from tests.conftest import RunThyme
 from tests.test_eval_cli import bench  # noqa: F401  (fixture)
 
 TWO_CROPS = [
-    "<code>\n```python\nimg = Image.open(image_path)\nimg.crop((0, 0, 200, 150)).save('/mnt/data/temp_processed_images/a.png')\n"
+    "<code>\n```python\nimg = Image.open(image_path)\n"
+    "img.crop((0, 0, 200, 150)).save('/mnt/data/temp_processed_images/a.png')\n"
     "print('/mnt/data/temp_processed_images/a.png')\n```\n</code>",
-    "<code>\n```python\nimg = Image.open(image_path)\nimg.crop((100, 50, 300, 200)).save('/mnt/data/temp_processed_images/b.png')\n"
+    "<code>\n```python\nimg = Image.open(image_path)\n"
+    "img.crop((100, 50, 300, 200)).save('/mnt/data/temp_processed_images/b.png')\n"
     "print('/mnt/data/temp_processed_images/b.png')\n```\n</code>",
     "<answer>two crops</answer>",
 ]
@@ -41,7 +43,18 @@ def _batch(run_thyme: RunThyme, tmp_path: Path, photos: Path, keep: str | None) 
     script = tmp_path / "script.json"
     script.write_text(json.dumps(TWO_CROPS))
     out = tmp_path / f"results-{keep}.jsonl"
-    args = ["batch", str(photos), "-q", "q", "--script", str(script), "-o", str(out), "--runs", str(tmp_path / f"runs-{keep}")]
+    args = [
+        "batch",
+        str(photos),
+        "-q",
+        "q",
+        "--script",
+        str(script),
+        "-o",
+        str(out),
+        "--runs",
+        str(tmp_path / f"runs-{keep}"),
+    ]
     if keep:
         args += ["--keep-images", keep]
     result = run_thyme(*args)
@@ -89,8 +102,9 @@ def test_ask_still_copies_its_input(run_thyme: RunThyme, tmp_path: Path, photos:
     ("final", [[], ["images/step2-b.png"]]),
     ("none", [[], []]),
 ])  # fmt: skip
-def test_keep_images(run_thyme: RunThyme, tmp_path: Path, photos: Path, sandbox_backend: str, keep: str,
-                     expected: list[list[str]]) -> None:
+def test_keep_images(
+    run_thyme: RunThyme, tmp_path: Path, photos: Path, sandbox_backend: str, keep: str, expected: list[list[str]]
+) -> None:
     records = _batch(run_thyme, tmp_path, photos, keep)
     for record in records:
         run = Path(str(record["run_dir"]))
@@ -105,13 +119,17 @@ def test_keep_images(run_thyme: RunThyme, tmp_path: Path, photos: Path, sandbox_
 
 
 def test_eval_takes_keep_images(
-    run_thyme: RunThyme, tmp_path: Path, bench: tuple[Path, list[object]], sandbox_backend: str  # noqa: F811
+    run_thyme: RunThyme,
+    tmp_path: Path,
+    bench: tuple[Path, list[object]],  # noqa: F811
+    sandbox_backend: str,
 ) -> None:
     path, _truth = bench
     script = tmp_path / "s.json"
     script.write_text(json.dumps([*TWO_CROPS[:2], "<answer>B</answer>"]))
-    result = run_thyme("eval", str(path), "--script", str(script), "--keep-images", "final", "--limit", "2",
-                       cwd=tmp_path)
+    result = run_thyme(
+        "eval", str(path), "--script", str(script), "--keep-images", "final", "--limit", "2", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (tmp_path / "synth.tools.jsonl").read_text().splitlines()]
     assert records and all([s["images"] for s in r["steps"]] == [[], ["images/step2-b.png"]] for r in records)

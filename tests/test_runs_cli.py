@@ -60,8 +60,15 @@ def test_list_show_and_open(run_thyme: RunThyme, tmp_path: Path, image: Path, sa
     shown = run_thyme("runs", "show", first[:5])  # a prefix of the id will do
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
-    for expected in ("what is in the corner", "Crop the corner.", "img.crop((100, 80, 300, 200))",
-                     "step 1: ok", "cropped (200, 120)", "images/step1", "42"):
+    for expected in (
+        "what is in the corner",
+        "Crop the corner.",
+        "img.crop((100, 80, 300, 200))",
+        "step 1: ok",
+        "cropped (200, 120)",
+        "images/step1",
+        "42",
+    ):
         assert expected in text, (expected, text)
     assert text.index("Crop the corner.") < text.index("step 1: ok") < text.rindex("42")
     by_dir = run_thyme("runs", "show", str(runs[1]["run_dir"]), "--json")
@@ -70,7 +77,7 @@ def test_list_show_and_open(run_thyme: RunThyme, tmp_path: Path, image: Path, sa
     # `open` writes the missing report.html and hands its file:// URL to the browser ($BROWSER).
     seen = tmp_path / "browser-args"
     browser = tmp_path / "fake-browser"
-    browser.write_text(f"#!/bin/sh\necho \"$1\" > {seen}\n")
+    browser.write_text(f'#!/bin/sh\necho "$1" > {seen}\n')
     browser.chmod(browser.stat().st_mode | stat.S_IEXEC)
     report = Path(str(runs[1]["run_dir"])) / "report.html"
     assert not report.exists()
@@ -127,9 +134,7 @@ def test_a_folder_that_is_not_a_run_is_never_deleted(run_thyme: RunThyme, tmp_pa
     assert os.listdir(keep) == ["thesis.txt"]
 
 
-def test_a_run_outside_the_runs_dir_is_named_by_its_directory(
-    run_thyme: RunThyme, tmp_path: Path, image: Path
-) -> None:
+def test_a_run_outside_the_runs_dir_is_named_by_its_directory(run_thyme: RunThyme, tmp_path: Path, image: Path) -> None:
     script = tmp_path / "s.json"
     script.write_text(json.dumps([ANSWER]))
     out = tmp_path / "elsewhere"

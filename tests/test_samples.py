@@ -14,8 +14,13 @@ from thyme_cli.question.samples import vote, vote_key
 
 
 def test_vote_keys_read_option_letters_and_normalise_free_answers() -> None:
-    assert [vote_key(a) for a in ["B", "(b)", "B. because it is red", "Answer: (C)", "option d"]] == \
-        ["B", "B", "B", "C", "D"]
+    assert [vote_key(a) for a in ["B", "(b)", "B. because it is red", "Answer: (C)", "option d"]] == [
+        "B",
+        "B",
+        "B",
+        "C",
+        "D",
+    ]
     assert vote_key("  The Red  CAR. ") == "the red car"
     assert vote_key("<answer>42</answer>") == "42"
     assert vote_key(None) is None
@@ -36,9 +41,27 @@ def test_ask_samples_decodes_trajectories_from_one_prefix_and_records_them(
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (84, 112, 3), dtype=np.uint8)).save(photo)
     run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
     out = tmp_path / "run"
-    result = run_thyme("ask", str(photo), "what is it?", "-m", "tiny", "--samples", "3", "--temperature", "1.0",
-                       "--max-tokens", "24", "--max-turns", "1", "--threads", "2", "--json", "--html",
-                       "--out", str(out))
+    result = run_thyme(
+        "ask",
+        str(photo),
+        "what is it?",
+        "-m",
+        "tiny",
+        "--samples",
+        "3",
+        "--temperature",
+        "1.0",
+        "--max-tokens",
+        "24",
+        "--max-turns",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+        "--html",
+        "--out",
+        str(out),
+    )
     assert result.returncode in (0, 3), result.stderr
     run = json.loads(result.stdout)
     assert [s["index"] for s in run["samples"]] == [1, 2, 3]
@@ -54,8 +77,9 @@ def test_ask_samples_decodes_trajectories_from_one_prefix_and_records_them(
     assert 'id="samples"' in html and html.count('class="sample"') == 3
 
 
-def test_samples_with_a_scripted_engine_vote_on_equal_answers(run_thyme: RunThyme, tmp_path: Path,
-                                                               sandbox_backend: str) -> None:
+def test_samples_with_a_scripted_engine_vote_on_equal_answers(
+    run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str
+) -> None:
     photo = tmp_path / "photo.png"
     Image.new("RGB", (200, 100), "white").save(photo)
     script = tmp_path / "script.json"

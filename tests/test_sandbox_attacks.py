@@ -80,9 +80,7 @@ def sb(backend: str, photo: Path, workdir: Path) -> Iterator[WorkerSandbox]:
 def fresh(
     backend: str, image: Path, tmp_path: Path, timeout_s: float = 30, limits: Limits | None = None
 ) -> WorkerSandbox:
-    return open_sandbox(
-        backend, image=image, images_dir=tmp_path / "images", timeout_s=timeout_s, limits=limits
-    )
+    return open_sandbox(backend, image=image, images_dir=tmp_path / "images", timeout_s=timeout_s, limits=limits)
 
 
 NORMAL_STEP = (
@@ -670,9 +668,7 @@ def test_decompression_bomb_is_stopped_by_the_memory_limit(
         res = box.run("import shutil\nshutil.copy(image_path, '/mnt/data/temp_processed_images/bomb.png')")
         assert res.ok and res.images == []
         assert f"bomb.png: larger than the {DEFAULTS.max_image_pixels} pixel limit" in res.stderr
-        peak = box.run(
-            "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
-        )
+        peak = box.run("print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])")
         assert int(peak.stdout) * 1024 <= DEFAULTS.memory_mb * MiB
     with fresh(backend, photo, tmp_path) as box:
         assert_healthy(box)

@@ -176,13 +176,13 @@ def test_numpy_slice_crop_live_and_printed_path(sb: WorkerSandbox) -> None:
 
 
 def test_images_found_by_listing_and_not_repeated(sb: WorkerSandbox) -> None:
-    code = "for i in range(3):\n    Image.new('RGB', (100 + i, 80)).save(f'/mnt/data/temp_processed_images/part_{i}.png')"
+    code = (
+        "for i in range(3):\n    Image.new('RGB', (100 + i, 80)).save(f'/mnt/data/temp_processed_images/part_{i}.png')"
+    )
     res = sb.run(code)
     assert res.ok, res.error
     assert sorted(p.name for p in res.images) == [f"step{res.step}-part_{i}.png" for i in range(3)]
-    again = sb.run(
-        "processed_path = processed_path if 'processed_path' in globals() else None\nprint('nothing new')"
-    )
+    again = sb.run("processed_path = processed_path if 'processed_path' in globals() else None\nprint('nothing new')")
     assert again.ok and again.images == []
 
 
@@ -275,9 +275,7 @@ def test_unjailed_worker_is_what_none_means(photo: Path, tmp_path: Path) -> None
 
 def test_worker_that_dies_between_steps_is_replaced(backend: str, photo: Path, tmp_path: Path) -> None:
     with fresh(backend, photo, tmp_path) as box:
-        res = box.run(
-            "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.3), os._exit(3))).start()"
-        )
+        res = box.run("import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.3), os._exit(3))).start()")
         assert res.ok, res.error
         marker = box.worker_marker
         assert wait_until_gone(marker) == []  # the worker killed itself after the step returned

@@ -152,9 +152,7 @@ def test_processed_path_first_then_printed_then_listing(out: Path, root_fd: int,
     for name in ("a.png", "b.png", "c.png"):
         Image.new("RGB", (10, 10)).save(out / "step1" / name)
     got = harvest(
-        request(
-            root_fd, tmp_path / "images", processed_path=f"{ROOT}/step1/c.png", stdout=f"{ROOT}/step1/b.png"
-        )
+        request(root_fd, tmp_path / "images", processed_path=f"{ROOT}/step1/c.png", stdout=f"{ROOT}/step1/b.png")
     )
     assert [p.name for p in got.images][:2] == ["step1-c.png", "step1-b.png"]
     assert len(got.images) == 3
@@ -176,13 +174,9 @@ def test_files_outside_the_step_dir_need_to_be_new(out: Path, root_fd: int, tmp_
     old = out / "step0" / "old.png"
     Image.new("RGB", (10, 10)).save(old)
     st = old.stat()
-    req = request(
-        root_fd, tmp_path / "images", processed_path=f"{ROOT}/step0/old.png", since_ns=st.st_mtime_ns + 10**9
-    )
+    req = request(root_fd, tmp_path / "images", processed_path=f"{ROOT}/step0/old.png", since_ns=st.st_mtime_ns + 10**9)
     assert harvest(req).images == []
-    req = request(
-        root_fd, tmp_path / "images", processed_path=f"{ROOT}/step0/old.png", since_ns=st.st_mtime_ns
-    )
+    req = request(root_fd, tmp_path / "images", processed_path=f"{ROOT}/step0/old.png", since_ns=st.st_mtime_ns)
     assert len(harvest(req).images) == 1
 
 

@@ -161,7 +161,9 @@ def test_steps_keep_variables_and_images_come_back(pool: SandboxPool, images: li
         assert box.run("print('nothing new')").images == []
 
 
-def test_question_child_has_the_jails_identity_and_limits(pool: SandboxPool, images: list[Path], tmp_path: Path) -> None:
+def test_question_child_has_the_jails_identity_and_limits(
+    pool: SandboxPool, images: list[Path], tmp_path: Path
+) -> None:
     with ask(pool, images[0], tmp_path) as box:
         info = box.worker_info
         assert info["ids"] == [65534, 65534, 65534, 65534] and info["groups"] == []
@@ -181,7 +183,8 @@ def test_question_child_has_the_jails_identity_and_limits(pool: SandboxPool, ima
         expected_uid = "65534" if os.geteuid() == 0 else str(os.geteuid())
         for pid in jailed_python_pids(box.worker_marker):  # zygote and child, as the HOST sees them
             assert host_status(pid)["Uid"].split() == [expected_uid] * 4
-        links = run_json(box, "print(json.dumps({f: os.readlink('/proc/self/fd/' + f) for f in os.listdir('/proc/self/fd')"
+        links = run_json(box, "print(json.dumps({f: os.readlink('/proc/self/fd/' + f)"
+                              " for f in os.listdir('/proc/self/fd')"
                               " if os.path.exists('/proc/self/fd/' + f)}))")  # fmt: skip
         assert sum(str(v).startswith("socket:") for v in links.values()) == 1, links  # its own, not the zygote's
 
@@ -208,7 +211,9 @@ def test_child_death_is_reported_and_recovered(pool: SandboxPool, images: list[P
         assert res.error == "the sandbox process died (exit status 137: killed by signal 9, e.g. a memory or CPU limit)"
         assert box.run("print('back')").stdout.strip() == "back"
         marker = box.worker_marker
-        threaded = box.run("import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.3), os._exit(3))).start()")
+        threaded = box.run(
+            "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.3), os._exit(3))).start()"
+        )
         assert threaded.ok
         polls = 300
         while len(jailed_python_pids(marker)) > 1 and polls:  # the child ends itself between steps
@@ -403,7 +408,8 @@ def test_no_question_can_reach_another_questions_image(pool: SandboxPool, images
             for n in files:
                 p = os.path.join(root, n)
                 try:
-                    if os.path.getsize(p) == {other.stat().st_size} and hashlib.sha256(open(p, 'rb').read()).hexdigest() == {other_digest!r}:
+                    same_size = os.path.getsize(p) == {other.stat().st_size}
+                    if same_size and hashlib.sha256(open(p, 'rb').read()).hexdigest() == {other_digest!r}:
                         hits.append(p)
                 except OSError:
                     pass

@@ -46,8 +46,9 @@ class Tmux:
         self.socket = f"thyme-test-{uuid.uuid4().hex[:8]}"
 
     def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30,
-                              env=env, check=True).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30, env=env, check=True
+        ).stdout
 
     def run(self, command: list[str], extra_env: dict[str, str], until: str, timeout: float = 90) -> str:
         """Start COMMAND in a fresh window, wait until UNTIL shows on screen, return the screen with colours."""
@@ -112,9 +113,7 @@ def _orange_cells(screen: str) -> int:
     return count
 
 
-def test_half_blocks_in_tmux_and_none_when_asked(
-    tmux: Tmux, scripted: tuple[Path, Path], sandbox_backend: str
-) -> None:
+def test_half_blocks_in_tmux_and_none_when_asked(tmux: Tmux, scripted: tuple[Path, Path], sandbox_backend: str) -> None:
     image, script = scripted
     screen = tmux.run(_thyme("ask", str(image), "what colour", "--script", str(script)), {}, until="run id")
     assert "step 1: ok" in screen and "images/step1-c.png" in screen
@@ -146,8 +145,9 @@ def test_no_previews_when_stderr_is_not_a_terminal(
 def test_sixel_terminals_get_sixels(scripted: tuple[Path, Path], sandbox_backend: str) -> None:
     image, script = scripted
     # A 60x200 window of 10x20-pixel cells, as a real terminal reports it (sixels are sized in pixels).
-    code, output = run_in_pty(["ask", str(image), "q", "--script", str(script)], env={"THYME_PREVIEWS": "sixel"},
-                              window=(60, 200, 2000, 1200))
+    code, output = run_in_pty(
+        ["ask", str(image), "q", "--script", str(script)], env={"THYME_PREVIEWS": "sixel"}, window=(60, 200, 2000, 1200)
+    )
     assert code == 0, output
     found = re.search(r"\x1bP[0-9;]*q(.*?)\x1b\\", output, re.DOTALL)  # DCS ... q <sixel data> ST
     assert found is not None, output[-2000:]

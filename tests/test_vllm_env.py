@@ -39,8 +39,9 @@ def test_the_environment_is_ready_only_when_its_marker_records_the_current_requi
 
 
 def test_serve_flags_and_environment_carry_what_thyme_needs() -> None:
-    args = vllm_env.serve_args("ckpt", name="thyme", host="127.0.0.1", port=8001, max_model_len=32768,
-                               max_images=8, max_pixels=2408448)
+    args = vllm_env.serve_args(
+        "ckpt", name="thyme", host="127.0.0.1", port=8001, max_model_len=32768, max_images=8, max_pixels=2408448
+    )
     assert args[args.index("--limit-mm-per-prompt") + 1] == '{"image": 8}'
     assert args[args.index("--mm-processor-kwargs") + 1] == '{"max_pixels": 2408448}'
     assert args[args.index("--max-model-len") + 1] == "32768" and "--api-key" not in args

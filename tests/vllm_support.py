@@ -53,8 +53,10 @@ def find_test_vllm() -> vllm_env.VllmEnv:
         else:
             os.environ["THYME_VLLM_VENV"] = saved
     if env is None:
-        pytest.skip(f"no vLLM environment at {venv}: create it with "
-                    f"`THYME_VLLM_VENV={venv} .venv/bin/thyme serve --setup` (CI does)")
+        pytest.skip(
+            f"no vLLM environment at {venv}: create it with "
+            f"`THYME_VLLM_VENV={venv} .venv/bin/thyme serve --setup` (CI does)"
+        )
     return env
 
 
@@ -67,8 +69,12 @@ def tiny_hf_model(env: vllm_env.VllmEnv) -> Path:
     out = Path.home() / ".cache" / "thyme-test" / f"tiny-hf-qwen-{key}"
     if not (out / tiny_hf_qwen.DONE).is_file():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        subprocess.run([str(env.python), "-I", str(builder), str(TOKENIZER_DIR), str(tmp)], check=True,
-                       stdout=subprocess.DEVNULL, timeout=600)
+        subprocess.run(
+            [str(env.python), "-I", str(builder), str(TOKENIZER_DIR), str(tmp)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
         tmp.rename(out)
     return out
 
@@ -85,8 +91,9 @@ def code_step_regex(code: str, think: str = "zoom") -> str:
 class VllmServer:
     """``python -m vllm.entrypoints.openai.api_server`` for one checkpoint, on a fixed loopback port."""
 
-    def __init__(self, env: vllm_env.VllmEnv, model: Path, log: Path, *, api_key: str | None = None,
-                 name: str = "tiny") -> None:
+    def __init__(
+        self, env: vllm_env.VllmEnv, model: Path, log: Path, *, api_key: str | None = None, name: str = "tiny"
+    ) -> None:
         self.env, self.model, self.log, self.api_key, self.name = env, model, log, api_key, name
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,13 +103,27 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = START_TIMEOUT_S) -> VllmServer:
-        args = vllm_env.serve_args(str(self.model), name=self.name, host="127.0.0.1", port=self.port,
-                                   max_model_len=8192, max_images=8, max_pixels=None)
-        cmd = self.env.server_cmd(*args, "--enable-log-requests", "--max-log-len", "100000",
-                                  "--max-num-seqs", "8", "--dtype", "bfloat16")
+        args = vllm_env.serve_args(
+            str(self.model),
+            name=self.name,
+            host="127.0.0.1",
+            port=self.port,
+            max_model_len=8192,
+            max_images=8,
+            max_pixels=None,
+        )
+        cmd = self.env.server_cmd(
+            *args, "--enable-log-requests", "--max-log-len", "100000", "--max-num-seqs", "8", "--dtype", "bfloat16"
+        )
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**vllm_env.cpu_env(1, self.api_key), "VLLM_LOGGING_LEVEL": "DEBUG"}, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**vllm_env.cpu_env(1, self.api_key), "VLLM_LOGGING_LEVEL": "DEBUG"},
+                start_new_session=True,
+            )
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -41,9 +41,15 @@ class RunInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "run_dir": str(self.path), "started_at": self.started_at, "model": self.model,
-            "question": self.question, "answer": self.answer, "stop_reason": self.stop_reason,
-            "steps": self.steps, "seconds": self.seconds,
+            "id": self.id,
+            "run_dir": str(self.path),
+            "started_at": self.started_at,
+            "model": self.model,
+            "question": self.question,
+            "answer": self.answer,
+            "stop_reason": self.stop_reason,
+            "steps": self.steps,
+            "seconds": self.seconds,
         }
 
 
@@ -129,8 +135,10 @@ def resolve_run(name: str, base: Path | None = None) -> Path:
         if len(found) == 1:
             return found[0].path
         if len(found) > 1:
-            raise UsageError(f"run id {name!r} is ambiguous ({', '.join(r.id for r in found[:5])})",
-                             hint="give more characters of the id")
+            raise UsageError(
+                f"run id {name!r} is ambiguous ({', '.join(r.id for r in found[:5])})",
+                hint="give more characters of the id",
+            )
     if path.is_dir():
         raise UsageError(f"{name} holds no trace.json: not a thyme run")
     raise UsageError(f"no run {name!r}", hint="see `thyme runs list` for ids, or give the run directory")

@@ -85,14 +85,23 @@ def execute_batch(
     if jobs > 1 and not getattr(loaded.engine, "concurrent", False):
         loaded.engine.close()
         journal.close()
-        raise UsageError(f"--jobs {jobs}: the {loaded.spec.name} engine runs one conversation at a time",
-                         hint="use --jobs 1 with a local model, or a remote backend for parallel items")
+        raise UsageError(
+            f"--jobs {jobs}: the {loaded.spec.name} engine runs one conversation at a time",
+            hint="use --jobs 1 with a local model, or a remote backend for parallel items",
+        )
     done_before = sum(1 for item in items if item.id in journal.done_ids)
     progress = BatchProgress(len(items), done_before)
     try:
-        summary = run_batch(items, loaded, question_settings, journal, runs_root,
-                            on_item=lambda record: progress.item(record, outcome(record)), jobs=jobs,
-                            group_images=command == "batch")
+        summary = run_batch(
+            items,
+            loaded,
+            question_settings,
+            journal,
+            runs_root,
+            on_item=lambda record: progress.item(record, outcome(record)),
+            jobs=jobs,
+            group_images=command == "batch",
+        )
     finally:
         progress.close()
         journal.close()
@@ -101,7 +110,10 @@ def execute_batch(
     if summary.interrupted:
         again = f"thyme {command} ... -o {output} --resume" if out_path else "write to a file with -o to resume"
         if summary.stopped_by:
-            raise BatchStopped(f"stopped: {summary.stopped_by}; every finished item is saved",
-                               hint=f"when it is back: {again}", exit_code=1)
+            raise BatchStopped(
+                f"stopped: {summary.stopped_by}; every finished item is saved",
+                hint=f"when it is back: {again}",
+                exit_code=1,
+            )
         raise BatchStopped("interrupted; every finished item is saved", hint=f"continue with: {again}", exit_code=130)
     return summary

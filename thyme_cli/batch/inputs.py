@@ -79,8 +79,11 @@ def collect_items(inputs: list[str], question: str | None, stdin: IO[str] | None
             raise UsageError(f"{spec}: no such file, directory or manifest")
     if not raw:
         raise UsageError("no items to process")
-    return _assign_ids((page, q, (f"{given}#p{page.rsplit('#p', 1)[1]}" if given and page != image else given), e)
-                       for image, q, given, e in raw for page in _pages(image))
+    return _assign_ids(
+        (page, q, (f"{given}#p{page.rsplit('#p', 1)[1]}" if given and page != image else given), e)
+        for image, q, given, e in raw
+        for page in _pages(image)
+    )
 
 
 def _need_question(question: str | None, image: str) -> str:
@@ -139,8 +142,14 @@ def _read_manifest(path: Path, default_question: str | None) -> list[tuple[str, 
             raise UsageError(f"{path}: row {n} has no 'question' and no -q was given")
         expected = row.get("answer", row.get("expected"))
         row_id = row.get("id")
-        out.append((str(image_path), str(question), str(row_id) if row_id not in (None, "") else None,
-                    str(expected) if expected not in (None, "") else None))
+        out.append(
+            (
+                str(image_path),
+                str(question),
+                str(row_id) if row_id not in (None, "") else None,
+                str(expected) if expected not in (None, "") else None,
+            )
+        )
     return out
 
 

@@ -74,8 +74,10 @@ def _record(item: Item, run_dir: Path, trace: Trace | None, error: str | None, s
             stop_reason=trace.stop_reason,
             stop_detail=trace.stop_detail,
             model=trace.model,
-            steps=[{"code": s.code, "error": s.error, "timed_out": s.timed_out, "images": s.images, "crops": s.crops}
-                   for s in trace.steps],
+            steps=[
+                {"code": s.code, "error": s.error, "timed_out": s.timed_out, "images": s.images, "crops": s.crops}
+                for s in trace.steps
+            ],
             counters=trace.counters,
             timings={**trace.timings, "item_s": round(seconds, 3)},
         )
@@ -132,8 +134,15 @@ def finish_item(model: LoadedModel, prepared: PreparedItem, settings: QuestionSe
     item, trace, error = prepared.item, None, prepared.error
     if prepared.image is not None and error is None:
         try:
-            trace = ask_one(model, prepared.image, item.question, prepared.run_dir, settings, QuietEvents(),
-                            sandbox=prepared.sandbox)
+            trace = ask_one(
+                model,
+                prepared.image,
+                item.question,
+                prepared.run_dir,
+                settings,
+                QuietEvents(),
+                sandbox=prepared.sandbox,
+            )
             if trace.stop_reason == "error":
                 error = trace.stop_detail
             if prune_step_images(trace, prepared.run_dir, settings.keep_images):

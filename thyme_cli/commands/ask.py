@@ -17,12 +17,20 @@ from thyme_cli.ui.console import handle_errors, info, warn
 
 @handle_errors
 def ask(
-    image: Annotated[str, typer.Argument(help="The image (PNG, JPEG, WebP, TIFF, BMP) or a PDF (see --page), "
-                                          "or '-' to read it from stdin.")],
-    questions: Annotated[list[str], typer.Argument(
-        help="What you want to know about it. Several questions are answered one after the other, "
-             "each on its own (a run and an answer each); the image is encoded once for all.",
-        metavar="QUESTION")],
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="The image (PNG, JPEG, WebP, TIFF, BMP) or a PDF (see --page), or '-' to read it from stdin."
+        ),
+    ],
+    questions: Annotated[
+        list[str],
+        typer.Argument(
+            help="What you want to know about it. Several questions are answered one after the other, "
+            "each on its own (a run and an answer each); the image is encoded once for all.",
+            metavar="QUESTION",
+        ),
+    ],
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,
@@ -52,30 +60,47 @@ def ask(
         int | None, typer.Option("--page", min=1, help="For a PDF: the page to ask about (default 1).")
     ] = None,
     dpi: Annotated[
-        float | None, typer.Option("--dpi", help="For a PDF: render resolution (default: the page fits the "
-                                   "model's image budget, at most 300 dpi).")
+        float | None,
+        typer.Option(
+            "--dpi",
+            help="For a PDF: render resolution (default: the page fits the model's image budget, at most 300 dpi).",
+        ),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Run directory to create (default: a new one under the data dir).",
-                     rich_help_panel=o.OUTPUT_PANEL),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory to create (default: a new one under the data dir).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
     ] = None,
     html: Annotated[
-        bool, typer.Option("--html", help="Also write report.html (self-contained) into the run directory.",
-                           rich_help_panel=o.OUTPUT_PANEL)
+        bool,
+        typer.Option(
+            "--html",
+            help="Also write report.html (self-contained) into the run directory.",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object with the whole run on stdout.",
-                           rich_help_panel=o.OUTPUT_PANEL)
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object with the whole run on stdout.", rich_help_panel=o.OUTPUT_PANEL
+        ),
     ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the answer.", rich_help_panel=o.OUTPUT_PANEL)
     ] = False,
     verbose: o.VerboseOpt = False,
     previews: Annotated[
-        bool, typer.Option("--previews/--no-previews", help="Thumbnails of new images in the terminal (kitty, "
-                           "iTerm2, sixel, else colour half-blocks; only when stderr is a terminal).",
-                           rich_help_panel=o.OUTPUT_PANEL)
+        bool,
+        typer.Option(
+            "--previews/--no-previews",
+            help="Thumbnails of new images in the terminal (kitty, "
+            "iTerm2, sixel, else colour half-blocks; only when stderr is a terminal).",
+            rich_help_panel=o.OUTPUT_PANEL,
+        ),
     ] = True,
     script: o.ScriptOpt = None,
 ) -> None:
@@ -125,10 +150,23 @@ def ask(
         input_image.notes.insert(0, pdf_note)
     o.warn_if_unsandboxed(sandbox)
     settings = ModelSettings(
-        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
-        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
-        chat_format=chat_format, chat_template=chat_template,
-        script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
+        name=model,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        n_ctx=ctx,
+        max_image_tokens=max_image_tokens,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        flash_attn=flash_attn,
+        chat_format=chat_format,
+        chat_template=chat_template,
+        script=script,
+        backend=backend.value,
+        base_url=base_url,
+        api_model=api_model,
+        protocol=protocol,
         n_seq=samples if backend == o.Backend.local and script is None else 1,
     )
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
@@ -171,8 +209,9 @@ def ask(
 
                 write_html_report(trace, run_dir)
             if as_json:
-                typer.echo(json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)},
-                                      ensure_ascii=False))
+                typer.echo(
+                    json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)}, ensure_ascii=False)
+                )
             else:
                 if live:
                     print_summary(trace, run_dir, verbose=verbose)
@@ -188,8 +227,11 @@ def ask(
                 if not as_json:
                     from thyme_cli.ui.console import print_error
 
-                    print_error(f"no answer: {trace.stop_detail}" if not several
-                                else f"no answer to question {index + 1}: {trace.stop_detail}")
+                    print_error(
+                        f"no answer: {trace.stop_detail}"
+                        if not several
+                        else f"no answer to question {index + 1}: {trace.stop_detail}"
+                    )
     finally:
         loaded.engine.close()
     if failed:

@@ -17,21 +17,35 @@ from thyme_cli.ui.console import handle_errors
 def batch(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Directories (recursive), globs, manifests (.jsonl/.csv with image, question, id, "
-                            "answer), image files, or '-' for image paths on stdin."),
+        typer.Argument(
+            help="Directories (recursive), globs, manifests (.jsonl/.csv with image, question, id, "
+            "answer), image files, or '-' for image paths on stdin."
+        ),
     ],
     question: Annotated[
-        str | None, typer.Option("--question", "-q", help="The question for every image (manifests may carry their own).")
+        str | None,
+        typer.Option("--question", "-q", help="The question for every image (manifests may carry their own)."),
     ] = None,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="JSONL results file, or '-' for stdout (default: results.jsonl).")
+        str | None,
+        typer.Option("--output", "-o", help="JSONL results file, or '-' for stdout (default: results.jsonl)."),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted batch: skip items already in -o.")] = False,
-    shard: Annotated[str | None, typer.Option("--shard", help="Process only shard i of N (i/N, 1-based), for N machines.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted batch: skip items already in -o.")
+    ] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="Process only shard i of N (i/N, 1-based), for N machines.")
+    ] = None,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, max=256,
-                          help="Items in flight at once: parallel requests to a remote server, or with a "
-                               "local model sequences of one llama.cpp context decoded together.")
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            max=256,
+            help="Items in flight at once: parallel requests to a remote server, or with a "
+            "local model sequences of one llama.cpp context decoded together.",
+        ),
     ] = 1,
     runs: Annotated[
         Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
@@ -80,19 +94,42 @@ def batch(
     items = collect_items(inputs, question, stdin=stdin)
     o.warn_if_unsandboxed(sandbox)
     model_settings = ModelSettings(
-        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
-        max_image_tokens=max_image_tokens, gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
-        chat_format=chat_format, chat_template=chat_template,
-        script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
+        name=model,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        n_ctx=ctx,
+        max_image_tokens=max_image_tokens,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        flash_attn=flash_attn,
+        chat_format=chat_format,
+        chat_template=chat_template,
+        script=script,
+        backend=backend.value,
+        base_url=base_url,
+        api_model=api_model,
+        protocol=protocol,
     )
     question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout, samples=samples,
-        limits=o.sandbox_limits(step_images, question_images), keep_images=keep_images.value,
+        sandbox=sandbox.value,
+        step_timeout_s=step_timeout,
+        samples=samples,
+        limits=o.sandbox_limits(step_images, question_images),
+        keep_images=keep_images.value,
         agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
     )
     summary = execute_batch(
-        items, output=output or "results.jsonl", resume=resume, shard=shard, runs=runs, jobs=jobs,
-        model_settings=model_settings, question_settings=question_settings, assume_yes=yes,
+        items,
+        output=output or "results.jsonl",
+        resume=resume,
+        shard=shard,
+        runs=runs,
+        jobs=jobs,
+        model_settings=model_settings,
+        question_settings=question_settings,
+        assume_yes=yes,
         interactive=sys.stdin.isatty() and sys.stderr.isatty() and stdin is None,
     )
     if summary.counts.get("failed"):

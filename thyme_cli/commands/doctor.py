@@ -31,8 +31,12 @@ class Check:
 def _python() -> Check:
     version = platform.python_version()
     ok = sys.version_info >= (3, 11)
-    return Check("python", "ok" if ok else "fail", f"{version} ({sys.executable})",
-                 "" if ok else "thyme needs Python 3.11 or newer")
+    return Check(
+        "python",
+        "ok" if ok else "fail",
+        f"{version} ({sys.executable})",
+        "" if ok else "thyme needs Python 3.11 or newer",
+    )
 
 
 def _llama_ok() -> bool:
@@ -47,8 +51,12 @@ def _llama() -> Check:
     except Exception as e:  # a broken build raises OSError etc., not only ImportError
         return Check("llama-cpp-python", "fail", f"cannot import: {e}", "run ./install.sh (it builds llama.cpp)")
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    return Check("llama-cpp-python", "ok", f"{llama_cpp.__version__}, GPU offload: {'yes' if gpu else 'no (CPU build)'}",
-                 "" if gpu else "for a GPU build: ./install.sh --cuda (needs nvcc) or --metal on macOS")
+    return Check(
+        "llama-cpp-python",
+        "ok",
+        f"{llama_cpp.__version__}, GPU offload: {'yes' if gpu else 'no (CPU build)'}",
+        "" if gpu else "for a GPU build: ./install.sh --cuda (needs nvcc) or --metal on macOS",
+    )
 
 
 def _quantized() -> Check:
@@ -67,8 +75,12 @@ def _quantized() -> Check:
     if result.extra_bufts:
         return Check(name, "ok", result.detail + override)
     if not result.plain_ok:
-        return Check(name, "fail", result.detail + override,
-                     "this llama.cpp build cannot run quantized models here: rebuild with ./install.sh")
+        return Check(
+            name,
+            "fail",
+            result.detail + override,
+            "this llama.cpp build cannot run quantized models here: rebuild with ./install.sh",
+        )
     if forced.source == "env" and forced.extra_bufts:
         return Check(name, "fail", result.detail + override, "unset THYME_EXTRA_BUFTS: with it on, models crash here")
     return Check(name, "ok", result.detail + " (fixed)" + override)
@@ -77,11 +89,19 @@ def _quantized() -> Check:
 def _sandboxes() -> list[Check]:
     from thyme_cli.sandbox.host.factory import probe_backends
 
-    checks = [Check(f"sandbox: {p.name}", "ok" if p.works else "warn", p.detail, "" if p.works else p.hint or "")
-              for p in probe_backends()]
+    checks = [
+        Check(f"sandbox: {p.name}", "ok" if p.works else "warn", p.detail, "" if p.works else p.hint or "")
+        for p in probe_backends()
+    ]
     if not any(c.status == "ok" for c in checks):
-        checks.append(Check("sandbox", "fail", "no sandbox backend starts here; code steps cannot run isolated",
-                            next((c.hint for c in checks if c.hint), "see docs/sandbox.md")))
+        checks.append(
+            Check(
+                "sandbox",
+                "fail",
+                "no sandbox backend starts here; code steps cannot run isolated",
+                next((c.hint for c in checks if c.hint), "see docs/sandbox.md"),
+            )
+        )
     else:
         first = next(c for c in checks if c.status == "ok")
         checks.append(Check("sandbox", "ok", f"--sandbox auto uses {first.name.removeprefix('sandbox: ')}"))
@@ -98,15 +118,22 @@ def _models() -> list[Check]:
         return [Check("config", "fail", e.message, e.hint or "")]
     installed = [name for name, spec in registry.models.items() if installed_files(spec) is not None]
     default = preferred_default(registry)
-    checks = [Check("config", "ok", str(registry.config_path) + ("" if registry.config_path.exists() else " (none yet)"))]
+    checks = [
+        Check("config", "ok", str(registry.config_path) + ("" if registry.config_path.exists() else " (none yet)"))
+    ]
     if installed:
         checks.append(Check("models", "ok", "installed: " + ", ".join(installed)))
     else:
-        checks.append(Check("models", "warn", "no model installed yet",
-                            f"thyme models pull {default}   (or let `thyme ask --yes` download it)"))
+        checks.append(
+            Check(
+                "models",
+                "warn",
+                "no model installed yet",
+                f"thyme models pull {default}   (or let `thyme ask --yes` download it)",
+            )
+        )
     if default not in installed:
-        checks.append(Check("default model", "warn", f"{default} is not installed",
-                            f"thyme models pull {default}"))
+        checks.append(Check("default model", "warn", f"{default} is not installed", f"thyme models pull {default}"))
     return checks
 
 
@@ -121,8 +148,14 @@ def _disk() -> list[Check]:
             probe = probe.parent
         free = shutil.disk_usage(probe).free
         low = free < LOW_DISK_BYTES
-        checks.append(Check(label, "warn" if low else "ok", f"{human_size(free)} free at {where}",
-                            "a 7B model needs about 6 GB" if low else ""))
+        checks.append(
+            Check(
+                label,
+                "warn" if low else "ok",
+                f"{human_size(free)} free at {where}",
+                "a 7B model needs about 6 GB" if low else "",
+            )
+        )
     return checks
 
 
@@ -138,8 +171,15 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
     """Check Python, llama.cpp, the sandbox, models and disk; hint at fixes. Exits 1 when thyme cannot run here."""
-    checks = [_python(), _llama(), *([_quantized()] if _llama_ok() else []), *_sandboxes(), *_models(), *_disk(),
-              *_engine_defaults()]
+    checks = [
+        _python(),
+        _llama(),
+        *([_quantized()] if _llama_ok() else []),
+        *_sandboxes(),
+        *_models(),
+        *_disk(),
+        *_engine_defaults(),
+    ]
     failed = any(c.status == "fail" for c in checks)
     if as_json:
         typer.echo(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))

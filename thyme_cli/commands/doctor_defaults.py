@@ -17,15 +17,33 @@ def engine_defaults() -> list[Row]:
     base = EngineOptions()
     rows: list[Row] = [
         ("cpu", "ok", f"{cpu.logical} CPU(s) usable, {cpu.physical} physical core(s)", ""),
-        ("threads", "ok", cpu.why + f"; the vision projector uses {cpu.batch_threads}",
-         "override with --threads N (one count for everything)"),
-        ("KV cache", "ok", f"{base.kv_cache_type}, batch {base.n_batch} tokens (q8_0 saves little time at "
-         "Thyme's context lengths and needs flash attention)", ""),
-        ("flash attention", "ok", "off for the language model on a CPU (its prompt batches are faster without, "
-         "and --jobs sequences match a single one), llama.cpp's choice on a GPU; on for the image encoder "
-         "(about 4x faster, gigabytes less memory)", "override the language model's with --flash-attn"),
-        ("model loading", "ok", "mmap (the weights stay in the page cache between runs, so a warm load takes "
-         "seconds), no mlock", ""),
+        (
+            "threads",
+            "ok",
+            cpu.why + f"; the vision projector uses {cpu.batch_threads}",
+            "override with --threads N (one count for everything)",
+        ),
+        (
+            "KV cache",
+            "ok",
+            f"{base.kv_cache_type}, batch {base.n_batch} tokens (q8_0 saves little time at "
+            "Thyme's context lengths and needs flash attention)",
+            "",
+        ),
+        (
+            "flash attention",
+            "ok",
+            "off for the language model on a CPU (its prompt batches are faster without, "
+            "and --jobs sequences match a single one), llama.cpp's choice on a GPU; on for the image encoder "
+            "(about 4x faster, gigabytes less memory)",
+            "override the language model's with --flash-attn",
+        ),
+        (
+            "model loading",
+            "ok",
+            "mmap (the weights stay in the page cache between runs, so a warm load takes seconds), no mlock",
+            "",
+        ),
     ]
     rows += _model_rows()
     return rows
@@ -47,9 +65,15 @@ def _model_rows() -> list[Row]:
         spec = registry.get(name)
     except ThymeError:
         return [memory]
-    rows: list[Row] = [("image tokens", "ok", f"{name}: {spec.image_min_tokens or '-'} to "
-                        f"{spec.image_max_tokens or '-'} per image, context {spec.n_ctx} tokens",
-                        "lower with --max-image-tokens / --ctx to save time and memory")]
+    rows: list[Row] = [
+        (
+            "image tokens",
+            "ok",
+            f"{name}: {spec.image_min_tokens or '-'} to "
+            f"{spec.image_max_tokens or '-'} per image, context {spec.n_ctx} tokens",
+            "lower with --max-image-tokens / --ctx to save time and memory",
+        )
+    ]
     files = installed_files(spec)
     if files is None or have is None:
         return [*rows, memory]
@@ -58,8 +82,13 @@ def _model_rows() -> list[Row]:
     except ThymeError:
         return [*rows, memory]
     fits = need.total <= have
-    rows.append(("memory", "ok" if fits else "fail",
-                 f"{name} needs about {human_size(need.total)} of {human_size(have)} (model {human_size(need.weights)}, "
-                 f"projector {human_size(need.projector)}, KV cache {human_size(need.kv_cache)})",
-                 "" if fits else "use a smaller model or a shorter --ctx"))
+    rows.append(
+        (
+            "memory",
+            "ok" if fits else "fail",
+            f"{name} needs about {human_size(need.total)} of {human_size(have)} (model {human_size(need.weights)}, "
+            f"projector {human_size(need.projector)}, KV cache {human_size(need.kv_cache)})",
+            "" if fits else "use a smaller model or a shorter --ctx",
+        )
+    )
     return rows

@@ -22,7 +22,6 @@ from thyme_cli.errors import UsageError
 from thyme_cli.ui.console import err_console, handle_errors, info, out_console, warn
 
 if TYPE_CHECKING:
-
     from thyme_cli.eval.items import EvalItem
     from thyme_cli.eval.score import RunScore
     from thyme_cli.eval.store import EvalPaths, SideTable
@@ -49,46 +48,87 @@ app = typer.Typer(
 
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Results JSONL (default: BENCHMARK.tools.jsonl or .no-tools.jsonl here); "
-                 "scoring data and reports go to the .eval/ folder next to it.", rich_help_panel=o.OUTPUT_PANEL),
+    typer.Option(
+        "--output",
+        "-o",
+        help="Results JSONL (default: BENCHMARK.tools.jsonl or .no-tools.jsonl here); "
+        "scoring data and reports go to the .eval/ folder next to it.",
+        rich_help_panel=o.OUTPUT_PANEL,
+    ),
 ]
 NoToolsOpt = Annotated[
-    bool, typer.Option("--no-tools", help="Ablation: the model answers directly and runs no code.",
-                       rich_help_panel=o.MODEL_PANEL),
+    bool,
+    typer.Option(
+        "--no-tools", help="Ablation: the model answers directly and runs no code.", rich_help_panel=o.MODEL_PANEL
+    ),
 ]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", min=1, help="Only the first N items of the benchmark (a quick check).")
 ]
 BenchmarkOpt = Annotated[
     Path | None,
-    typer.Option("--benchmark", help="Score against this benchmark file (for results without their .eval/ folder, "
-                 "e.g. shard files concatenated into one).", rich_help_panel=REPORT_PANEL),
+    typer.Option(
+        "--benchmark",
+        help="Score against this benchmark file (for results without their .eval/ folder, "
+        "e.g. shard files concatenated into one).",
+        rich_help_panel=REPORT_PANEL,
+    ),
 ]
 
 
 # eval's own defaults: the paper's image budget and a context that holds it (eval/paper.py)
-EvalCtxOpt = Annotated[int | None, typer.Option(
-    "--ctx", min=512, help="Context size in tokens (default: room for the paper's image budget).",
-    rich_help_panel=o.MODEL_PANEL)]
-EvalMaxImageTokensOpt = Annotated[int | None, typer.Option(
-    "--max-image-tokens", min=4, help="Most vision tokens per image (default: the paper's 16384).",
-    rich_help_panel=o.MODEL_PANEL)]
+EvalCtxOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ctx",
+        min=512,
+        help="Context size in tokens (default: room for the paper's image budget).",
+        rich_help_panel=o.MODEL_PANEL,
+    ),
+]
+EvalMaxImageTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-image-tokens",
+        min=4,
+        help="Most vision tokens per image (default: the paper's 16384).",
+        rich_help_panel=o.MODEL_PANEL,
+    ),
+]
 
 
 @app.command("run")
 @handle_errors
 def run(
-    benchmark: Annotated[Path, typer.Argument(help="A VLMEvalKit .tsv (V*, HRBench, MME-RealWorld, ...) or a .jsonl "
-                                                   "manifest (image, question, options, answer, category, id).")],
+    benchmark: Annotated[
+        Path,
+        typer.Argument(
+            help="A VLMEvalKit .tsv (V*, HRBench, MME-RealWorld, ...) or a .jsonl "
+            "manifest (image, question, options, answer, category, id)."
+        ),
+    ],
     output: OutputOpt = None,
     no_tools: NoToolsOpt = False,
     limit: LimitOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted eval: skip items already in -o.")] = False,
-    shard: Annotated[str | None, typer.Option("--shard", help="Run only shard i of N (i/N, 1-based), for N machines.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, help="Items in flight at once (needs an engine "
-                                      "that serves several conversations, e.g. a remote server).")] = 1,
-    runs: Annotated[Path | None, typer.Option("--runs", help="Where each item's run directory goes "
-                                              "(default: next to -o).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted eval: skip items already in -o.")
+    ] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="Run only shard i of N (i/N, 1-based), for N machines.")
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            max=256,
+            help="Items in flight at once (needs an engine that serves several conversations, e.g. a remote server).",
+        ),
+    ] = 1,
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
+    ] = None,
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,
@@ -132,13 +172,17 @@ def run(
     if output is not None and str(output) == "-":
         raise UsageError("eval scores its results file afterwards, so -o - (stdout) is not supported")
     if not benchmark.exists() and not benchmark.suffix:
-        raise UsageError(f"{benchmark}: no such benchmark file, and not a command",
-                         hint="commands: thyme eval run FILE, thyme eval report R.jsonl, thyme eval compare A.jsonl B.jsonl")
+        raise UsageError(
+            f"{benchmark}: no such benchmark file, and not a command",
+            hint="commands: thyme eval run FILE, thyme eval report R.jsonl, thyme eval compare A.jsonl B.jsonl",
+        )
     shard_pos = parse_shard(shard) if shard else None
     paths = EvalPaths(output or _default_output(benchmark, no_tools, shard_pos))
     if paths.results.exists() and paths.results.stat().st_size > 0 and not resume:
-        raise UsageError(f"{paths.results} already exists; nothing was overwritten",
-                         hint="add --resume to continue that eval, or choose another -o")
+        raise UsageError(
+            f"{paths.results} already exists; nothing was overwritten",
+            hint="add --resume to continue that eval, or choose another -o",
+        )
     wanted = (lambda item_id: in_shard(item_id, *shard_pos)) if shard_pos else None
     items = load_benchmark(benchmark, paths.images.resolve(), wanted, limit=limit)
     from thyme_cli.eval.paper import eval_context, paper_image_tokens
@@ -146,14 +190,28 @@ def run(
     # the paper's image-token budget (OCRBench: larger minimum); --max-image-tokens replaces the maximum
     min_image_tokens, max_image_tokens = paper_image_tokens(_benchmark_name(benchmark), max_image_tokens)
     ctx = eval_context(ctx, max_image_tokens, max_turns, max_tokens)  # a 16,384-token image must fit
-    meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
-            "fingerprint": fingerprint(items), "tools": not no_tools, "items": len(items), "limit": limit,
-            "model": model or (f"scripted:{script.name}" if script else api_model), "shard": shard,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "settings": {"benchmark": _benchmark_name(benchmark), "tools": not no_tools, "max_turns": max_turns,
-                         "max_tokens": max_tokens, "temperature": temperature, "on_error": on_error.value,
-                         "max_image_tokens": max_image_tokens, "min_image_tokens": min_image_tokens,
-                         "ctx": ctx}}
+    meta = {
+        "benchmark": str(benchmark.resolve()),
+        "benchmark_name": _benchmark_name(benchmark),
+        "fingerprint": fingerprint(items),
+        "tools": not no_tools,
+        "items": len(items),
+        "limit": limit,
+        "model": model or (f"scripted:{script.name}" if script else api_model),
+        "shard": shard,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {
+            "benchmark": _benchmark_name(benchmark),
+            "tools": not no_tools,
+            "max_turns": max_turns,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "on_error": on_error.value,
+            "max_image_tokens": max_image_tokens,
+            "min_image_tokens": min_image_tokens,
+            "ctx": ctx,
+        },
+    }
     if resume:
         check_resumable(paths, items, tools=not no_tools)
     write_side_table(paths, items, meta)
@@ -162,22 +220,46 @@ def run(
     else:
         o.warn_if_unsandboxed(sandbox)
     model_settings = ModelSettings(
-        name=model, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, n_ctx=ctx,
-        max_image_tokens=max_image_tokens, min_image_tokens=min_image_tokens,
-        gpu_layers=gpu_layers, threads=threads, flash_attn=flash_attn,
-        chat_format=chat_format, chat_template=chat_template,
-        script=script, backend=backend.value, base_url=base_url, api_model=api_model, protocol=protocol,
+        name=model,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        n_ctx=ctx,
+        max_image_tokens=max_image_tokens,
+        min_image_tokens=min_image_tokens,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        flash_attn=flash_attn,
+        chat_format=chat_format,
+        chat_template=chat_template,
+        script=script,
+        backend=backend.value,
+        base_url=base_url,
+        api_model=api_model,
+        protocol=protocol,
     )
     question_settings = QuestionSettings(
-        sandbox=sandbox.value, step_timeout_s=step_timeout, samples=samples,
-        limits=o.sandbox_limits(step_images, question_images), keep_images=keep_images.value,
+        sandbox=sandbox.value,
+        step_timeout_s=step_timeout,
+        samples=samples,
+        limits=o.sandbox_limits(step_images, question_images),
+        keep_images=keep_images.value,
         agent=agent_options(no_tools=no_tools, max_turns=max_turns, max_tokens=max_tokens, on_error=on_error.value),
     )
     batch_items = [Item(item.id, item.image, item.prompt, item.answer) for item in items]
     summary = execute_batch(
-        batch_items, output=str(paths.results), resume=resume, shard=shard, runs=runs, jobs=jobs,
-        model_settings=model_settings, question_settings=question_settings, assume_yes=yes,
-        interactive=sys.stdin.isatty() and sys.stderr.isatty(), command="eval",
+        batch_items,
+        output=str(paths.results),
+        resume=resume,
+        shard=shard,
+        runs=runs,
+        jobs=jobs,
+        model_settings=model_settings,
+        question_settings=question_settings,
+        assume_yes=yes,
+        interactive=sys.stdin.isatty() and sys.stderr.isatty(),
+        command="eval",
     )
     run_score = _score_and_save(paths)
     _show([run_score], f"thyme eval: {run_score.benchmark}")
@@ -193,9 +275,15 @@ def agent_options(*, no_tools: bool, max_turns: int, max_tokens: int, on_error: 
     one of the max_turns steps, and the retried turn is generated with the same (greedy) sampling."""
     from thyme_cli.question.loop import AgentOptions
 
-    return AgentOptions(max_turns=0 if no_tools else max_turns, max_step_tokens=max_tokens,
-                        on_error="retry" if on_error == "retry" else "show", tools=not no_tools,
-                        max_retries=max_turns, retry_warm=False, retries_use_turns=True)
+    return AgentOptions(
+        max_turns=0 if no_tools else max_turns,
+        max_step_tokens=max_tokens,
+        on_error="retry" if on_error == "retry" else "show",
+        tools=not no_tools,
+        max_retries=max_turns,
+        retry_warm=False,
+        retries_use_turns=True,
+    )
 
 
 def _default_output(benchmark: Path, no_tools: bool, shard: tuple[int, int] | None) -> Path:
@@ -259,8 +347,12 @@ def _side_table(paths: EvalPaths, benchmark: Path | None) -> SideTable:
         return read_side_table(paths)
     items: list[EvalItem] = load_benchmark(benchmark, paths.images, wanted=lambda _id: False)
     tools = read_side_table(paths).meta.get("tools") if paths.meta.is_file() else None
-    meta = {"benchmark": str(benchmark.resolve()), "benchmark_name": _benchmark_name(benchmark),
-            "fingerprint": fingerprint(items), "tools": tools}
+    meta = {
+        "benchmark": str(benchmark.resolve()),
+        "benchmark_name": _benchmark_name(benchmark),
+        "fingerprint": fingerprint(items),
+        "tools": tools,
+    }
     return side_table_from_items(items, meta)
 
 
@@ -269,12 +361,16 @@ def _side_table(paths: EvalPaths, benchmark: Path | None) -> SideTable:
 def report(
     results: Annotated[list[Path], typer.Argument(help="Results JSONL of one eval; several files (shards) merge.")],
     benchmark: BenchmarkOpt = None,
-    write: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report here (.md or .html).",
-                                               rich_help_panel=REPORT_PANEL)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.",
-                                          rich_help_panel=REPORT_PANEL)] = False,
-    label: Annotated[str | None, typer.Option("--label", help="Name of the run in the report.",
-                                              rich_help_panel=REPORT_PANEL)] = None,
+    write: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Also write the report here (.md or .html).", rich_help_panel=REPORT_PANEL),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON instead of a table.", rich_help_panel=REPORT_PANEL)
+    ] = False,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Name of the run in the report.", rich_help_panel=REPORT_PANEL)
+    ] = None,
 ) -> None:
     """Score results again (e.g. shards from several machines, merged) and print the report."""
     import json
@@ -292,14 +388,28 @@ def report(
 @app.command("compare")
 @handle_errors
 def compare(
-    results: Annotated[list[Path], typer.Argument(help="Two or more results JSONL files (tools vs no tools, model "
-                                                       "vs model, ...).")],
-    write: Annotated[Path, typer.Option("--output", "-o", help="The report: .md (Markdown, the plot beside it) or "
-                                        ".html (self-contained).", rich_help_panel=REPORT_PANEL)] = Path("compare.md"),
-    plot: Annotated[Path | None, typer.Option("--plot", help="The PNG plot (default: the report's name with .png).",
-                                              rich_help_panel=REPORT_PANEL)] = None,
-    labels: Annotated[list[str] | None, typer.Option("--label", help="A name per run, in order (repeat the option).",
-                                                     rich_help_panel=REPORT_PANEL)] = None,
+    results: Annotated[
+        list[Path], typer.Argument(help="Two or more results JSONL files (tools vs no tools, model vs model, ...).")
+    ],
+    write: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The report: .md (Markdown, the plot beside it) or .html (self-contained).",
+            rich_help_panel=REPORT_PANEL,
+        ),
+    ] = Path("compare.md"),
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="The PNG plot (default: the report's name with .png).", rich_help_panel=REPORT_PANEL
+        ),
+    ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="A name per run, in order (repeat the option).", rich_help_panel=REPORT_PANEL),
+    ] = None,
     benchmark: BenchmarkOpt = None,
 ) -> None:
     """Side by side: accuracy overall and per category, tool use and time, a plot, and a report file."""

@@ -42,124 +42,209 @@ class OnError(StrEnum):
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model name from `thyme models list`, or any GGUF vision repo on the Hub: "
-                 "hf.co/ORG/REPO[:QUANT] (default: the registry's default).",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name from `thyme models list`, or any GGUF vision repo on the Hub: "
+        "hf.co/ORG/REPO[:QUANT] (default: the registry's default).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 TemperatureOpt = Annotated[
     float,
-    typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature for prose; code is always greedy.",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--temperature",
+        "-t",
+        min=0.0,
+        help="Sampling temperature for prose; code is always greedy.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
-TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.", rich_help_panel=MODEL_PANEL)]
+TopPOpt = Annotated[
+    float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.", rich_help_panel=MODEL_PANEL)
+]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=0, help="Top-k sampling (0 = off).", rich_help_panel=MODEL_PANEL)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=MODEL_PANEL)]
 CtxOpt = Annotated[
-    int | None, typer.Option("--ctx", min=512, help="Context size in tokens (default: the model's).", rich_help_panel=MODEL_PANEL)
+    int | None,
+    typer.Option("--ctx", min=512, help="Context size in tokens (default: the model's).", rich_help_panel=MODEL_PANEL),
 ]
 MaxImageTokensOpt = Annotated[
     int | None,
-    typer.Option("--max-image-tokens", min=4, help="Most vision tokens per image (default: the model's).",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--max-image-tokens",
+        min=4,
+        help="Most vision tokens per image (default: the model's).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 GpuLayersOpt = Annotated[
     int | None,
-    typer.Option("--gpu-layers", help="Layers to offload to the GPU (default: all when the build has a GPU; 0 = CPU).",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--gpu-layers",
+        help="Layers to offload to the GPU (default: all when the build has a GPU; 0 = CPU).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).", rich_help_panel=MODEL_PANEL)
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads (default: physical cores).", rich_help_panel=MODEL_PANEL),
 ]
 FlashAttnOpt = Annotated[
     bool | None,
-    typer.Option("--flash-attn/--no-flash-attn", help="The language model's flash attention (default: off on a CPU, llama.cpp decides on a GPU).",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--flash-attn/--no-flash-attn",
+        help="The language model's flash attention (default: off on a CPU, llama.cpp decides on a GPU).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 ChatFormatOpt = Annotated[
     str | None,
-    typer.Option("--chat-format", metavar="NAME",
-                 help="Prompt format for a GGUF without a chat template: one of llama.cpp's built-in formats "
-                      "(gemma, chatml, llama3, ...), or 'template' / 'auto'.", rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--chat-format",
+        metavar="NAME",
+        help="Prompt format for a GGUF without a chat template: one of llama.cpp's built-in formats "
+        "(gemma, chatml, llama3, ...), or 'template' / 'auto'.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 ChatTemplateOpt = Annotated[
     Path | None,
-    typer.Option("--chat-template", metavar="FILE", help="A Jinja chat template file to use instead of the GGUF's.",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--chat-template",
+        metavar="FILE",
+        help="A Jinja chat template file to use instead of the GGUF's.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 SamplesOpt = Annotated[
-    int, typer.Option("--samples", min=1, max=16,
-                      help="Trajectories per question, prose sampled at --temperature (code greedy); the answer "
-                           "is their majority vote. A local model decodes them together from one shared prefix.",
-                      rich_help_panel=MODEL_PANEL)
+    int,
+    typer.Option(
+        "--samples",
+        min=1,
+        max=16,
+        help="Trajectories per question, prose sampled at --temperature (code greedy); the answer "
+        "is their majority vote. A local model decodes them together from one shared prefix.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 MaxTurnsOpt = Annotated[
-    int, typer.Option("--max-turns", min=0, max=50, help="Code steps allowed before the model must answer.",
-                      rich_help_panel=MODEL_PANEL)
+    int,
+    typer.Option(
+        "--max-turns",
+        min=0,
+        max=50,
+        help="Code steps allowed before the model must answer.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 MaxTokensOpt = Annotated[
     int, typer.Option("--max-tokens", min=16, help="Token budget of each model turn.", rich_help_panel=MODEL_PANEL)
 ]
 SandboxOpt = Annotated[
     SandboxChoice,
-    typer.Option("--sandbox", help="Where code runs: the first backend that starts (auto), nsjail, bwrap, or "
-                 "none (NO isolation; only when you trust the model).", rich_help_panel=SANDBOX_PANEL),
+    typer.Option(
+        "--sandbox",
+        help="Where code runs: the first backend that starts (auto), nsjail, bwrap, or "
+        "none (NO isolation; only when you trust the model).",
+        rich_help_panel=SANDBOX_PANEL,
+    ),
 ]
 StepTimeoutOpt = Annotated[
     float, typer.Option("--step-timeout", min=0.5, help="Seconds one code step may run.", rich_help_panel=SANDBOX_PANEL)
 ]
 StepImagesOpt = Annotated[
     str | None,
-    typer.Option("--step-images", metavar="PIXELS,BYTES",
-                 help="Most that one code step's images may add up to on the host, e.g. 100MP,256MB "
-                 "(default; bytes counted uncompressed); the rest are skipped with a note.", rich_help_panel=SANDBOX_PANEL),
+    typer.Option(
+        "--step-images",
+        metavar="PIXELS,BYTES",
+        help="Most that one code step's images may add up to on the host, e.g. 100MP,256MB "
+        "(default; bytes counted uncompressed); the rest are skipped with a note.",
+        rich_help_panel=SANDBOX_PANEL,
+    ),
 ]
 QuestionImagesOpt = Annotated[
     str | None,
-    typer.Option("--question-images", metavar="PIXELS,BYTES",
-                 help="The same for all the steps of one question, e.g. 400MP,1GB (default).",
-                 rich_help_panel=SANDBOX_PANEL),
+    typer.Option(
+        "--question-images",
+        metavar="PIXELS,BYTES",
+        help="The same for all the steps of one question, e.g. 400MP,1GB (default).",
+        rich_help_panel=SANDBOX_PANEL,
+    ),
 ]
 KeepImagesOpt = Annotated[
     KeepImages,
-    typer.Option("--keep-images", help="Step images each item's run directory keeps: all, final (those of the "
-                 "last step that made any) or none. The input is linked, not copied, when thyme does not "
-                 "change it.", rich_help_panel=OUTPUT_PANEL),
+    typer.Option(
+        "--keep-images",
+        help="Step images each item's run directory keeps: all, final (those of the "
+        "last step that made any) or none. The input is linked, not copied, when thyme does not "
+        "change it.",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
 ]
 OnErrorOpt = Annotated[
     OnError,
-    typer.Option("--on-error", help="A failed code step: show the error to the model, or discard the step and retry.",
-                 rich_help_panel=SANDBOX_PANEL),
+    typer.Option(
+        "--on-error",
+        help="A failed code step: show the error to the model, or discard the step and retry.",
+        rich_help_panel=SANDBOX_PANEL,
+    ),
 ]
 YesOpt = Annotated[
-    bool, typer.Option("--yes", "-y", help="Download the model without asking when it is missing.",
-                       rich_help_panel=MODEL_PANEL)
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Download the model without asking when it is missing.", rich_help_panel=MODEL_PANEL
+    ),
 ]
 ScriptOpt = Annotated[
     Path | None,
-    typer.Option("--script", help="Replay model replies from a JSON file instead of running a model (demos, tests).",
-                 rich_help_panel=DEV_PANEL, exists=False),
+    typer.Option(
+        "--script",
+        help="Replay model replies from a JSON file instead of running a model (demos, tests).",
+        rich_help_panel=DEV_PANEL,
+        exists=False,
+    ),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show model counters and details.", rich_help_panel=OUTPUT_PANEL)]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show model counters and details.", rich_help_panel=OUTPUT_PANEL)
+]
 BackendOpt = Annotated[
     Backend,
-    typer.Option("--backend", envvar="THYME_BACKEND", help="Run the model here (local, llama.cpp) or on an "
-                 "OpenAI-compatible server (openai: vLLM, SGLang, llama-server).", rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--backend",
+        envvar="THYME_BACKEND",
+        help="Run the model here (local, llama.cpp) or on an "
+        "OpenAI-compatible server (openai: vLLM, SGLang, llama-server).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 BaseUrlOpt = Annotated[
     str | None,
-    typer.Option("--base-url", envvar="THYME_BASE_URL", help="The server's URL for --backend openai, "
-                 "e.g. http://gpu-box:8000/v1.", rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--base-url",
+        envvar="THYME_BASE_URL",
+        help="The server's URL for --backend openai, e.g. http://gpu-box:8000/v1.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 ApiModelOpt = Annotated[
     str | None,
-    typer.Option("--api-model", envvar="THYME_API_MODEL", help="The model name the server serves "
-                 "(default: the only one it lists). The API key comes from THYME_API_KEY or OPENAI_API_KEY.",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--api-model",
+        envvar="THYME_API_MODEL",
+        help="The model name the server serves "
+        "(default: the only one it lists). The API key comes from THYME_API_KEY or OPENAI_API_KEY.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 ProtocolOpt = Annotated[
     str | None,
-    typer.Option("--protocol", help="Prompt protocol: thyme or generic (default: the --model entry's; "
-                 "generic for hf.co/ references; thyme for a remote model without --model).", rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--protocol",
+        help="Prompt protocol: thyme or generic (default: the --model entry's; "
+        "generic for hf.co/ references; thyme for a remote model without --model).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 
 
@@ -182,14 +267,16 @@ def parse_image_budget(text: str, option: str) -> tuple[int | None, int | None]:
     size: int | None = None
     for part in (p.strip().lower() for p in text.split(",")):
         number = part.rstrip("gmkpb ")
-        unit = part[len(number):].strip()
+        unit = part[len(number) :].strip()
         try:
             value = float(number)
         except ValueError:
             value = -1.0
         if unit not in units or value <= 0:
-            raise UsageError(f"{option} {text!r}: expected something like 100MP,128MB",
-                             hint="pixels in MP (megapixels), bytes in MB; both must be positive")
+            raise UsageError(
+                f"{option} {text!r}: expected something like 100MP,128MB",
+                hint="pixels in MP (megapixels), bytes in MB; both must be positive",
+            )
         amount = max(1, int(value * units[unit]))
         if unit.endswith("p"):
             pixels = amount

@@ -165,10 +165,17 @@ def path_cmd(name: str = NAME_ARG) -> None:
     typer.echo(str(state.files.mmproj))
 
 
-QuantOpt = typer.Option(None, "--quant", help="Quantization of a converted model's language model "
-                        "(Q4_K_M default; Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q3_K_M, Q4_0, F16, BF16, F32).")
-KeepDownloadOpt = typer.Option(False, "--keep-download", help="Keep the downloaded safetensors in the "
-                               "Hugging Face cache after a conversion (they are deleted by default).")
+QuantOpt = typer.Option(
+    None,
+    "--quant",
+    help="Quantization of a converted model's language model "
+    "(Q4_K_M default; Q4_K_S, Q5_K_M, Q5_K_S, Q6_K, Q8_0, Q3_K_M, Q4_0, F16, BF16, F32).",
+)
+KeepDownloadOpt = typer.Option(
+    False,
+    "--keep-download",
+    help="Keep the downloaded safetensors in the Hugging Face cache after a conversion (they are deleted by default).",
+)
 
 
 @app.command("pull")
@@ -178,14 +185,26 @@ def pull_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     quant: str | None = QuantOpt,
     keep_download: bool = KeepDownloadOpt,
-    model_file: str | None = typer.Option(None, "--model-file", help="Hub reference: the model GGUF to use "
-                                          "(a path inside the repo) instead of the one the quant tag picks."),
-    mmproj_file: str | None = typer.Option(None, "--mmproj-file", help="Hub reference: the projector GGUF "
-                                           "to use instead of the one picked next to the model."),
-    protocol: str | None = typer.Option(None, "--protocol", help="Hub reference: prompt protocol, 'generic' "
-                                        "(default) or 'thyme' (for Thyme fine-tunes)."),
-    revision: str | None = typer.Option(None, "--revision", help="Hub reference: branch, tag or commit "
-                                        "(default main; the commit pulled is recorded either way)."),
+    model_file: str | None = typer.Option(
+        None,
+        "--model-file",
+        help="Hub reference: the model GGUF to use (a path inside the repo) instead of the one the quant tag picks.",
+    ),
+    mmproj_file: str | None = typer.Option(
+        None,
+        "--mmproj-file",
+        help="Hub reference: the projector GGUF to use instead of the one picked next to the model.",
+    ),
+    protocol: str | None = typer.Option(
+        None,
+        "--protocol",
+        help="Hub reference: prompt protocol, 'generic' (default) or 'thyme' (for Thyme fine-tunes).",
+    ),
+    revision: str | None = typer.Option(
+        None,
+        "--revision",
+        help="Hub reference: branch, tag or commit (default main; the commit pulled is recorded either way).",
+    ),
 ) -> None:
     """Download a model's two GGUF files into the Hugging Face cache (resumes interrupted downloads).
 
@@ -200,13 +219,20 @@ def pull_cmd(
     overrides = model_file or mmproj_file or protocol or revision
     if name not in registry.models and "/" in name and parse_reference(name) is not None:
         pulled = None if overrides else find_pulled(registry.models, name)
-        spec = pulled or resolve_reference(name, model_file=model_file, mmproj_file=mmproj_file,
-                                           protocol=protocol or "generic", revision=revision or "main")
+        spec = pulled or resolve_reference(
+            name,
+            model_file=model_file,
+            mmproj_file=mmproj_file,
+            protocol=protocol or "generic",
+            revision=revision or "main",
+        )
         if not quiet and pulled is None:
             info(f"{name} -> {spec.name}: {spec.model_file} + {spec.mmproj_file} (protocol {spec.protocol})")
     elif overrides:
-        raise UsageError("--model-file, --mmproj-file, --protocol and --revision apply to Hub references "
-                         "(hf.co/ORG/REPO:QUANT)", hint="for a registry model, edit its entry in the config file")
+        raise UsageError(
+            "--model-file, --mmproj-file, --protocol and --revision apply to Hub references (hf.co/ORG/REPO:QUANT)",
+            hint="for a registry model, edit its entry in the config file",
+        )
     else:
         spec = registry.get(name)
     name = spec.name
@@ -225,18 +251,27 @@ def pull_cmd(
 @app.command("convert")
 @handle_errors
 def convert_cmd(
-    source: str | None = typer.Argument(None, help="A Hub repo id (org/name) or a local folder with config.json "
-                                                   "and safetensors of a Qwen2.5-VL checkpoint."),
+    source: str | None = typer.Argument(
+        None,
+        help="A Hub repo id (org/name) or a local folder with config.json and safetensors of a Qwen2.5-VL checkpoint.",
+    ),
     name: str | None = typer.Option(None, "--name", help="Name to register it under (default: from SOURCE)."),
     quant: str = typer.Option("Q4_K_M", "--quant", help="Language model quantization (see `models pull --help`)."),
     mmproj_type: str = typer.Option("f16", "--mmproj-type", help="Vision projector type: f16, q8_0 or f32."),
-    protocol: str = typer.Option("generic", "--protocol", help="Prompt protocol: 'thyme' for checkpoints trained "
-                                 "on Thyme's format (Thyme-RL/SFT fine-tunes), else 'generic'."),
+    protocol: str = typer.Option(
+        "generic",
+        "--protocol",
+        help="Prompt protocol: 'thyme' for checkpoints trained "
+        "on Thyme's format (Thyme-RL/SFT fine-tunes), else 'generic'.",
+    ),
     n_ctx: int = typer.Option(16384, "--ctx", help="Default context size in tokens."),
     revision: str = typer.Option("main", "--revision", help="Hub branch, tag or commit to convert."),
     keep_download: bool = KeepDownloadOpt,
-    pre_tokenizer: str | None = typer.Option(None, "--pre-tokenizer", help="Force llama.cpp's BPE pre-tokenizer "
-                                             "name when the converter does not recognise the tokenizer."),
+    pre_tokenizer: str | None = typer.Option(
+        None,
+        "--pre-tokenizer",
+        help="Force llama.cpp's BPE pre-tokenizer name when the converter does not recognise the tokenizer.",
+    ),
     setup: bool = typer.Option(False, "--setup", help="Only create (or check) the converter environment."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -254,15 +289,27 @@ def convert_cmd(
         typer.echo(describe(env, versions))
         return
     if source is None:
-        raise UsageError("give a Hub repo id or a checkpoint folder to convert", hint="see `thyme models convert --help`")
+        raise UsageError(
+            "give a Hub repo id or a checkpoint folder to convert", hint="see `thyme models convert --help`"
+        )
     spec, files = convert_new(
-        source, name=name, revision=revision, quant=quant, mmproj_type=mmproj_type, keep_download=keep_download,
-        pre_tokenizer=pre_tokenizer, new=NewModel(protocol=protocol, n_ctx=n_ctx), progress=not quiet,
+        source,
+        name=name,
+        revision=revision,
+        quant=quant,
+        mmproj_type=mmproj_type,
+        keep_download=keep_download,
+        pre_tokenizer=pre_tokenizer,
+        new=NewModel(protocol=protocol, n_ctx=n_ctx),
+        progress=not quiet,
     )
     size = files.model.stat().st_size + files.mmproj.stat().st_size
     if not quiet:
         info(f"installed {spec.name} ({human_size(size)}, protocol {spec.protocol}): {files.model.parent}")
-        info(f"registered {spec.name} in {load_registry().config_path}; try `thyme ask IMAGE QUESTION --model {spec.name}`")
+        info(
+            f"registered {spec.name} in {load_registry().config_path}; "
+            f"try `thyme ask IMAGE QUESTION --model {spec.name}`"
+        )
 
 
 @app.command("rm")
@@ -320,12 +367,22 @@ def add(
     protocol: str = typer.Option("generic", "--protocol", help="Prompt protocol: 'thyme' or 'generic'."),
     n_ctx: int = typer.Option(8192, "--ctx", help="Default context size in tokens."),
     description: str = typer.Option("local GGUF pair", "--description", help="One line shown by `models list`."),
-    chat_format: str | None = typer.Option(None, "--chat-format", metavar="NAME",
-                                           help="llama.cpp built-in prompt format for a GGUF without a template."),
-    chat_template: Path | None = typer.Option(None, "--chat-template", metavar="FILE",
-                                              help="A Jinja chat template file to use instead of the GGUF's."),
+    chat_format: str | None = typer.Option(
+        None, "--chat-format", metavar="NAME", help="llama.cpp built-in prompt format for a GGUF without a template."
+    ),
+    chat_template: Path | None = typer.Option(
+        None, "--chat-template", metavar="FILE", help="A Jinja chat template file to use instead of the GGUF's."
+    ),
 ) -> None:
     """Register a local GGUF model + mmproj pair in your config file."""
-    where = add_local_model(name, model, mmproj, protocol=protocol, n_ctx=n_ctx, description=description,
-                            chat_format=chat_format, chat_template=chat_template)
+    where = add_local_model(
+        name,
+        model,
+        mmproj,
+        protocol=protocol,
+        n_ctx=n_ctx,
+        description=description,
+        chat_format=chat_format,
+        chat_template=chat_template,
+    )
     typer.echo(f"registered {name} in {where}")

@@ -50,23 +50,40 @@ def replay(
     input_image = prepare_input(source, run_dir, label=str(source), remove_on_error=created)
     events = QuietEvents() if as_json else LiveRenderer(run_dir)
     results: list[Step] = []
-    with open_sandbox(sandbox.value, image=input_image.path, images_dir=run_dir / "images",
-                      timeout_s=step_timeout, limits=limits) as box:
+    with open_sandbox(
+        sandbox.value, image=input_image.path, images_dir=run_dir / "images", timeout_s=step_timeout, limits=limits
+    ) as box:
         for old in trace.steps:
             events.step_started(old.index, old.code)
             result = box.run(old.code)
             images = [str(p.relative_to(run_dir)) for p in result.images]
-            step = Step(old.index, old.code, result.stdout, result.stderr, result.error, result.timed_out, images,
-                        result.duration_s)
+            step = Step(
+                old.index,
+                old.code,
+                result.stdout,
+                result.stderr,
+                result.error,
+                result.timed_out,
+                images,
+                result.duration_s,
+            )
             events.step_finished(step, result)
             results.append(step)
     failed = [s.index for s in results if s.error or s.timed_out]
     if as_json:
-        payload = {"trace": str(trace_path), "image": str(source), "run_dir": str(run_dir),
-                   "steps": [vars(s) for s in results], "failed_steps": failed}
+        payload = {
+            "trace": str(trace_path),
+            "image": str(source),
+            "run_dir": str(run_dir),
+            "steps": [vars(s) for s in results],
+            "failed_steps": failed,
+        }
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
-        typer.echo(f"replayed {len(results)} step(s) of {trace_path} on {source}; "
-                   f"{len(failed)} failed; images in {run_dir / 'images'}", err=True)
+        typer.echo(
+            f"replayed {len(results)} step(s) of {trace_path} on {source}; "
+            f"{len(failed)} failed; images in {run_dir / 'images'}",
+            err=True,
+        )
     if failed:
         raise typer.Exit(EXIT_RUNTIME)

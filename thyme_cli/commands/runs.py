@@ -58,8 +58,15 @@ def list_cmd(
     table.add_column("seconds", justify="right", no_wrap=True)
     for r in shown:
         answer = _one_line(r.answer, 60) if r.answer is not None else f"({r.stop_reason or 'no answer'})"
-        table.add_row(r.started_at.replace("T", " ")[:19], r.id, r.model, _one_line(r.question, 80), answer,
-                      str(r.steps), f"{r.seconds:.1f}")
+        table.add_row(
+            r.started_at.replace("T", " ")[:19],
+            r.id,
+            r.model,
+            _one_line(r.question, 80),
+            answer,
+            str(r.steps),
+            f"{r.seconds:.1f}",
+        )
     out_console().print(table)
     if len(runs) > len(shown):
         info(f"{len(runs) - len(shown)} older run(s) not shown (--limit 0 shows all)")
@@ -70,8 +77,9 @@ def list_cmd(
 def show_cmd(
     run: str = RUN_ARG,
     as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON instead.")] = False,
-    previews: Annotated[bool, typer.Option("--previews/--no-previews", help="Image thumbnails in the "
-                                           "terminal (when it is one).")] = True,
+    previews: Annotated[
+        bool, typer.Option("--previews/--no-previews", help="Image thumbnails in the terminal (when it is one).")
+    ] = True,
 ) -> None:
     """The run as it looked live: question, input image, model text, code, outputs, images, answer."""
     from thyme_cli.question.trace import read_trace
@@ -146,8 +154,12 @@ def rm_cmd(
 @app.command("gc")
 @handle_errors
 def gc_cmd(
-    older_than: Annotated[str, typer.Option("--older-than", help="Delete runs started longer ago than this "
-                                            "(30d, 12h, 2w; a bare number is days).")] = "30d",
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Delete runs started longer ago than this (30d, 12h, 2w; a bare number is days)."
+        ),
+    ] = "30d",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:

@@ -47,10 +47,12 @@ class Shape:
 
 
 SHAPES = {
-    "3b": Shape("3b", n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, n_ff=11008, n_vocab=151936,
-                tied_embeddings=True),
-    "7b": Shape("7b", n_embd=3584, n_layer=28, n_head=28, n_head_kv=4, n_ff=18944, n_vocab=152064,
-                tied_embeddings=False),
+    "3b": Shape(
+        "3b", n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, n_ff=11008, n_vocab=151936, tied_embeddings=True
+    ),
+    "7b": Shape(
+        "7b", n_embd=3584, n_layer=28, n_head=28, n_head_kv=4, n_ff=18944, n_vocab=152064, tied_embeddings=False
+    ),
 }
 # Qwen2.5-VL's vision tower (both sizes): 32 blocks, window attention except blocks 7/15/23/31.
 V_LAYERS, V_EMBD, V_HEADS, V_FF, PATCH, MERGE = 32, 1280, 16, 3420, 14, 2
@@ -171,7 +173,7 @@ class _Filler:
             # Small normal f16 scales keep every dequantized weight finite and modest.
             scale = np.frombuffer(np.float16(2e-4).tobytes(), np.uint8)
             for off in scales:
-                raw[:, off:off + 2] = scale
+                raw[:, off : off + 2] = scale
             return raw.reshape(rows, cols // per_block * block_bytes)
         n = int(np.prod(shape))
         if kind == "ones":
@@ -181,8 +183,14 @@ class _Filler:
         return flat.astype(np.float16 if kind == "f16" else np.float32).reshape(shape)
 
 
-def _write(path: Path, arch: str, add_meta: Callable[[Any], None],
-           plan: list[tuple[str, tuple[int, ...], str]], seed: int, progress: Callable[[str], None]) -> None:
+def _write(
+    path: Path,
+    arch: str,
+    add_meta: Callable[[Any], None],
+    plan: list[tuple[str, tuple[int, ...], str]],
+    seed: int,
+    progress: Callable[[str], None],
+) -> None:
     """Stream a GGUF: header and tensor infos first, then each tensor as it is generated."""
     import gguf
     import numpy as np
@@ -195,8 +203,9 @@ def _write(path: Path, arch: str, add_meta: Callable[[Any], None],
         if kind in raw_types:
             per_block, block_bytes, _ = _Q4_K if kind == "q4_k" else _Q6_K
             byte_shape = (shape[0], shape[1] // per_block * block_bytes)
-            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), byte_shape[0] * byte_shape[1],
-                                   raw_dtype=raw_types[kind])
+            writer.add_tensor_info(
+                name, byte_shape, np.dtype(np.uint8), byte_shape[0] * byte_shape[1], raw_dtype=raw_types[kind]
+            )
         else:
             dtype = np.dtype(np.float16 if kind == "f16" else np.float32)
             writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
@@ -235,8 +244,11 @@ def _tokenizer_meta(writer: Any, data: Path, n_vocab: int) -> None:
         else:  # the embedding rows past the tokenizer: padding, as llama.cpp's converter writes them
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
-    merges = [line for line in (data / "merges.txt").read_text("utf-8").splitlines()
-              if line and not line.startswith("#version")]
+    merges = [
+        line
+        for line in (data / "merges.txt").read_text("utf-8").splitlines()
+        if line and not line.startswith("#version")
+    ]
     ids = {t: i for i, t in enumerate(tokens)}
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
@@ -250,8 +262,14 @@ def _tokenizer_meta(writer: Any, data: Path, n_vocab: int) -> None:
     writer.add_chat_template(json.loads((data / "chat_template.json").read_text("utf-8"))["chat_template"])
 
 
-def write_text_model(path: Path, shape: Shape, *, data: Path | None = None, seed: int = 0,
-                     progress: Callable[[str], None] = lambda _m: None) -> Path:
+def write_text_model(
+    path: Path,
+    shape: Shape,
+    *,
+    data: Path | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> Path:
     """The `qwen2vl` language model at Q4_K_M with the real tokenizer."""
     import gguf
 
@@ -273,8 +291,9 @@ def write_text_model(path: Path, shape: Shape, *, data: Path | None = None, seed
     return path
 
 
-def write_projector(path: Path, shape: Shape, *, seed: int = 1,
-                    progress: Callable[[str], None] = lambda _m: None) -> Path:
+def write_projector(
+    path: Path, shape: Shape, *, seed: int = 1, progress: Callable[[str], None] = lambda _m: None
+) -> Path:
     """The f16 `qwen2.5vl_merger` projector (32-block ViT, window attention, patch merger)."""
     import gguf
 
@@ -302,12 +321,15 @@ def write_projector(path: Path, shape: Shape, *, seed: int = 1,
 
 def pair_paths(size: str, out_dir: Path | None = None) -> RealPair:
     base = (out_dir or cache_dir()) / f"qwen2.5-vl-{size}-random-v{FORMAT_VERSION}"
-    return RealPair(model=base / f"Qwen2.5-VL-{size.upper()}-random-Q4_K_M.gguf",
-                    mmproj=base / f"mmproj-Qwen2.5-VL-{size.upper()}-random-f16.gguf")
+    return RealPair(
+        model=base / f"Qwen2.5-VL-{size.upper()}-random-Q4_K_M.gguf",
+        mmproj=base / f"mmproj-Qwen2.5-VL-{size.upper()}-random-f16.gguf",
+    )
 
 
-def ensure_pair(size: str, out_dir: Path | None = None, *,
-                progress: Callable[[str], None] = lambda _m: None) -> RealPair:
+def ensure_pair(
+    size: str, out_dir: Path | None = None, *, progress: Callable[[str], None] = lambda _m: None
+) -> RealPair:
     """The cached pair for ``size`` ("3b" or "7b"), written first if missing."""
     shape = SHAPES[size]
     pair = pair_paths(size, out_dir)

@@ -295,13 +295,15 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     return dst
 
 
-def write_quantized_pair(out_dir: Path, quant: str = "Q4_K_M", *, prefix: str = "tiny-quant",
-                         chat_template: str = CHATML_TEMPLATE) -> TinyPair:
+def write_quantized_pair(
+    out_dir: Path, quant: str = "Q4_K_M", *, prefix: str = "tiny-quant", chat_template: str = CHATML_TEMPLATE
+) -> TinyPair:
     """A quantized tiny pair: every width a multiple of 256, so K-quants (Q4_K, Q6_K) apply to all
     the matrices and the suite runs llama.cpp's quantized CPU kernels (and their buffer types)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    f32 = write_text_model(out_dir / f"{prefix}-f32.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512,
-                           chat_template=chat_template)
+    f32 = write_text_model(
+        out_dir / f"{prefix}-f32.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512, chat_template=chat_template
+    )
     model = quantize_gguf(f32, out_dir / f"{prefix}-qwen2vl-{quant}.gguf", quant)
     f32.unlink()
     mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf", proj_dim=256)

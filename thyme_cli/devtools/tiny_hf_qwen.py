@@ -45,25 +45,60 @@ def build(tokenizer_dir: Path, out: Path, *, seed: int = 0) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2), encoding="utf-8")
 
     ref = json.loads((tokenizer_dir / "config.json").read_text(encoding="utf-8"))
-    ids = {k: ref[k] for k in ("bos_token_id", "eos_token_id", "vision_start_token_id", "vision_end_token_id",
-                               "image_token_id", "video_token_id")}
+    ids = {
+        k: ref[k]
+        for k in (
+            "bos_token_id",
+            "eos_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+            "image_token_id",
+            "video_token_id",
+        )
+    }
     text_config = {
-        "vocab_size": VOCAB, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": True,
-        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}, "rope_theta": 1000000.0,  # head_dim/2 = 16
-        "bos_token_id": ids["bos_token_id"], "eos_token_id": ids["eos_token_id"], "pad_token_id": ids["bos_token_id"],
-        "use_sliding_window": False, "sliding_window": 8192, "max_window_layers": 2,
+        "vocab_size": VOCAB,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
+        "rope_theta": 1000000.0,  # head_dim/2 = 16
+        "bos_token_id": ids["bos_token_id"],
+        "eos_token_id": ids["eos_token_id"],
+        "pad_token_id": ids["bos_token_id"],
+        "use_sliding_window": False,
+        "sliding_window": 8192,
+        "max_window_layers": 2,
     }
     vision_config = {
-        "depth": 4, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "in_channels": 3, "patch_size": 14,
-        "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "out_hidden_size": 128,
-        "fullatt_block_indexes": [1, 3], "hidden_act": "silu", "tokens_per_second": 2,
+        "depth": 4,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "out_hidden_size": 128,
+        "fullatt_block_indexes": [1, 3],
+        "hidden_act": "silu",
+        "tokens_per_second": 2,
     }
     config = transformers.Qwen2_5_VLConfig(
-        text_config=text_config, vision_config=vision_config, image_token_id=ids["image_token_id"],
-        video_token_id=ids["video_token_id"], vision_start_token_id=ids["vision_start_token_id"],
-        vision_end_token_id=ids["vision_end_token_id"], tie_word_embeddings=True,
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["image_token_id"],
+        video_token_id=ids["video_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"],
+        vision_end_token_id=ids["vision_end_token_id"],
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()

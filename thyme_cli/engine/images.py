@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 MAX_ASPECT_RATIO = 200
 
 
-def smart_resize(height: int, width: int, *, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, *, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280
+) -> tuple[int, int]:
     """(height, width) that the Hugging Face Qwen2-VL processor resizes an image to.
 
     Both sides become multiples of ``factor``, the area lands in [min_pixels, max_pixels] and
@@ -79,8 +80,7 @@ class ImageSizing:
         """(width, height) the image is given to mtmd at."""
         if not self.resizes:
             return width, height
-        h, w = smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
-                            max_pixels=self.max_pixels)
+        h, w = smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return w, h
 
     def grid(self, width: int, height: int) -> tuple[int, int] | None:

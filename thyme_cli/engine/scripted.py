@@ -3,9 +3,9 @@
 It stands in for a model where no real weights exist (tests, demos, `thyme replay`-style checks)
 and behaves like a live engine where it matters: generation stops at the first ``</code>`` or
 ``</answer>`` (or closing ```python fence, for the generic protocol) exactly as llama.cpp would, and
-a further ``generate`` of the same turn goes on with the rest of that reply, text streams in small chunks, every fed image must have
-its marker, and each question gets a fresh conversation. The script is a JSON list of reply
-strings (one per ``generate`` call), or an object ``{"replies": [...]}``.
+a further ``generate`` of the same turn goes on with the rest of that reply, text streams in small
+chunks, every fed image must have its marker, and each question gets a fresh conversation. The
+script is a JSON list of reply strings (one per ``generate`` call), or an object ``{"replies": [...]}``.
 
 Benchmarks need different answers per item, so an object may also route by question:
 ``{"routes": [{"match": "text", "replies": [...]}, ...], "replies": [...]}``. At the first
@@ -50,13 +50,23 @@ def load_script(path: Path) -> Script:
         raise UsageError(f"script {path} is not valid JSON: {e}") from None
     if _strings(data):
         return Script(list(data))
-    if not isinstance(data, dict) or not _strings(data.get("replies", [])) or not isinstance(data.get("routes", []), list):
-        raise UsageError(f"script {path}: expected a JSON list of reply strings, or an object with a 'replies' "
-                         "list of strings and optional 'routes'")
+    if (
+        not isinstance(data, dict)
+        or not _strings(data.get("replies", []))
+        or not isinstance(data.get("routes", []), list)
+    ):
+        raise UsageError(
+            f"script {path}: expected a JSON list of reply strings, or an object with a 'replies' "
+            "list of strings and optional 'routes'"
+        )
     routes: list[Route] = []
     for n, route in enumerate(data.get("routes", []), 1):
-        if not (isinstance(route, dict) and isinstance(route.get("match"), str) and route["match"]
-                and _strings(route.get("replies"))):
+        if not (
+            isinstance(route, dict)
+            and isinstance(route.get("match"), str)
+            and route["match"]
+            and _strings(route.get("replies"))
+        ):
             raise UsageError(f"script {path}: route {n} needs a non-empty 'match' string and a 'replies' list")
         routes.append((route["match"], list(route["replies"])))
     return Script(list(data.get("replies", [])), routes)
@@ -91,9 +101,7 @@ class ScriptedConversation:
         if self._closed:
             raise EngineError("conversation is closed")
         if text.count(IMAGE_MARKER) != len(images):
-            raise EngineError(
-                f"{kind} text has {text.count(IMAGE_MARKER)} image markers for {len(images)} images"
-            )
+            raise EngineError(f"{kind} text has {text.count(IMAGE_MARKER)} image markers for {len(images)} images")
         for image in images:
             if not Path(image).is_file():
                 raise EngineError(f"image {image} does not exist")
@@ -132,7 +140,7 @@ class ScriptedConversation:
             self._next += 1
         text, reason = _cut_like_an_engine(reply, max_chars=max_tokens * 4, fences=self.fences)
         if reason in ("code", "answer"):
-            self._rest = reply[len(text):]
+            self._rest = reply[len(text) :]
         for start in range(0, len(text), self.chunk_chars):
             if on_text is not None:
                 on_text(text[start : start + self.chunk_chars])

@@ -33,8 +33,9 @@ _DECLARED_RE = re.compile(
 )
 _KEYWORD_RE = re.compile(r"\b(?:answer|choose|select|pick|option|choice)\b|答案|选|選", re.IGNORECASE)
 # Right after a declared letter: "... is A or B" makes the declaration ambiguous.
-_ALT_TAIL_RE = re.compile(r"""\s*(?:,|/|&|\bor\b|\band\b|或|和)\s*(?:option\s+)?[(\[]?([A-Za-z])[)\]]?(?![A-Za-z0-9])""",
-                          re.IGNORECASE)
+_ALT_TAIL_RE = re.compile(
+    r"""\s*(?:,|/|&|\bor\b|\band\b|或|和)\s*(?:option\s+)?[(\[]?([A-Za-z])[)\]]?(?![A-Za-z0-9])""", re.IGNORECASE
+)
 # Two options offered as alternatives anywhere: "A or B", "(A)/(C)", "B and D", "A, B".
 _ALTERNATIVES_RE = re.compile(
     r"(?<![A-Za-z0-9])[(\[]?([A-Z])[)\]]?\s*(?:,\s*(?:or|and)?|/|&|\bor\b|\band\b|\bnor\b|或|和)\s*"
@@ -43,8 +44,9 @@ _ALTERNATIVES_RE = re.compile(
 # A capital letter standing alone: "(B)", "B.", "option C", "D is correct".
 _MENTION_RE = re.compile(r"(?<![A-Za-z0-9])([(\[])?([A-Z])([)\]])?(?![A-Za-z0-9])")
 # Words after which a bare capital still reads as an option: "B is right" (but "A cat" is an article).
-_VERBISH = frozenset({"is", "was", "seems", "looks", "appears", "would", "should", "must", "matches", "fits",
-                      "corresponds"})
+_VERBISH = frozenset(
+    {"is", "was", "seems", "looks", "appears", "would", "should", "must", "matches", "fits", "corresponds"}
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def _declared(body: str, letters: set[str]) -> tuple[set[str], bool]:
     for match in _DECLARED_RE.finditer(body):
         raw = match.group(1)
         letter = raw.upper()
-        if letter not in letters or _reads_as_word(raw, body[match.end():]):
+        if letter not in letters or _reads_as_word(raw, body[match.end() :]):
             continue
         found.add(letter)
         alt = _ALT_TAIL_RE.match(body, match.end())
@@ -126,7 +128,7 @@ def _mentions(body: str, letters: set[str]) -> set[str]:
             continue
         bracketed = bool(opened and closed)
         before = body[: match.start()].rstrip().lower()
-        if not bracketed and not before.endswith(("option", "choice")) and _reads_as_word(letter, body[match.end():]):
+        if not bracketed and not before.endswith(("option", "choice")) and _reads_as_word(letter, body[match.end() :]):
             continue
         found.add(letter)
     return found
@@ -138,7 +140,7 @@ def _by_text(body: str, options: Mapping[str, str]) -> Choice:
     keyword = None
     for keyword in _KEYWORD_RE.finditer(body):  # noqa: B007 (the last one is wanted)
         pass
-    tails = [body[keyword.end():], body] if keyword else [body]
+    tails = [body[keyword.end() :], body] if keyword else [body]
     for tail in tails:
         said = normalize(tail)
         exact = [k for k, v in texts.items() if v == said]
@@ -147,8 +149,9 @@ def _by_text(body: str, options: Mapping[str, str]) -> Choice:
         padded = f" {said} "
         inside = [k for k, v in texts.items() if f" {v} " in padded]
         # "dark red" also contains "red": keep only the longest of nested matches.
-        inside = [k for k in inside if not any(texts[k] != texts[o] and f" {texts[k]} " in f" {texts[o]} "
-                                               for o in inside)]
+        inside = [
+            k for k in inside if not any(texts[k] != texts[o] and f" {texts[k]} " in f" {texts[o]} " for o in inside)
+        ]
         if len(inside) == 1:
             return Choice(inside[0], "text")
         if len(inside) > 1:

@@ -68,9 +68,14 @@ def _manifest_item(path: Path, number: int, row: dict[str, Any]) -> EvalItem:
     options = _manifest_options(row.get("options"), where)
     answer = row.get("answer", row.get("expected"))
     return EvalItem(
-        id=_text(row.get("id")) or str(number), image=str(image_path), question=question, options=options,
-        answer=answer_letter(_text(answer), options, where), category=_text(row.get("category")),
-        l2_category=_text(row.get("l2_category", row.get("l2-category"))), hint=_text(row.get("hint")),
+        id=_text(row.get("id")) or str(number),
+        image=str(image_path),
+        question=question,
+        options=options,
+        answer=answer_letter(_text(answer), options, where),
+        category=_text(row.get("category")),
+        l2_category=_text(row.get("l2_category", row.get("l2-category"))),
+        hint=_text(row.get("hint")),
     )
 
 
@@ -81,4 +86,4 @@ def _manifest_options(value: Any, where: str) -> dict[str, str]:
         return {string.ascii_uppercase[i]: str(v).strip() for i, v in enumerate(value)}
     if isinstance(value, dict) and all(isinstance(k, str) and len(k) == 1 and k.isalpha() for k in value):
         return {k.upper(): str(v).strip() for k, v in sorted(value.items())}
-    raise UsageError(f"{where}: 'options' must be a list of texts or an object like {{\"A\": \"...\"}}")
+    raise UsageError(f'{where}: \'options\' must be a list of texts or an object like {{"A": "..."}}')

@@ -30,12 +30,19 @@ PAPER_SETTINGS: list[tuple[str, str, Any, str]] = [
     ("max_turns", "code steps per question", 5, "5 (max_iterations)"),
     ("max_tokens", "tokens per step", 2048, "2048 (max_new_tokens)"),
     ("temperature", "temperature", 0.0, "0.01 with top_k 1: greedy"),
-    ("on_error", "failed code step", "retry",
-     "rolled back and regenerated greedily; each attempt is one of the 5 iterations"),
-    ("max_image_tokens", "image tokens (max)", 16384,
-     "16,384 (12,845,056 px: qwen_vl_utils' and the processor's default)"),
-    ("min_image_tokens", "image tokens (min)", 4,
-     "4 (3,136 px); OCRBench: 100 (78,400 px)"),
+    (
+        "on_error",
+        "failed code step",
+        "retry",
+        "rolled back and regenerated greedily; each attempt is one of the 5 iterations",
+    ),
+    (
+        "max_image_tokens",
+        "image tokens (max)",
+        16384,
+        "16,384 (12,845,056 px: qwen_vl_utils' and the processor's default)",
+    ),
+    ("min_image_tokens", "image tokens (min)", 4, "4 (3,136 px); OCRBench: 100 (78,400 px)"),
 ]
 
 PAPER_MAX_IMAGE_TOKENS = 16384  # upstream: no max_pixels given -> 16384 * 28 * 28 (qwen_vl_utils MAX_PIXELS)
@@ -72,8 +79,11 @@ def settings_markdown(settings: dict[str, Any]) -> list[str]:
             differs.append(label)
         lines.append(f"| {label} | {shown}{'' if same else ' (differs)'} | {paper_text} |")
     lines.append("")
-    lines.append("Settings differ from the paper's evaluation: " + ", ".join(differs) + "." if differs
-                 else "All settings are those of the paper's evaluation.")
+    lines.append(
+        "Settings differ from the paper's evaluation: " + ", ".join(differs) + "."
+        if differs
+        else "All settings are those of the paper's evaluation."
+    )
     return lines
 
 

@@ -28,7 +28,9 @@ def plot_runs(runs: list[RunScore], path: Path, title: str) -> Path:
         xs = [i + (k - (len(runs) - 1) / 2) * width for i in range(len(names))]
         bars = ax.bar(xs, [v or 0.0 for v in values], width, label=run.label)
         ax.bar_label(bars, labels=["–" if v is None else f"{v:.0f}" for v in values], fontsize=7, padding=1)
-    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_xticks(
+        range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center"
+    )
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 120)  # room above the 100% bars for the legend
     ax.set_yticks(range(0, 101, 20))

@@ -52,8 +52,10 @@ class Row:
 
 def comparison_rows(runs: list[RunScore]) -> list[Row]:
     """The rows of a side-by-side table: accuracy, per category, answers, tool use, time."""
-    rows = [_acc_row("accuracy", [r.overall for r in runs], "accuracy"),
-            Row("mean over categories", [pct(r.macro) for r in runs], "accuracy", [r.macro for r in runs])]
+    rows = [
+        _acc_row("accuracy", [r.overall for r in runs], "accuracy"),
+        Row("mean over categories", [pct(r.macro) for r in runs], "accuracy", [r.macro for r in runs]),
+    ]
     for name in _ordered({g.name for r in runs for g in r.categories}, runs, "categories"):
         rows.append(_acc_row(name, [_group(r.categories, name) for r in runs], "category"))
     for name in _ordered({g.name for r in runs for g in r.l2_categories}, runs, "l2_categories"):
@@ -63,8 +65,11 @@ def comparison_rows(runs: list[RunScore]) -> list[Row]:
         Row("no option picked", [str(r.no_choice) for r in runs], "answers"),
         Row("failed items", [str(r.failed) for r in runs], "answers"),
         Row("items with code (%)", [pct(r.code_share) for r in runs], "tool use"),
-        Row("code steps per item", [_seconds(r.steps_per_item) if r.steps_per_item is None else f"{r.steps_per_item:.2f}"
-                                    for r in runs], "tool use"),
+        Row(
+            "code steps per item",
+            [_seconds(r.steps_per_item) if r.steps_per_item is None else f"{r.steps_per_item:.2f}" for r in runs],
+            "tool use",
+        ),
         Row("sandbox errors (% of steps)", [pct(r.sandbox_error_rate) for r in runs], "tool use"),
         Row("median s / item", [_seconds(r.timing().get("median_s")) for r in runs], "time"),
         Row("mean s / item", [_seconds(r.timing().get("mean_s")) for r in runs], "time"),
@@ -107,8 +112,9 @@ def flips(a: RunScore, b: RunScore) -> dict[str, int]:
 def _notes(run: RunScore) -> list[str]:
     notes = []
     if run.pending:
-        notes.append(f"{run.label}: {run.pending} of {run.total} items not run yet; accuracy covers the "
-                     f"{run.done} done")
+        notes.append(
+            f"{run.label}: {run.pending} of {run.total} items not run yet; accuracy covers the {run.done} done"
+        )
     if len(run.models) > 1:
         notes.append(f"{run.label}: results come from several models ({', '.join(run.models)})")
     if run.unknown_ids:
@@ -158,17 +164,24 @@ def _delta(row: Row, runs: list[RunScore]) -> str:
 
 def markdown(runs: list[RunScore], title: str, plot: str | None = None) -> str:
     heads = ["", *[r.label for r in runs], *(["Δ"] if len(runs) == 2 else [])]
-    lines = [f"# {title}", "", "| " + " | ".join(_md(h) for h in heads) + " |",
-             "|" + "---|" + "---:|" * (len(heads) - 1)]
+    lines = [
+        f"# {title}",
+        "",
+        "| " + " | ".join(_md(h) for h in heads) + " |",
+        "|" + "---|" + "---:|" * (len(heads) - 1),
+    ]
     for row in comparison_rows(runs):
         extra = [_delta(row, runs)] if len(runs) == 2 else []
         name = f"**{row.name}**" if row.section == "accuracy" else _md(row.name)
         lines.append("| " + " | ".join([name, *[_md(c) for c in row.cells], *extra]) + " |")
     if len(runs) == 2:
         f = flips(*runs)
-        lines += ["", f"Per item ({f['common']} scored by both): both right {f['both right']}, only "
-                  f"{_md(runs[0].label)} right {f['only first right']}, only {_md(runs[1].label)} right "
-                  f"{f['only second right']}, both wrong {f['both wrong']}."]
+        lines += [
+            "",
+            f"Per item ({f['common']} scored by both): both right {f['both right']}, only "
+            f"{_md(runs[0].label)} right {f['only first right']}, only {_md(runs[1].label)} right "
+            f"{f['only second right']}, both wrong {f['both wrong']}.",
+        ]
     notes = [n for run in runs for n in _notes(run)]
     if notes:
         lines += ["", *[f"- {_md(n)}" for n in notes]]
@@ -185,19 +198,27 @@ def html_report(runs: list[RunScore], title: str, plot_png: Path | None = None) 
     """A self-contained HTML page (the plot is inlined)."""
     esc = html.escape
     heads = ["", *[r.label for r in runs], *(["Δ"] if len(runs) == 2 else [])]
-    out = ["<!doctype html>", "<meta charset='utf-8'>", f"<title>{esc(title)}</title>",
-           "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
-           "td:not(:first-child),th:not(:first-child){text-align:right}</style>",
-           f"<h1>{esc(title)}</h1>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr>"]
+    out = [
+        "<!doctype html>",
+        "<meta charset='utf-8'>",
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
+        "td:not(:first-child),th:not(:first-child){text-align:right}</style>",
+        f"<h1>{esc(title)}</h1>",
+        "<table>",
+        "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr>",
+    ]
     for row in comparison_rows(runs):
         extra = [_delta(row, runs)] if len(runs) == 2 else []
         out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in [row.name, *row.cells, *extra]) + "</tr>")
     out.append("</table>")
     if len(runs) == 2:
         f = flips(*runs)
-        out.append(f"<p>Per item ({f['common']} scored by both): both right {f['both right']}, only "
-                   f"{esc(runs[0].label)} right {f['only first right']}, only {esc(runs[1].label)} right "
-                   f"{f['only second right']}, both wrong {f['both wrong']}.</p>")
+        out.append(
+            f"<p>Per item ({f['common']} scored by both): both right {f['both right']}, only "
+            f"{esc(runs[0].label)} right {f['only first right']}, only {esc(runs[1].label)} right "
+            f"{f['only second right']}, both wrong {f['both wrong']}.</p>"
+        )
     notes = [n for run in runs for n in _notes(run)]
     if notes:
         out.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")

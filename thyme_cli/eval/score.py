@@ -96,26 +96,49 @@ class RunScore:
         s = sorted(self.item_seconds)
         if not s:
             return {}
-        return {"total_s": round(sum(s), 3), "mean_s": round(statistics.fmean(s), 3),
-                "median_s": round(statistics.median(s), 3), "p90_s": round(s[min(len(s) - 1, int(0.9 * len(s)))], 3),
-                "model_s": round(self.model_s, 3), "sandbox_s": round(self.sandbox_s, 3)}
+        return {
+            "total_s": round(sum(s), 3),
+            "mean_s": round(statistics.fmean(s), 3),
+            "median_s": round(statistics.median(s), 3),
+            "p90_s": round(s[min(len(s) - 1, int(0.9 * len(s)))], 3),
+            "model_s": round(self.model_s, 3),
+            "sandbox_s": round(self.sandbox_s, 3),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """summary.json: everything a report or a comparison needs, without the per-item rows."""
+
         def group(g: Group) -> dict[str, Any]:
             return {"name": g.name, "scored": g.scored, "correct": g.correct, "accuracy": _round(g.accuracy)}
 
         return {
-            "label": self.label, "benchmark": self.benchmark, "tools": self.tools, "models": self.models,
-            "items": self.total, "done": self.done, "pending": self.pending, "scored": self.overall.scored,
-            "correct": self.overall.correct, "accuracy": _round(self.overall.accuracy), "macro_accuracy": _round(self.macro),
-            "failed": self.failed, "no_choice": self.no_choice, "unscored": self.unscored,
+            "label": self.label,
+            "benchmark": self.benchmark,
+            "tools": self.tools,
+            "models": self.models,
+            "items": self.total,
+            "done": self.done,
+            "pending": self.pending,
+            "scored": self.overall.scored,
+            "correct": self.overall.correct,
+            "accuracy": _round(self.overall.accuracy),
+            "macro_accuracy": _round(self.macro),
+            "failed": self.failed,
+            "no_choice": self.no_choice,
+            "unscored": self.unscored,
             "unknown_ids": self.unknown_ids,
-            "categories": [group(g) for g in self.categories], "l2_categories": [group(g) for g in self.l2_categories],
-            "tool_use": {"items_with_code": self.with_code, "code_share": _round(self.code_share),
-                         "steps": self.steps, "steps_per_item": _round(self.steps_per_item, 2),
-                         "step_errors": self.step_errors, "sandbox_error_rate": _round(self.sandbox_error_rate)},
-            "stop_reasons": dict(self.stop_reasons), "timings": self.timing(),
+            "categories": [group(g) for g in self.categories],
+            "l2_categories": [group(g) for g in self.l2_categories],
+            "tool_use": {
+                "items_with_code": self.with_code,
+                "code_share": _round(self.code_share),
+                "steps": self.steps,
+                "steps_per_item": _round(self.steps_per_item, 2),
+                "step_errors": self.step_errors,
+                "sandbox_error_rate": _round(self.sandbox_error_rate),
+            },
+            "stop_reasons": dict(self.stop_reasons),
+            "timings": self.timing(),
         }
 
 
@@ -139,18 +162,30 @@ def score_item(record: dict[str, Any], side: dict[str, Any]) -> ItemScore:
         choice, rule = record.get("answer"), "free"
         correct = expected is not None and matches_free_answer(record.get("answer"), str(expected))
     return ItemScore(
-        id=str(record["id"]), category=side.get("category") or NO_CATEGORY, l2_category=side.get("l2_category"),
-        expected=expected, choice=choice, rule=rule, correct=correct, failed=failed, steps=len(steps),
-        step_errors=step_errors, seconds=float((record.get("timings") or {}).get("item_s") or 0.0),
+        id=str(record["id"]),
+        category=side.get("category") or NO_CATEGORY,
+        l2_category=side.get("l2_category"),
+        expected=expected,
+        choice=choice,
+        rule=rule,
+        correct=correct,
+        failed=failed,
+        steps=len(steps),
+        step_errors=step_errors,
+        seconds=float((record.get("timings") or {}).get("item_s") or 0.0),
     )
 
 
 def score_run(records: list[dict[str, Any]], side: SideTable, label: str | None = None) -> RunScore:
     """Aggregate a run. Duplicate ids (overlapping shards) count once: the first line wins."""
     models = Counter(str(r.get("model")) for r in records if r.get("model"))
-    run = RunScore(label=label or _label(side.meta, models), benchmark=str(side.meta.get("benchmark_name", "?")),
-                   tools=side.meta.get("tools"), models=[m for m, _ in models.most_common()],
-                   total=_expected_items(side))
+    run = RunScore(
+        label=label or _label(side.meta, models),
+        benchmark=str(side.meta.get("benchmark_name", "?")),
+        tools=side.meta.get("tools"),
+        models=[m for m, _ in models.most_common()],
+        total=_expected_items(side),
+    )
     categories: dict[str, Group] = {}
     l2: dict[str, Group] = {}
     for entry in side.items.values():  # groups in benchmark order
@@ -168,7 +203,9 @@ def score_run(records: list[dict[str, Any]], side: SideTable, label: str | None 
             run.unknown_ids += 1
             continue
         _add(run, record, score_item(record, found), categories, l2)
-    run.categories = [g for g in categories.values() if g.scored] if len(categories) > 1 or NO_CATEGORY not in categories else []
+    run.categories = (
+        [g for g in categories.values() if g.scored] if len(categories) > 1 or NO_CATEGORY not in categories else []
+    )
     run.l2_categories = [g for g in l2.values() if g.scored]
     return run
 
@@ -182,8 +219,9 @@ def _expected_items(side: SideTable) -> int:
     return sum(1 for item_id in side.items if in_shard(item_id, index, total))
 
 
-def _add(run: RunScore, record: dict[str, Any], item: ItemScore, categories: dict[str, Group],
-         l2: dict[str, Group]) -> None:
+def _add(
+    run: RunScore, record: dict[str, Any], item: ItemScore, categories: dict[str, Group], l2: dict[str, Group]
+) -> None:
     run.items.append(item)
     run.done += 1
     run.stop_reasons[str(record.get("stop_reason"))] += 1

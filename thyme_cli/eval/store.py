@@ -77,13 +77,16 @@ def check_resumable(paths: EvalPaths, items: list[EvalItem], *, tools: bool) -> 
     old = read_side_table(paths)
     if bool(old.meta.get("tools", True)) != tools:
         was = "with tools" if old.meta.get("tools", True) else "with --no-tools"
-        raise UsageError(f"{paths.results} was run {was}; resuming it in the other mode would mix the two",
-                         hint="choose another -o")
+        raise UsageError(
+            f"{paths.results} was run {was}; resuming it in the other mode would mix the two", hint="choose another -o"
+        )
     new = {item.id: item.side_record() for item in items}
     common = old.items.keys() & new.keys()
     if (old.items and not common) or any(old.items[i] != new[i] for i in common):
-        raise UsageError(f"{paths.results} holds results of another benchmark ({old.meta.get('benchmark')})",
-                         hint="choose another -o for this benchmark")
+        raise UsageError(
+            f"{paths.results} holds results of another benchmark ({old.meta.get('benchmark')})",
+            hint="choose another -o for this benchmark",
+        )
 
 
 def write_side_table(paths: EvalPaths, items: list[EvalItem], meta: dict[str, Any]) -> None:
@@ -104,8 +107,10 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def read_side_table(paths: EvalPaths) -> SideTable:
     if not paths.items.is_file() or not paths.meta.is_file():
-        raise UsageError(f"{paths.results}: no eval data next to it (expected {paths.work}/)",
-                         hint="results of `thyme eval` keep it there; else pass --benchmark FILE to score against")
+        raise UsageError(
+            f"{paths.results}: no eval data next to it (expected {paths.work}/)",
+            hint="results of `thyme eval` keep it there; else pass --benchmark FILE to score against",
+        )
     items: dict[str, dict[str, Any]] = {}
     for n, line in enumerate(paths.items.read_text(encoding="utf-8").splitlines(), 1):
         try:

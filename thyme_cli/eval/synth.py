@@ -17,9 +17,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-WORDS = ("maple", "cedar", "birch", "aspen", "alder", "larch", "hazel", "rowan", "holly", "olive", "cherry", "walnut",
-         "spruce", "willow", "poplar", "laurel", "myrtle", "acacia", "juniper", "linden", "sequoia", "cypress",
-         "hemlock", "magnolia")
+WORDS = (
+    "maple",
+    "cedar",
+    "birch",
+    "aspen",
+    "alder",
+    "larch",
+    "hazel",
+    "rowan",
+    "holly",
+    "olive",
+    "cherry",
+    "walnut",
+    "spruce",
+    "willow",
+    "poplar",
+    "laurel",
+    "myrtle",
+    "acacia",
+    "juniper",
+    "linden",
+    "sequoia",
+    "cypress",
+    "hemlock",
+    "magnolia",
+)
 HEADER = ("index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category")
 WORD_QUESTION = "Which word is written in small letters somewhere in the image?"
 NUMBER_QUESTION = "Which number is printed in the image?"
@@ -71,8 +94,16 @@ def write_synthetic_tsv(
     items: list[SynthItem] = []
     rows: list[list[str]] = []
 
-    def add(category: str, truth: str, distractors: list[str], question: str, hint: str, image: str,
-            box: tuple[int, int, int, int], shares: str | None = None) -> None:
+    def add(
+        category: str,
+        truth: str,
+        distractors: list[str],
+        question: str,
+        hint: str,
+        image: str,
+        box: tuple[int, int, int, int],
+        shares: str | None = None,
+    ) -> None:
         letters = "ABCD"[: len(distractors) + 1]
         i = sum(1 for it in items if it.category == category)
         answer = letter_for(category, i) if letter_for else rng.choice(letters)
@@ -82,18 +113,27 @@ def write_synthetic_tsv(
         index = str(len(items) + 1)
         items.append(SynthItem(index, category, options, answer, truth, box, shares))
         cells = [options.get(k, "") for k in "ABCD"]
-        rows.append([index, image, question, hint, *cells, answer, category,
-                     "text" if category == "word" else "digits"])
+        rows.append(
+            [index, image, question, hint, *cells, answer, category, "text" if category == "word" else "digits"]
+        )
 
     for i in range(per_category):
-        truth, *others = words[4 * i: 4 * i + 4]
+        truth, *others = words[4 * i : 4 * i + 4]
         image, box = _image(truth, size, rng)
         add("word", truth, others, WORD_QUESTION, "", image, box)
     first = items[0]  # HRBench-style: one more question on an earlier row's image, by index
-    add("word", first.truth, [w for w in first.options.values() if w != first.truth][::-1], WORD_QUESTION + " ",
-        "", first.index, first.box, shares=first.index)
+    add(
+        "word",
+        first.truth,
+        [w for w in first.options.values() if w != first.truth][::-1],
+        WORD_QUESTION + " ",
+        "",
+        first.index,
+        first.box,
+        shares=first.index,
+    )
     for i in range(per_category):
-        truth, *others = (str(n) for n in numbers[3 * i: 3 * i + 3])
+        truth, *others = (str(n) for n in numbers[3 * i : 3 * i + 3])
         image, box = _image(truth, size, rng)
         add("number", truth, others, NUMBER_QUESTION, NUMBER_HINT, image, box)  # three options: D stays empty
     with path.open("w", encoding="utf-8", newline="") as f:

@@ -26,8 +26,13 @@ from thyme_cli.eval.items import EvalItem
 REQUIRED = ("index", "question")
 # pandas reads these cells as NaN; VLMEvalKit then treats the option as absent.
 _MISSING = frozenset({"", "nan", "none", "null", "n/a", "na", "#n/a", "<na>"})
-_MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"II*\x00", ".tiff"), (b"MM\x00*", ".tiff"),
-          (b"BM", ".bmp"))
+_MAGIC = (
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"II*\x00", ".tiff"),
+    (b"MM\x00*", ".tiff"),
+    (b"BM", ".bmp"),
+)
 _OPTION_LINE_RE = re.compile(r"^\s*\(?([A-Z])[).:]\s*(.*)$", re.DOTALL)
 REF_MAX_CHARS = 64  # VLMEvalKit: an image cell this short names another row's index
 
@@ -68,16 +73,21 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
             reader = csv.reader(f, delimiter="\t")
             header = next(reader, None)
             if not header or len(header) < 2:
-                raise UsageError(f"{path}: not a TSV file (no tab-separated header row)",
-                                 hint="a VLMEvalKit TSV starts with: index, image, question, A, B, ..., answer")
-            names = [h.strip() if re.fullmatch(r"[A-Z]", h.strip()) else h.strip().lower().replace("_", "-")
-                     for h in header]
+                raise UsageError(
+                    f"{path}: not a TSV file (no tab-separated header row)",
+                    hint="a VLMEvalKit TSV starts with: index, image, question, A, B, ..., answer",
+                )
+            names = [
+                h.strip() if re.fullmatch(r"[A-Z]", h.strip()) else h.strip().lower().replace("_", "-") for h in header
+            ]
             absent = [c for c in REQUIRED if c not in names]
             if "image" not in names and "image-path" not in names:
                 absent.append("image")
             if absent:
-                raise UsageError(f"{path}: missing column(s) {', '.join(absent)}",
-                                 hint="a VLMEvalKit TSV has index, image, question, A, B, ..., answer, category")
+                raise UsageError(
+                    f"{path}: missing column(s) {', '.join(absent)}",
+                    hint="a VLMEvalKit TSV has index, image, question, A, B, ..., answer, category",
+                )
             for number, row in enumerate(reader, 1):
                 if not row:
                     continue
@@ -149,7 +159,10 @@ def _item(path: Path, number: int, row: dict[str, str]) -> _Row:
     if not image and not image_path:
         raise UsageError(f"{where}: no image (the image and image_path cells are empty)")
     item = EvalItem(
-        id=index, image="", question=row["question"].strip(), options=options,
+        id=index,
+        image="",
+        question=row["question"].strip(),
+        options=options,
         answer=answer_letter(row.get("answer"), options, where),
         category=None if missing(row.get("category")) else row["category"].strip(),
         l2_category=None if missing(row.get("l2-category")) else row["l2-category"].strip(),
@@ -174,8 +187,9 @@ def read_tsv(
             raise UsageError(f"{path}: row {number}: duplicate index {row.item.id!r}")
         seen.add(row.item.id)
         if row.image == "<data>" and want(row.item.id):
-            files[row.item.id] = _write_image(raw["image"], images_dir, row.item.id, f"{path}: row {number} "
-                                              f"(index {row.item.id})")
+            files[row.item.id] = _write_image(
+                raw["image"], images_dir, row.item.id, f"{path}: row {number} (index {row.item.id})"
+            )
         rows.append(row)
     by_id = {r.item.id: r for r in rows}
     sources = _image_sources(path, rows)

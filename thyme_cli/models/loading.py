@@ -59,9 +59,11 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
     if settings.script is not None:
         from thyme_cli.engine.scripted import ScriptedEngine
 
-        spec = registry.get(settings.name) if settings.name else ModelSpec(name="scripted", protocol="thyme",
-                                                                           model_path=settings.script,
-                                                                           mmproj_path=settings.script)
+        spec = (
+            registry.get(settings.name)
+            if settings.name
+            else ModelSpec(name="scripted", protocol="thyme", model_path=settings.script, mmproj_path=settings.script)
+        )
         return LoadedModel(ScriptedEngine.from_file(settings.script), spec)
     if settings.backend == "openai":
         return load_remote(registry, settings)
@@ -82,10 +84,15 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
 
     extra = {"image_min_tokens": settings.min_image_tokens} if settings.min_image_tokens else {}
     options = EngineOptions.from_spec(
-        spec, n_ctx=settings.n_ctx, max_image_tokens=settings.max_image_tokens,
-        n_gpu_layers=settings.gpu_layers, n_threads=settings.threads, flash_attn=settings.flash_attn,
+        spec,
+        n_ctx=settings.n_ctx,
+        max_image_tokens=settings.max_image_tokens,
+        n_gpu_layers=settings.gpu_layers,
+        n_threads=settings.threads,
+        flash_attn=settings.flash_attn,
         chat_format=settings.chat_format or spec.chat_format or "auto",
-        chat_template_file=settings.chat_template or spec.chat_template, **extra,
+        chat_template_file=settings.chat_template or spec.chat_template,
+        **extra,
     )
     if settings.n_seq > 1:  # each sequence gets the context one question would have
         from dataclasses import replace as _replace
@@ -100,8 +107,12 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
 
 # ---- a model on an OpenAI-compatible server (--backend openai) -----------------------------------
 
-_LOCAL_ONLY = (("n_ctx", "--ctx"), ("gpu_layers", "--gpu-layers"), ("threads", "--threads"),
-               ("flash_attn", "--flash-attn"))
+_LOCAL_ONLY = (
+    ("n_ctx", "--ctx"),
+    ("gpu_layers", "--gpu-layers"),
+    ("threads", "--threads"),
+    ("flash_attn", "--flash-attn"),
+)
 
 
 def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
@@ -119,8 +130,13 @@ def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     for attr, flag in _LOCAL_ONLY:
         if getattr(settings, attr) is not None:
             warn(f"{flag} has no effect with --backend openai (the server decides)")
-    client = RemoteClient(config.base_url, api_key=config.api_key, timeout_s=config.timeout_s,
-                          policy=config.policy, on_retry=_retry_warner(warn))
+    client = RemoteClient(
+        config.base_url,
+        api_key=config.api_key,
+        timeout_s=config.timeout_s,
+        policy=config.policy,
+        on_retry=_retry_warner(warn),
+    )
     try:
         model = pick_model(find_api_root(client), settings.api_model, client.shown_url)
         caps = probe_caps(client, model)
@@ -130,13 +146,16 @@ def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     notes = _caps_notes(caps, settings.temperature)
     for note in notes:
         warn(note)
-    sampling = RemoteSampling(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                              seed=settings.seed,
-                              max_image_tokens=settings.max_image_tokens or (entry.image_max_tokens if entry else None))
+    sampling = RemoteSampling(
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        seed=settings.seed,
+        max_image_tokens=settings.max_image_tokens or (entry.image_max_tokens if entry else None),
+    )
     host = urlsplit(client.base_url).hostname or "server"
     engine = RemoteEngine(client, model, caps, sampling, config.extra_body, name=f"openai:{model}@{host}")
-    spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})",
-                     protocol=protocol)
+    spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})", protocol=protocol)
     return LoadedModel(engine, spec, notes)
 
 
@@ -146,14 +165,18 @@ def _retry_warner(warn: Callable[[str], None]) -> Callable[[str], None]:
 
 def _caps_notes(caps: ServerCaps, temperature: float) -> list[str]:
     if not caps.continues:
-        notes = ["this server does not continue an assistant message: Thyme's sandbox results go back as "
-                 "user turns, a format the model was not trained on (vLLM, SGLang and llama-server continue it)"]
+        notes = [
+            "this server does not continue an assistant message: Thyme's sandbox results go back as "
+            "user turns, a format the model was not trained on (vLLM, SGLang and llama-server continue it)"
+        ]
         if temperature > 0:
             notes.append("without continuation code is sampled at --temperature too (no greedy code blocks)")
         return notes
     if not caps.assistant_images:
-        return ["this server takes no images inside an assistant message: image results of code steps go back "
-                "as user turns (text results stay in the assistant turn)"]
+        return [
+            "this server takes no images inside an assistant message: image results of code steps go back "
+            "as user turns (text results stay in the assistant turn)"
+        ]
     return []
 
 

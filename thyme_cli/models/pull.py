@@ -87,8 +87,7 @@ def _pull_from_hub(spec: ModelSpec, progress: bool) -> ModelFiles:
         raise DownloadError(f"{spec.name} was downloaded but is not found in {hub_cache.repo_dir(spec.repo)}")
     if spec.extra.get("reference") and spec.name not in load_registry().models:
         register_reference(spec)
-    record_pull(spec.name, repo=spec.repo, revision=revision, commit=model.commit,
-                files=[r.filename for r in remotes])
+    record_pull(spec.name, repo=spec.repo, revision=revision, commit=model.commit, files=[r.filename for r in remotes])
     return files
 
 

@@ -150,9 +150,7 @@ def load_registry(config_path: Path | None = None) -> Registry:
         user_default = user.get("defaults", {}).get("model") if isinstance(user.get("defaults"), dict) else None
         if user_default:
             default = user_default
-    return Registry(
-        models=models, default_model=default, config_path=config_path, user_default=user_default or None
-    )
+    return Registry(models=models, default_model=default, config_path=config_path, user_default=user_default or None)
 
 
 def _toml_string(value: str) -> str:

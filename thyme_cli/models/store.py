@@ -87,7 +87,10 @@ def installed_files(spec: ModelSpec) -> ModelFiles | None:
     """Local paths of both files if both are present, else None. Never touches the network."""
     model, mmproj = _candidate_paths(spec)
     if (
-        model is not None and mmproj is not None and model.is_file() and mmproj.is_file()
+        model is not None
+        and mmproj is not None
+        and model.is_file()
+        and mmproj.is_file()
         and _split_parts_present(spec, model)
     ):
         return ModelFiles(model=model, mmproj=mmproj)

@@ -20,8 +20,9 @@ PLACEHOLDERS = (
 )
 # Sandbox output, and code BLOCKS (<code> then a line break or a fence); an inline "<code>" in
 # prose ("the <code> tag") is part of the answer.
-_BLOCKS_RE = re.compile(r"<sandbox_output>[\s\S]*?(?:</sandbox_output>|$)|<code>[ \t]*(?:\n|```)[\s\S]*?(?:</code>|$)",
-                        re.IGNORECASE)
+_BLOCKS_RE = re.compile(
+    r"<sandbox_output>[\s\S]*?(?:</sandbox_output>|$)|<code>[ \t]*(?:\n|```)[\s\S]*?(?:</code>|$)", re.IGNORECASE
+)
 _TAGS_RE = re.compile(r"</?(?:think|answer|sandbox_output)\s*>", re.IGNORECASE)
 _PY_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n[\s\S]*?(?:```|$)", re.IGNORECASE)
 _FENCE_LINE_RE = re.compile(r"^[ \t]*```[\w+-]*[ \t]*$", re.MULTILINE)
@@ -75,14 +76,14 @@ def answer_body(text: str | None) -> str:
     lower = body.lower()
     start = lower.rfind("<answer>")
     if start >= 0:
-        body = body[start + len("<answer>"):]
+        body = body[start + len("<answer>") :]
         end = body.lower().find("</answer>")
         body = body[:end] if end >= 0 else body
     else:
         end = lower.find("</answer>")
         body = body[:end] if end >= 0 else body
         think_end = body.lower().rfind("</think>")  # an unclosed think opened before the answer
-        body = body[think_end + len("</think>"):] if think_end >= 0 else body
+        body = body[think_end + len("</think>") :] if think_end >= 0 else body
     body = _SANDBOX_RE.sub(" ", _CODE_RE.sub(" ", body))
     boxed = _BOXED_RE.findall(body)
     if boxed:

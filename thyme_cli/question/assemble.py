@@ -62,8 +62,13 @@ def open_question_sandbox(
         return pool.open(image=input_image.path, images_dir=run_dir / "images")
     from thyme_cli.sandbox.host.factory import open_sandbox
 
-    return open_sandbox(settings.sandbox, image=input_image.path, images_dir=run_dir / "images",
-                        timeout_s=settings.step_timeout_s, limits=settings.limits)
+    return open_sandbox(
+        settings.sandbox,
+        image=input_image.path,
+        images_dir=run_dir / "images",
+        timeout_s=settings.step_timeout_s,
+        limits=settings.limits,
+    )
 
 
 def ask_one(
@@ -92,8 +97,17 @@ def ask_one(
         from thyme_cli.question.samples import ask_samples
 
         base = getattr(model.engine, "sampling", None)
-        return ask_samples(model, input_image, question, run_dir, settings, events, n=settings.samples,
-                           seed=getattr(base, "seed", 0), ask_one=ask_one)
+        return ask_samples(
+            model,
+            input_image,
+            question,
+            run_dir,
+            settings,
+            events,
+            n=settings.samples,
+            seed=getattr(base, "seed", 0),
+            ask_one=ask_one,
+        )
     for note in input_image.notes:
         events.note(f"input image {note}")
     with sandbox or open_question_sandbox(input_image, run_dir, settings) as sandbox:

@@ -96,15 +96,15 @@ def answer_question(
                 return _truncated(trace, reply.answer, gen, started, conv)
             if (answer := clean_answer(reply.answer)) is not None:
                 return _finish(trace, "answered", answer, started, conv)
-            trace.notes.append(f"turn {len(trace.turns)}: the answer was empty or the prompt's placeholder; "
-                               "not taken as an answer")
+            trace.notes.append(
+                f"turn {len(trace.turns)}: the answer was empty or the prompt's placeholder; not taken as an answer"
+            )
             break
         if reply.code is None:
             trace.notes.append(_why_no_code(gen, reply))
             break
         if reply.extra_code_blocks:
-            note = (f"turn {len(trace.turns)} wrote {reply.extra_code_blocks + 1} code blocks; "
-                    "only the first ran")
+            note = f"turn {len(trace.turns)} wrote {reply.extra_code_blocks + 1} code blocks; only the first ran"
             trace.notes.append(note)
             events.note(note)
         last = trace.steps[-1] if trace.steps else None
@@ -122,8 +122,10 @@ def answer_question(
             retries += 1
             events.note(f"step failed; discarding it and retrying ({retries}/{options.max_retries})")
             trace.turns[-1].discarded = True
-            trace.notes.append(f"turn {len(trace.turns)}: its step failed and was discarded; the model was asked "
-                               f"again (--on-error retry {retries}/{options.max_retries})")
+            trace.notes.append(
+                f"turn {len(trace.turns)}: its step failed and was discarded; the model was asked "
+                f"again (--on-error retry {retries}/{options.max_retries})"
+            )
             _rollback(rewind, mark, warm=options.retry_warm)
             continue
         trace.steps.append(step)
@@ -171,8 +173,18 @@ def _run_step(
     events.step_started(index, code)
     result = sandbox.run(code)
     images = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in result.images]
-    step = Step(index, code, result.stdout, result.stderr, result.error, result.timed_out, images, result.duration_s,
-                turn, crops=result.crops)
+    step = Step(
+        index,
+        code,
+        result.stdout,
+        result.stderr,
+        result.error,
+        result.timed_out,
+        images,
+        result.duration_s,
+        turn,
+        crops=result.crops,
+    )
     events.step_finished(step, result)
     if len(images) > MAX_IMAGES_PER_STEP:
         events.note(f"step {index} made {len(images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")
@@ -203,8 +215,14 @@ def _why_no_code(gen: Generation, reply: prompts.Reply) -> str:
 
 
 def _final_answer(
-    conv: Conversation, trace: Trace, options: AgentOptions, events: AgentEvents, started: float, generic: bool,
-    *, request_fed: bool = False,
+    conv: Conversation,
+    trace: Trace,
+    options: AgentOptions,
+    events: AgentEvents,
+    started: float,
+    generic: bool,
+    *,
+    request_fed: bool = False,
 ) -> Trace:
     """Ask for the answer once more, opening the answer tag for the model."""
     events.note("asking the model for its final answer")
@@ -227,9 +245,16 @@ def _final_answer(
         return _truncated(trace, raw, gen, started, conv)
     if (text := clean_answer(raw)) is not None:
         return _finish(trace, "answered", text, started, conv)
-    fallback = next((a for t in reversed(trace.turns)
-                     if t.stop_reason != "max_tokens" and not t.discarded
-                     and (a := clean_answer(prompts.untagged_answer(t.text)))), None)
+    fallback = next(
+        (
+            a
+            for t in reversed(trace.turns)
+            if t.stop_reason != "max_tokens"
+            and not t.discarded
+            and (a := clean_answer(prompts.untagged_answer(t.text)))
+        ),
+        None,
+    )
     if fallback:
         return _finish(trace, "answered_untagged", fallback, started, conv)
     trace.stop_detail = trace.stop_detail or "the model gave no answer"
@@ -241,8 +266,9 @@ def _truncated(trace: Trace, partial: str, gen: Generation, started: float, conv
     cleaned = clean_answer(partial)
     more = "…" if cleaned is not None and len(cleaned) > 200 else ""
     shown = "" if cleaned is None else f': "{cleaned[:200]}{more}"'
-    trace.notes.append(f"turn {len(trace.turns)}: the answer was cut off by the token budget "
-                       f"({gen.n_tokens} tokens){shown}")
+    trace.notes.append(
+        f"turn {len(trace.turns)}: the answer was cut off by the token budget ({gen.n_tokens} tokens){shown}"
+    )
     trace.stop_detail = f"the answer was cut off by the token budget ({gen.n_tokens} tokens); raise --max-tokens"
     return _finish(trace, "truncated", None, started, conv)
 

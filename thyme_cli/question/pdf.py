@@ -75,8 +75,10 @@ def _open(path: Path) -> Any:
     except pdfium.PdfiumError as e:
         code = getattr(e, "err_code", None)
         if code == PDFIUM_ERR_PASSWORD or "password" in str(e).lower():
-            raise UsageError(f"{name} is encrypted (password-protected); thyme cannot open it",
-                             hint="save an unprotected copy, e.g. with `qpdf --decrypt`") from None
+            raise UsageError(
+                f"{name} is encrypted (password-protected); thyme cannot open it",
+                hint="save an unprotected copy, e.g. with `qpdf --decrypt`",
+            ) from None
         if code == PDFIUM_ERR_SUCCESS:  # PDFium refuses a document without pages, reporting no error
             raise UsageError(f"{name} has no pages") from None
         raise UsageError(f"{name} is not a readable PDF (corrupt or truncated)") from None
@@ -113,7 +115,9 @@ def render_page(path: Path, page: int, *, dpi: float | None = None, max_pixels: 
             raise UsageError(f"{path}: page {page} cannot be rendered ({e})") from None
         buf = io.BytesIO()
         image.save(buf, "PNG", compress_level=1)
-        note = f"rendered from page {page} of {len(doc)} of {path.name} at {chosen:.0f} dpi ({image.width}x{image.height})"
+        note = (
+            f"rendered from page {page} of {len(doc)} of {path.name} at {chosen:.0f} dpi ({image.width}x{image.height})"
+        )
         return buf.getvalue(), note
     finally:
         doc.close()

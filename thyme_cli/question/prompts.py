@@ -110,18 +110,20 @@ def observation(*, n_images: int, stdout: str, error: str | None) -> str:
 
 def repeated_code_observation(step: int) -> str:
     """What the model is told when it writes the previous step's code again (it is not re-run)."""
-    return (f"<sandbox_output>This code is identical to step {step}'s, so it was not run again: "
-            f"its result is above. Change the code, or give your final answer.</sandbox_output>")
+    return (
+        f"<sandbox_output>This code is identical to step {step}'s, so it was not run again: "
+        f"its result is above. Change the code, or give your final answer.</sandbox_output>"
+    )
 
 
 def _is_inline(text: str, match: re.Match[str]) -> bool:
     """A ``<code>x</code>`` after prose on the same line, with no line break or fence inside: a
     mention in prose ("the <code>img</code> variable"), not a code block."""
-    body = text[match.start():match.end()]
+    body = text[match.start() : match.end()]
     if "\n" in body or "```" in body:
         return False
     line_start = text.rfind("\n", 0, match.start()) + 1
-    return bool(text[line_start:match.start()].strip())
+    return bool(text[line_start : match.start()].strip())
 
 
 def _code_blocks(text: str, start: int = 0) -> list[re.Match[str]]:
@@ -157,8 +159,9 @@ def parse_reply(text: str, *, lenient_fences: bool = False) -> Reply:
         return Reply(think=_think(before_answer), answer=answer_match.group(1).strip())
     if code_match:
         later = len(blocks) - 1
-        return Reply(think=_think(text[: code_match.start()]), code=code_match.group(1).strip("\n"),
-                     extra_code_blocks=later)
+        return Reply(
+            think=_think(text[: code_match.start()]), code=code_match.group(1).strip("\n"), extra_code_blocks=later
+        )
     if lenient_fences:
         fences = _FENCE_RE.findall(text)
         if fences:
@@ -171,7 +174,7 @@ def parse_reply(text: str, *, lenient_fences: bool = False) -> Reply:
     blanked = text
     for m in reversed([m for m in _CODE_RE.finditer(text) if _is_inline(text, m)]):
         # an inline mention is not an unclosed block either
-        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end():]
+        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end() :]
     open_code = _OPEN_CODE_RE.search(blanked)
     return Reply(think=_think(text), code_truncated=open_code is not None)
 
@@ -180,7 +183,7 @@ def _think(text: str) -> str | None:
     match = _THINK_RE.search(text)
     body = match.group(1) if match else text
     for block in reversed(_code_blocks(body)):
-        body = body[: block.start()] + body[block.end():]
+        body = body[: block.start()] + body[block.end() :]
     body = _TAG_RE.sub("", body).strip()
     return body or None
 

@@ -32,8 +32,10 @@ if TYPE_CHECKING:
     from thyme_cli.question.settings import QuestionSettings
 
 # "B", "(B)", "B.", "B) some text", "B: some text", "Option B", "Answer: (B)".
-_LETTER_RE = re.compile(r"^(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:\-]?\s*)?\(?([A-Ha-h])\)?(?:[.):]\s.*|[.):]?)$",
-                        re.IGNORECASE | re.DOTALL)
+_LETTER_RE = re.compile(
+    r"^(?:(?:the\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:\-]?\s*)?\(?([A-Ha-h])\)?(?:[.):]\s.*|[.):]?)$",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def vote_key(answer: str | None) -> str | None:
@@ -71,6 +73,7 @@ def vote(answers: list[str | None], mean_logprobs: list[float | None]) -> Vote:
     tied = [k for k in dict.fromkeys(k for k in keys if k is not None) if counts[k] == best]
     win = max(tied, key=strength)  # max keeps the first of equals
     members = [i for i, k in enumerate(keys) if k == win]
+
     def own(i: int) -> float:
         lp = mean_logprobs[i]
         return lp if lp is not None else float("-inf")
@@ -84,9 +87,18 @@ def _mean_logprob(trace: Trace) -> float | None:
     return trace.counters.get("logprob_sum", 0.0) / n if n else None
 
 
-def ask_samples(model: LoadedModel, input_image: InputImage, question: str, run_dir: Path,
-                settings: QuestionSettings, events: AgentEvents, *, n: int, seed: int,
-                ask_one: Callable[..., Trace]) -> Trace:
+def ask_samples(
+    model: LoadedModel,
+    input_image: InputImage,
+    question: str,
+    run_dir: Path,
+    settings: QuestionSettings,
+    events: AgentEvents,
+    *,
+    n: int,
+    seed: int,
+    ask_one: Callable[..., Trace],
+) -> Trace:
     """Run ``n`` trajectories (seeds seed, seed+1, ...) and return the voted trace (written to run_dir).
     ``ask_one`` runs one trajectory (question/assemble.py passes its own, which calls this one)."""
     from thyme_cli.engine.settings import SamplingOptions
@@ -137,7 +149,9 @@ def ask_samples(model: LoadedModel, input_image: InputImage, question: str, run_
     assert chosen is not None
     prefix = f"samples/s{w + 1}/"
     steps = [replace(s, images=[prefix + p for p in s.images]) for s in chosen.steps]
-    main = replace(chosen, steps=steps, image=chosen.image if (run_dir / chosen.image).exists() else prefix + chosen.image)
+    main = replace(
+        chosen, steps=steps, image=chosen.image if (run_dir / chosen.image).exists() else prefix + chosen.image
+    )
     main.samples = [_summary(k, traces[k], errors[k], result.keys[k], lps[k], dirs[k], run_dir) for k in range(n)]
     main.votes = result.votes
     main.notes = [*chosen.notes, f"answer voted among {n} sampled trajectories (trajectory {w + 1} shown)"]
@@ -145,11 +159,22 @@ def ask_samples(model: LoadedModel, input_image: InputImage, question: str, run_
     return main
 
 
-def _summary(k: int, trace: Trace | None, error: str | None, key: str | None, lp: float | None,
-             directory: Path, run_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"index": k + 1, "run_dir": str(directory.relative_to(run_dir)), "vote": key,
-                           "mean_logprob": lp, "error": error}
+def _summary(
+    k: int, trace: Trace | None, error: str | None, key: str | None, lp: float | None, directory: Path, run_dir: Path
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "index": k + 1,
+        "run_dir": str(directory.relative_to(run_dir)),
+        "vote": key,
+        "mean_logprob": lp,
+        "error": error,
+    }
     if trace is not None:
-        out.update(answer=trace.answer, stop_reason=trace.stop_reason, steps=len(trace.steps),
-                   turns=[t.text for t in trace.turns], tokens=trace.counters.get("tokens_generated"))
+        out.update(
+            answer=trace.answer,
+            stop_reason=trace.stop_reason,
+            steps=len(trace.steps),
+            turns=[t.text for t in trace.turns],
+            tokens=trace.counters.get("tokens_generated"),
+        )
     return out

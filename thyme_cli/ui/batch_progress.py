@@ -39,8 +39,14 @@ class BatchProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("{task.fields[counts]}"), console=self.console, transient=False,
+                TextColumn("[bold]batch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[counts]}"),
+                console=self.console,
+                transient=False,
             )
             self._task = self._progress.add_task("batch", total=total, completed=done_before, counts=self._counts())
             self._progress.start()
@@ -57,8 +63,11 @@ class BatchProgress:
             return
         seconds = record.get("timings", {}).get("item_s", 0.0)
         detail = record.get("error") or (record.get("answer") or "")[:60].replace("\n", " ")
-        self.console.print(f"[{self.done}/{self.total}] {record['id']}: {kind} ({seconds:.1f} s) {detail}",
-                           markup=False, highlight=False)
+        self.console.print(
+            f"[{self.done}/{self.total}] {record['id']}: {kind} ({seconds:.1f} s) {detail}",
+            markup=False,
+            highlight=False,
+        )
 
     def close(self) -> None:
         if self._progress is not None:
@@ -79,5 +88,9 @@ def print_batch_summary(summary: Summary, output: str, runs_root: Path) -> None:
     table.add_row("total", str(summary.total))
     console.print(table)
     per_item = summary.seconds / summary.processed if summary.processed else 0.0
-    console.print(f"{summary.processed} item(s) in {summary.seconds:.1f} s ({per_item:.2f} s/item); "
-                  f"results: {output}; runs: {runs_root}", markup=False, highlight=False)
+    console.print(
+        f"{summary.processed} item(s) in {summary.seconds:.1f} s ({per_item:.2f} s/item); "
+        f"results: {output}; runs: {runs_root}",
+        markup=False,
+        highlight=False,
+    )

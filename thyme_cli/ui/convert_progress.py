@@ -74,8 +74,13 @@ class PhaseDisplay:
 
             counter = rp.DownloadColumn() if unit == "bytes" else rp.MofNCompleteColumn()
             self._bar = rp.Progress(
-                rp.TextColumn("      "), rp.BarColumn(), counter, rp.TextColumn(unit if unit != "bytes" else ""),
-                rp.TimeElapsedColumn(), console=err_console(), transient=True,
+                rp.TextColumn("      "),
+                rp.BarColumn(),
+                counter,
+                rp.TextColumn(unit if unit != "bytes" else ""),
+                rp.TimeElapsedColumn(),
+                console=err_console(),
+                transient=True,
             )
             self._bar.start()
             self._task = self._bar.add_task("", total=total)

@@ -70,8 +70,13 @@ def guard(command: str) -> None:
         name = signal.Signals(signum).name
     except ValueError:
         name = f"signal {signum}"
-    note = (f"; removed the unfinished run directory {removed[0]}" if len(removed) == 1
-            else f"; removed {len(removed)} unfinished run directories" if removed else "")
+    note = (
+        f"; removed the unfinished run directory {removed[0]}"
+        if len(removed) == 1
+        else f"; removed {len(removed)} unfinished run directories"
+        if removed
+        else ""
+    )
     sys.stderr.write(
         f"error: thyme {command} crashed inside native code ({name}){note}. "
         f"Run `thyme doctor`; THYME_EXTRA_BUFTS=0 loads models without llama.cpp's CPU extra buffer types\n"

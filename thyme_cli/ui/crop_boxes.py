@@ -62,5 +62,7 @@ def annotated_png(trace: Trace, run_dir: Path) -> bytes | None:
 
 def describe(trace: Trace) -> list[str]:
     """One line per crop: number, step, box (for terminals and logs)."""
-    return [f"{n}. step {step}: ({x0}, {y0}) to ({x1}, {y1}), {x1 - x0}x{y1 - y0}"
-            for n, step, (x0, y0, x1, y1) in numbered(trace)]
+    return [
+        f"{n}. step {step}: ({x0}, {y0}) to ({x1}, {y1}), {x1 - x0}x{y1 - y0}"
+        for n, step, (x0, y0, x1, y1) in numbered(trace)
+    ]

@@ -39,8 +39,10 @@ def _figure(path: Path, caption: str) -> str:
     uri = _data_uri(path)
     if uri is None:
         return f'<p class="error">missing image {html.escape(caption)}</p>'
-    return (f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _crops_section(trace: Trace, run_dir: Path) -> list[str]:
@@ -52,9 +54,11 @@ def _crops_section(trace: Trace, run_dir: Path) -> list[str]:
         return []
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     items = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in describe(trace))
-    return ['<h2>Where the model looked</h2><figure id="crops"><img src="' + uri + '" alt="crop boxes">'
-            "<figcaption>every crop of the input image, numbered in order</figcaption></figure>",
-            f'<ol class="crops">{items}</ol>']
+    return [
+        '<h2>Where the model looked</h2><figure id="crops"><img src="' + uri + '" alt="crop boxes">'
+        "<figcaption>every crop of the input image, numbered in order</figcaption></figure>",
+        f'<ol class="crops">{items}</ol>',
+    ]
 
 
 # A ```python fence written as code (the generic protocol): shown once, as its step.
@@ -74,15 +78,19 @@ def _samples_section(trace: Trace) -> list[str]:
     cols = []
     for s in trace.samples:
         lp = s.get("mean_logprob")
-        head = (f"<h3>Trajectory {s['index']}</h3><p><b>{esc(str(s.get('answer')))}</b></p>"
-                f"<p class=meta>vote {esc(str(s.get('vote')))}, mean log-prob "
-                f"{'n/a' if lp is None else f'{lp:.3f}'}, {s.get('steps', 0)} step(s), "
-                f"<a href=\"{esc(s['run_dir'])}/trace.json\">{esc(s['run_dir'])}</a></p>")
+        head = (
+            f"<h3>Trajectory {s['index']}</h3><p><b>{esc(str(s.get('answer')))}</b></p>"
+            f"<p class=meta>vote {esc(str(s.get('vote')))}, mean log-prob "
+            f"{'n/a' if lp is None else f'{lp:.3f}'}, {s.get('steps', 0)} step(s), "
+            f'<a href="{esc(s["run_dir"])}/trace.json">{esc(s["run_dir"])}</a></p>'
+        )
         body = "".join(f"<pre class=turn>{esc(t)}</pre>" for t in s.get("turns", []))
         err = f'<pre class="error">{esc(s["error"])}</pre>' if s.get("error") else ""
         cols.append(f'<div class="sample">{head}{err}{body}</div>')
-    return [f"<h2>Samples</h2><p class=meta>votes: {votes or 'none'}</p>"
-            '<div id="samples" style="display:flex;gap:1em;overflow-x:auto">' + "".join(cols) + "</div>"]
+    return [
+        f"<h2>Samples</h2><p class=meta>votes: {votes or 'none'}</p>"
+        '<div id="samples" style="display:flex;gap:1em;overflow-x:auto">' + "".join(cols) + "</div>"
+    ]
 
 
 def render_html(trace: Trace, run_dir: Path) -> str:
@@ -107,18 +115,28 @@ def render_html(trace: Trace, run_dir: Path) -> str:
     parts.append("<h2>Reasoning</h2>")
     for turn in trace.turns:
         step = next((s for s in trace.steps if s.turn == turn.index), None)
-        prose = _without_fences(without_code(turn.text, f"[code: step {step.index} below]"), step.index) if step \
+        prose = (
+            _without_fences(without_code(turn.text, f"[code: step {step.index} below]"), step.index)
+            if step
             else turn.text
-        discarded = ("<p class=meta>its step failed and was discarded (--on-error retry); the model was asked again</p>"
-                     if turn.discarded else "")
-        parts.append(f'<div class="{"discarded" if turn.discarded else "turn"}"><h3>Turn {turn.index} '
-                     f'<span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
-                     f"{turn.seconds:.1f} s)</span></h3>{discarded}<pre class=turn>{esc(prose)}</pre></div>")
+        )
+        discarded = (
+            "<p class=meta>its step failed and was discarded (--on-error retry); the model was asked again</p>"
+            if turn.discarded
+            else ""
+        )
+        parts.append(
+            f'<div class="{"discarded" if turn.discarded else "turn"}"><h3>Turn {turn.index} '
+            f'<span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
+            f"{turn.seconds:.1f} s)</span></h3>{discarded}<pre class=turn>{esc(prose)}</pre></div>"
+        )
         if step is None:
             continue
         status = "timed out" if step.timed_out else ("error" if step.error else "ok")
-        parts.append(f'<div class="step" id="step-{step.index}"><h4>Step {step.index}: {status} '
-                     f'<span class="meta">({step.duration_s:.2f} s)</span></h4><pre class=code>{esc(step.code)}</pre>')
+        parts.append(
+            f'<div class="step" id="step-{step.index}"><h4>Step {step.index}: {status} '
+            f'<span class="meta">({step.duration_s:.2f} s)</span></h4><pre class=code>{esc(step.code)}</pre>'
+        )
         if step.stdout.strip():
             parts.append(f"<p>Output</p><pre class=stdout>{esc(step.stdout)}</pre>")
         if step.error:

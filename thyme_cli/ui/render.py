@@ -82,7 +82,7 @@ class LiveRenderer:
             self._emit(held)
             return
         self._emit(held[: end + len(closer)])
-        self.text(held[end + len(closer):])  # what follows may open a real block
+        self.text(held[end + len(closer) :])  # what follows may open a real block
 
     def _emit(self, text: str) -> None:
         if not text:
@@ -105,8 +105,15 @@ class LiveRenderer:
         self._progress.stop()
         self._newline()
         # soft_wrap=False: the consoles soft-wrap plain text, which would crop a panel's long lines
-        self.console.print(Panel(Syntax(terminal_safe(code), "python", theme="ansi_dark", word_wrap=True), title=f"step {index}: code",
-                                 title_align="left", border_style="cyan"), soft_wrap=False)
+        self.console.print(
+            Panel(
+                Syntax(terminal_safe(code), "python", theme="ansi_dark", word_wrap=True),
+                title=f"step {index}: code",
+                title_align="left",
+                border_style="cyan",
+            ),
+            soft_wrap=False,
+        )
 
     def step_finished(self, step: Step, result: ExecResult) -> None:
         from rich.text import Text
@@ -141,7 +148,9 @@ class LiveRenderer:
         size = held.size if held is not None else image_size(path)
         dims = f"{size[0]}x{size[1]}" if size else ""
         stored = "" if held is not None else human_size(_file_size(path))
-        self.console.print(Text.assemble(("image: ", "magenta"), str(path), f" ({', '.join(p for p in (dims, stored) if p)})"))
+        self.console.print(
+            Text.assemble(("image: ", "magenta"), str(path), f" ({', '.join(p for p in (dims, stored) if p)})")
+        )
         if self.previews:
             step_images.wait(path)
             from thyme_cli.ui.term_images import show
@@ -162,9 +171,9 @@ def _continues_after_close(code: str) -> bool:
     """True when held-back code was closed and the model went on writing (so no step ran it)."""
     tag = code.startswith(CODE_OPEN)
     closer = "</code>" if tag else "```"
-    body = code[len(CODE_OPEN):] if tag else code[3:]
+    body = code[len(CODE_OPEN) :] if tag else code[3:]
     end = body.find(closer)
-    return end >= 0 and bool(body[end + len(closer):].strip())
+    return end >= 0 and bool(body[end + len(closer) :].strip())
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -243,5 +252,7 @@ def print_answer(trace: Trace, quiet: bool) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
-    console.print(Panel(Text(terminal_safe(answer)), title="answer", title_align="left", border_style="green bold"),
-                  soft_wrap=False)
+    console.print(
+        Panel(Text(terminal_safe(answer)), title="answer", title_align="left", border_style="green bold"),
+        soft_wrap=False,
+    )

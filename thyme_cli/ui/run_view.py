@@ -48,8 +48,11 @@ def show_run(trace: Trace, run_dir: Path, console: Console, previews: str | None
 
     renderer = LiveRenderer(run_dir, console=console, previews=previews)
     console.print(Text.assemble(("question: ", "bold"), terminal_safe(trace.question)))
-    console.print(Text(f"model {trace.model} ({trace.protocol} protocol), sandbox {trace.sandbox}, "
-                       f"{trace.started_at}", style="dim"))
+    console.print(
+        Text(
+            f"model {trace.model} ({trace.protocol} protocol), sandbox {trace.sandbox}, {trace.started_at}", style="dim"
+        )
+    )
     renderer.show_image(run_dir / trace.image)
     _show_crops(trace, run_dir, renderer, console)
     for turn in trace.turns:
@@ -64,7 +67,8 @@ def show_run(trace: Trace, run_dir: Path, console: Console, previews: str | None
     if trace.answer is not None:
         from rich.panel import Panel
 
-        console.print(Panel(Text(terminal_safe(trace.answer)), title="answer", title_align="left",
-                            border_style="green bold"))
+        console.print(
+            Panel(Text(terminal_safe(trace.answer)), title="answer", title_align="left", border_style="green bold")
+        )
     else:
         console.print(Text(f"no answer: {terminal_safe(trace.stop_detail)}", style="red"))

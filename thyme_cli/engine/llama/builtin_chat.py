@@ -27,8 +27,10 @@ def builtin_formats() -> list[str]:
 def check_format(name: str) -> None:
     known = builtin_formats()
     if name not in known:
-        raise UsageError(f"unknown chat format {name!r}",
-                         hint="one of: auto, template, " + ", ".join(known) + "; or --chat-template FILE")
+        raise UsageError(
+            f"unknown chat format {name!r}",
+            hint="one of: auto, template, " + ", ".join(known) + "; or --chat-template FILE",
+        )
 
 
 class BuiltinRenderer:
@@ -49,8 +51,9 @@ class BuiltinRenderer:
         size = 2 * sum(len(t) + len(r) for r, t in keep) + 256
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_chat_apply_template(self.format_name.encode(), chat, len(keep),
-                                                    add_generation_prompt, buf, size)
+            n = llama_cpp.llama_chat_apply_template(
+                self.format_name.encode(), chat, len(keep), add_generation_prompt, buf, size
+            )
             if n < 0:
                 raise EngineError(f"llama.cpp could not render chat format {self.format_name!r}")
             if n <= size:

@@ -102,8 +102,10 @@ class TemplateRenderer:
         try:
             self._template = env.from_string(source)
         except jinja2.TemplateError as e:
-            raise EngineError(f"the model's chat template does not parse: {e}",
-                              hint="use chat_format='chatml' if the model speaks ChatML") from e
+            raise EngineError(
+                f"the model's chat template does not parse: {e}",
+                hint="use chat_format='chatml' if the model speaks ChatML",
+            ) from e
         self._jinja_error: type[Exception] = jinja2.TemplateError
         self._globals = {"bos_token": bos_token, "eos_token": eos_token}
         user = self._require(self._probe_style("user", prefer="parts", user_style="parts"), "user")
@@ -141,8 +143,10 @@ class TemplateRenderer:
     @staticmethod
     def _require(style: ContentStyle | None, role: Role) -> ContentStyle:
         if style is None:
-            raise EngineError(f"the model's chat template does not render plain {role} messages",
-                              hint="use chat_format='chatml' if the model speaks ChatML")
+            raise EngineError(
+                f"the model's chat template does not render plain {role} messages",
+                hint="use chat_format='chatml' if the model speaks ChatML",
+            )
         return style
 
     # --- rendering -------------------------------------------------------------------------
@@ -182,4 +186,3 @@ def check_markers(text: str, images: Sequence[object], where: str) -> None:
             f"{where}: the text has {n} image marker(s) for {len(images)} image(s)",
             hint=f"put one {IMAGE_MARKER} in the text where each image goes",
         )
-

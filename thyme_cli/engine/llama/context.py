@@ -74,8 +74,9 @@ class SyncPlan:
 class LiveContext:
     """Evaluated text, stream and KV bookkeeping for one question (one llama.cpp sequence)."""
 
-    def __init__(self, native: Native, counters: Counters, sizing: ImageSizing, *,
-                 reserve_tokens: int, keep_embeddings: bool) -> None:
+    def __init__(
+        self, native: Native, counters: Counters, sizing: ImageSizing, *, reserve_tokens: int, keep_embeddings: bool
+    ) -> None:
         self.native = native
         self.counters = counters
         self.sizing = sizing
@@ -116,8 +117,9 @@ class LiveContext:
 
     def _check(self) -> None:
         if self.broken:
-            raise EngineError("the conversation's context is broken by an earlier failure",
-                              hint="open a new conversation")
+            raise EngineError(
+                "the conversation's context is broken by an earlier failure", hint="open a new conversation"
+            )
 
     # --- planning --------------------------------------------------------------------------------
 
@@ -145,7 +147,7 @@ class LiveContext:
                 break
             same_images += 1
         if common == len(evaluated) and same_images == len(self.images):
-            return self._checked(SyncPlan(-1, target[common:], list(images[len(self.images):])))
+            return self._checked(SyncPlan(-1, target[common:], list(images[len(self.images) :])))
         index = len(self.marks) - 1
         while index > 0:
             m = self.marks[index]
@@ -158,7 +160,7 @@ class LiveContext:
             while index > 0 and not self.marks[index][_CLEAN]:
                 index -= 1
         m = self.marks[index]
-        return self._checked(SyncPlan(index, target[m[_CHARS]:], list(images[m[_IMAGES]:])))
+        return self._checked(SyncPlan(index, target[m[_CHARS] :], list(images[m[_IMAGES] :])))
 
     @staticmethod
     def _checked(plan: SyncPlan) -> SyncPlan:
@@ -194,14 +196,14 @@ class LiveContext:
             return
         index, tokens = joined
         self._check_room(self.marks[index][_CELLS], len(tokens), [])
-        dropped = self.text[self.marks[index][_CHARS]:]  # re-evaluated below, with head
+        dropped = self.text[self.marks[index][_CHARS] :]  # re-evaluated below, with head
         self.retokenized += self.cells - self.marks[index][_CELLS]
         self.broken = True
         self._cut(index)
         self._push_tokens(tokens, dropped + head)
         self.broken = False
         self.counters.prefill_s += time.perf_counter() - t0
-        rest = text[len(head):]
+        rest = text[len(head) :]
         if rest:
             self.apply(self._checked(SyncPlan(-1, rest, list(images))))
 
@@ -236,27 +238,30 @@ class LiveContext:
         if start is None:
             return None
         m = self.marks[start]
-        tail_text = self.text[m[_CHARS]:]
-        tail = [t for t in self.stream[m[_STREAM]:] if isinstance(t, int)]
+        tail_text = self.text[m[_CHARS] :]
+        tail = [t for t in self.stream[m[_STREAM] :] if isinstance(t, int)]
         joint = self.native.tokenize(tail_text + head)
         if joint == tail + self.native.tokenize(head):
             return None
-        differ = next((i for i, (a, b) in enumerate(zip(joint, tail, strict=False)) if a != b), min(len(joint), len(tail)))
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(joint, tail, strict=False)) if a != b), min(len(joint), len(tail))
+        )
         index = start
         for k in range(len(self.marks) - 1, start, -1):
             mk = self.marks[k]
             if mk[_CLEAN] and mk[_STREAM] - m[_STREAM] <= differ:
                 index = k
                 break
-        return index, joint[self.marks[index][_STREAM] - m[_STREAM]:]
+        return index, joint[self.marks[index][_STREAM] - m[_STREAM] :]
 
     def apply(self, plan: SyncPlan) -> None:
         if not plan.suffix:
             return
         base = self.marks[plan.mark_index] if plan.rolls_back else self.marks[-1]
         native, c = self.native, self.counters
-        add_special = base[_POS] == 0 and native.add_bos and not (
-            native.bos_text and plan.suffix.startswith(native.bos_text))
+        add_special = (
+            base[_POS] == 0 and native.add_bos and not (native.bos_text and plan.suffix.startswith(native.bos_text))
+        )
         t0, encode0 = time.perf_counter(), c.image_encode_s
         # Resuming right after an image (a question sharing an earlier one's image): libmtmd puts
         # the model's end-of-image tokens at the start of the text after an image, so the suffix is
@@ -270,7 +275,7 @@ class LiveContext:
             chunks = all_chunks
             if after_image:
                 first = next(i for i, ch in enumerate(all_chunks) if ch.image)
-                chunks = all_chunks[first + 1:]
+                chunks = all_chunks[first + 1 :]
             n_new = sum(c.n_tokens for c in chunks)
             self._check_room(base[_CELLS], n_new, plan.images)
             self.broken = True  # until the whole suffix is in
@@ -304,8 +309,9 @@ class LiveContext:
         """A small blank image whose only use is to make libmtmd tokenize text as it does after an image."""
         if self._probe is None:
             side = 2 * (self.sizing.factor or 28)
-            self._probe = PreparedImage(path=Path("<probe>"), width=side, height=side,
-                                        rgb=bytes(side * side * 3), original_size=(side, side))
+            self._probe = PreparedImage(
+                path=Path("<probe>"), width=side, height=side, rgb=bytes(side * side * 3), original_size=(side, side)
+            )
         return self._probe
 
     def _check_room(self, cells: int, n_new: int, images: Sequence[PreparedImage]) -> None:
@@ -317,20 +323,21 @@ class LiveContext:
             detail += f", {len(images)} image(s) among them"
         if self.reserve_tokens:
             detail += f" + {self.reserve_tokens} kept for the reply"
-        raise EngineError(f"the conversation needs {need} tokens ({detail}) but the context holds {self.n_ctx}",
-                          hint=CTX_HINT)
+        raise EngineError(
+            f"the conversation needs {need} tokens ({detail}) but the context holds {self.n_ctx}", hint=CTX_HINT
+        )
 
     def _cut(self, index: int) -> None:
         """Remove everything after mark ``index`` from the KV cache and the records."""
         m = self.marks[index]
         self.native.seq_rm(m[_POS], self.seq)
-        del self.marks[index + 1:]
+        del self.marks[index + 1 :]
         text = self.text[: m[_CHARS]]
         self._pieces = [text] if text else []
         self._chars = m[_CHARS]
         self.pos, self.cells = m[_POS], m[_CELLS]
-        del self.images[m[_IMAGES]:]
-        del self.stream[m[_STREAM]:]
+        del self.images[m[_IMAGES] :]
+        del self.stream[m[_STREAM] :]
         if self.prefix_mark is not None and self.prefix_mark > index:
             self.prefix_mark = None
         self.rollbacks += 1
@@ -358,8 +365,10 @@ class LiveContext:
                 if chunk.tokens:
                     on_batch = None
                     if progress is not None:
+
                         def on_batch(n: int, base: int = done) -> None:
                             progress("prefill", base + n, total)
+
                     native.decode_tokens(chunk.tokens, self.pos, on_batch, self.seq)
                     done += chunk.n_tokens
                     self.pos += chunk.n_tokens
@@ -402,7 +411,8 @@ class LiveContext:
         if expected is not None and chunk.grid != expected:
             warnings.warn(
                 f"libmtmd resized {image.path.name} to a {chunk.grid} token grid instead of {expected}",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
 
     def rewind(self, index: int) -> None:
@@ -511,9 +521,15 @@ class LiveContext:
         m = self.marks[self.prefix_mark]
         if not m[_CLEAN] or m[_CELLS] == 0:
             return None
-        return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
-                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
-                            images=self.images[: m[_IMAGES]])
+        return SharedPrefix(
+            self.text[: m[_CHARS]],
+            self.marks[: self.prefix_mark + 1],
+            self.stream[: m[_STREAM]],
+            m[_POS],
+            m[_CELLS],
+            logits_valid=False,
+            images=self.images[: m[_IMAGES]],
+        )
 
     def still_holds(self, prefix: SharedPrefix) -> bool:
         """True while the KV cells of ``prefix`` (taken from this context) are still in it."""
@@ -532,9 +548,15 @@ class LiveContext:
         if not m[_CLEAN] or m[_CELLS] == 0:
             return None
         self.native.seq_rm(m[_POS], self.seq)  # this conversation's own record stays as it was, for its readers
-        return SharedPrefix(self.text[: m[_CHARS]], self.marks[: self.prefix_mark + 1],
-                            self.stream[: m[_STREAM]], m[_POS], m[_CELLS], logits_valid=False,
-                            images=self.images[: m[_IMAGES]])
+        return SharedPrefix(
+            self.text[: m[_CHARS]],
+            self.marks[: self.prefix_mark + 1],
+            self.stream[: m[_STREAM]],
+            m[_POS],
+            m[_CELLS],
+            logits_valid=False,
+            images=self.images[: m[_IMAGES]],
+        )
 
     def adopt(self, prefix: SharedPrefix) -> None:
         """Start from what the previous question left in the KV cache (see detach_prefix)."""
@@ -607,5 +629,4 @@ class LiveContext:
 
     def _room_for(self, n: int) -> None:
         if self.cells + n > self.n_ctx:
-            raise EngineError(f"replay needs {self.cells + n} tokens but the context holds {self.n_ctx}",
-                              hint=CTX_HINT)
+            raise EngineError(f"replay needs {self.cells + n} tokens but the context holds {self.n_ctx}", hint=CTX_HINT)

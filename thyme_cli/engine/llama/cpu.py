@@ -28,8 +28,10 @@ class CpuDefaults:
     @property
     def why(self) -> str:
         smt = "" if self.physical == self.logical else f" ({self.logical} hardware threads)"
-        return (f"{self.decode_threads} for decoding (one per physical core: decode is memory-bound), "
-                f"{self.batch_threads} for prompts and images (every CPU{smt}: compute-bound)")
+        return (
+            f"{self.decode_threads} for decoding (one per physical core: decode is memory-bound), "
+            f"{self.batch_threads} for prompts and images (every CPU{smt}: compute-bound)"
+        )
 
 
 def _allowed_cpus() -> list[int]:

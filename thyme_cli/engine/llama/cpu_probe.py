@@ -175,7 +175,11 @@ def _run_child(model: Path, mode: str) -> subprocess.CompletedProcess[str] | Non
     try:
         return subprocess.run(
             [sys.executable, "-m", "thyme_cli.engine.llama.cpu_probe", "child", str(model), mode],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env=env,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         return None
@@ -194,8 +198,12 @@ def run_probe() -> ProbeResult:
         model = write_probe_model(Path(tmp) / "probe-quant.gguf")
         proc = _run_child(model, "extra")
         if proc is not None and proc.returncode == 0:
-            return ProbeResult(True, "probe", "a quantized model (Q4_0, Q8_0, Q4_K, Q6_K) runs with "
-                                              "llama.cpp's extra buffer types (repacked / AMX weights)")
+            return ProbeResult(
+                True,
+                "probe",
+                "a quantized model (Q4_0, Q8_0, Q4_K, Q6_K) runs with "
+                "llama.cpp's extra buffer types (repacked / AMX weights)",
+            )
         if proc is None or proc.returncode > 0:
             return ProbeResult(True, "inconclusive", f"the quantized-model probe failed: {_why(proc)}")
         sig = _signal_name(proc.returncode)
@@ -203,8 +211,10 @@ def run_probe() -> ProbeResult:
         plain_ok = plain is not None and plain.returncode == 0
         repack = _run_child(model, "repack") if plain_ok else None
         repack_ok = repack is not None and repack.returncode == 0
-        detail = (f"a quantized model dies with {sig} when llama.cpp uses its extra buffer types "
-                  f"(AMX / repacked weights) on this CPU; thyme loads models without them")
+        detail = (
+            f"a quantized model dies with {sig} when llama.cpp uses its extra buffer types "
+            f"(AMX / repacked weights) on this CPU; thyme loads models without them"
+        )
         if repack_ok:
             detail += " but keeps the repacked Q4_0 / Q4_K layers (CPU_REPACK), which run here"
         if not plain_ok:
@@ -242,8 +252,14 @@ def apply(params: Any, model_path: Path, *, cpu_only: bool) -> tuple[Any, str]:
 
 def repack_tensor_names(types: dict[str, int]) -> list[str]:
     """The layer matrices (blk.N.*.weight, used only in matrix products) of a repackable type."""
-    return sorted(n for n, t in types.items() if n.startswith("blk.") and n.endswith(".weight") and t in REPACK_TYPES
-                  and not n.endswith(("norm.weight", "_norm.weight")))
+    return sorted(
+        n
+        for n, t in types.items()
+        if n.startswith("blk.")
+        and n.endswith(".weight")
+        and t in REPACK_TYPES
+        and not n.endswith(("norm.weight", "_norm.weight"))
+    )
 
 
 def repack_overrides(names: list[str]) -> Any:
@@ -273,8 +289,9 @@ def repack_overrides(names: list[str]) -> Any:
     dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
     if not dev:
         return None
-    addr = ggml.ggml_backend_reg_get_proc_address(ggml.ggml_backend_dev_backend_reg(dev),
-                                                  b"ggml_backend_dev_get_extra_bufts")
+    addr = ggml.ggml_backend_reg_get_proc_address(
+        ggml.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts"
+    )
     if not addr:
         return None
     bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
@@ -319,7 +336,7 @@ def _quantized(rng: random.Random, qtype: int, rows: int, cols: int) -> bytes:
     scale = struct.pack("<e", 0.002)
     for b in range(n_blocks):
         for off in scale_at:
-            data[b * size + off: b * size + off + 2] = scale
+            data[b * size + off : b * size + off + 2] = scale
     return bytes(data)
 
 

@@ -117,8 +117,15 @@ class LlamaEngine:
 
     concurrent = False  # one llama.cpp context: one conversation at a time
 
-    def __init__(self, native: Native, renderer: Renderer, sizing: ImageSizing, options: EngineOptions,
-                 sampling: SamplingOptions, name: str) -> None:
+    def __init__(
+        self,
+        native: Native,
+        renderer: Renderer,
+        sizing: ImageSizing,
+        options: EngineOptions,
+        sampling: SamplingOptions,
+        name: str,
+    ) -> None:
         self._native = native
         self.renderer = renderer
         self.image_sizing = sizing
@@ -144,8 +151,14 @@ class LlamaEngine:
             self._rounds = StepRounds(native, self.lock)
 
     @classmethod
-    def load(cls, model_path: Path | str, mmproj_path: Path | str, *, options: EngineOptions | None = None,
-             sampling: SamplingOptions | None = None) -> LlamaEngine:
+    def load(
+        cls,
+        model_path: Path | str,
+        mmproj_path: Path | str,
+        *,
+        options: EngineOptions | None = None,
+        sampling: SamplingOptions | None = None,
+    ) -> LlamaEngine:
         """Load the pair; EngineError with a one-line message and hint when anything is wrong."""
         options = options or EngineOptions()
         sampling = sampling or SamplingOptions()
@@ -170,8 +183,9 @@ class LlamaEngine:
         chatml_tokens = len(native.tokenize("<|im_start|>")) == 1 and len(native.tokenize("<|im_end|>")) == 1
         fmt = options.chat_format
         if options.chat_template_file is not None:
-            return TemplateRenderer(_read_template(options.chat_template_file), bos_token=native.bos_text,
-                                    eos_token=native.eos_text)
+            return TemplateRenderer(
+                _read_template(options.chat_template_file), bos_token=native.bos_text, eos_token=native.eos_text
+            )
         if fmt not in ("auto", "chatml", "template"):
             from thyme_cli.engine.llama.builtin_chat import BuiltinRenderer
 
@@ -182,13 +196,17 @@ class LlamaEngine:
             fmt = "chatml" if speaks_chatml and (qwen or template is None) else "template"
         if fmt == "chatml":
             if not chatml_tokens:
-                raise EngineError("chat_format='chatml' but this model has no <|im_start|>/<|im_end|> tokens",
-                                  hint="use chat_format='template' or 'auto'")
+                raise EngineError(
+                    "chat_format='chatml' but this model has no <|im_start|>/<|im_end|> tokens",
+                    hint="use chat_format='template' or 'auto'",
+                )
             return ChatMLRenderer(QWEN_DEFAULT_SYSTEM if qwen else None)
         if native.chat_template is None:
-            raise EngineError("the model has no chat template and does not speak ChatML",
-                              hint="name its prompt format with --chat-format (e.g. gemma, llama3, mistral-v7) "
-                                   "or pass a Jinja template with --chat-template FILE")
+            raise EngineError(
+                "the model has no chat template and does not speak ChatML",
+                hint="name its prompt format with --chat-format (e.g. gemma, llama3, mistral-v7) "
+                "or pass a Jinja template with --chat-template FILE",
+            )
         return TemplateRenderer(native.chat_template, bos_token=native.bos_text, eos_token=native.eos_text)
 
     # --- the Engine protocol --------------------------------------------------------------------
@@ -238,8 +256,10 @@ class LlamaEngine:
         finished question's prefix (system prompt, maybe its image) when that sequence is idle."""
         with self.lock:
             if not self._free_seqs:
-                raise EngineError(f"all {self.n_seq} sequences of this context are in use",
-                                  hint="run at most as many questions at once as the engine has sequences")
+                raise EngineError(
+                    f"all {self.n_seq} sequences of this context are in use",
+                    hint="run at most as many questions at once as the engine has sequences",
+                )
             seq = self._free_seqs.pop(0)
             samplers = AtsSamplers(sampling or self.sampling, self._native.n_vocab)
             conv = LlamaConversation(self, samplers, own_samplers=True, seq=seq)
@@ -274,8 +294,9 @@ class LlamaEngine:
     def __enter__(self) -> LlamaEngine:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # --- extras ----------------------------------------------------------------------------------
@@ -314,7 +335,9 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _locked(method: Callable[Concatenate[LlamaConversation, _P], _R]) -> Callable[Concatenate[LlamaConversation, _P], _R]:
+def _locked(
+    method: Callable[Concatenate[LlamaConversation, _P], _R],
+) -> Callable[Concatenate[LlamaConversation, _P], _R]:
     """Run a conversation method under its engine's lock (other sequences share the context)."""
 
     @functools.wraps(method)
@@ -337,7 +360,9 @@ class LlamaConversation:
         self._counters = LlamaCounters()
         self._native_start = self._native.native_s
         self._live = LiveContext(
-            self._native, self._counters, engine.image_sizing,
+            self._native,
+            self._counters,
+            engine.image_sizing,
             reserve_tokens=engine.options.reserve_tokens,
             keep_embeddings=engine.renderer.name == "template",
         )
@@ -411,8 +436,12 @@ class LlamaConversation:
         """The images the previous question left in the KV cache stand for equal pixels here, so
         that the context is kept through them (it keeps only the very same image objects)."""
         kept = self._live.images
-        return [old if i < len(kept) and (old := kept[i]).width == new.width and old.height == new.height
-                and old.rgb == new.rgb else new for i, new in enumerate(prepared)]
+        return [
+            old
+            if i < len(kept) and (old := kept[i]).width == new.width and old.height == new.height and old.rgb == new.rgb
+            else new
+            for i, new in enumerate(prepared)
+        ]
 
     def _sync_system(self, system: str) -> None:
         """Evaluate the system prompt into an empty context, or load its saved state from disk
@@ -444,8 +473,10 @@ class LlamaConversation:
             return system if system and count_markers(system) == 0 else ""
         if not user_text.startswith(IMAGE_MARKER):
             return ""
-        a, b = (self._renderer.render([*messages, Message("user", probe)], add_generation_prompt=True)
-                for probe in ("a", "b"))
+        a, b = (
+            self._renderer.render([*messages, Message("user", probe)], add_generation_prompt=True)
+            for probe in ("a", "b")
+        )
         n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         target = self._renderer.render([*messages, Message("user", user_text)], add_generation_prompt=True)
         prefix = a[:n]
@@ -501,12 +532,16 @@ class LlamaConversation:
             raise EngineError(f"max_tokens must be >= 1, got {max_tokens}")
         live = self._live
         if not live.logits_valid:
-            raise EngineError("nothing to continue from: the last feed ended on an image",
-                              hint="put some text after the last image marker")
+            raise EngineError(
+                "nothing to continue from: the last feed ended on an image",
+                hint="put some text after the last image marker",
+            )
         room = live.n_ctx - live.cells
         if room < 1:
-            raise EngineError(f"the context is full ({live.n_ctx} tokens)",
-                              hint="raise --ctx, use fewer or smaller images, or lower --max-image-tokens")
+            raise EngineError(
+                f"the context is full ({live.n_ctx} tokens)",
+                hint="raise --ctx, use fewer or smaller images, or lower --max-image-tokens",
+            )
         budget = min(max_tokens, room)
         samplers = self._samplers
         if self._retry_warm:  # a retried turn must differ from the failed one: sample it warm
@@ -554,8 +589,9 @@ class LlamaConversation:
         self.last_tokens = tokens
         self._open.text += "".join(out)
 
-    def _generate_together(self, rounds: StepRounds, samplers: AtsSamplers, budget: int,
-                           on_text: Callable[[str], None] | None) -> Generation:
+    def _generate_together(
+        self, rounds: StepRounds, samplers: AtsSamplers, budget: int, on_text: Callable[[str], None] | None
+    ) -> Generation:
         """generate() for one of several sequences: the first token is drawn from the logits this
         sequence's last feed left (a saved copy), every later one in a shared step (StepRounds)."""
         live, scanner, utf8, native = self._live, self._scanner, self._utf8, self._native
@@ -617,12 +653,14 @@ class LlamaConversation:
         self._check()
         if self._open is None or not self._live.logits_valid:
             raise EngineError("a checkpoint needs an open assistant turn ending in text")
-        self._checkpoints.append((
-            len(self._live.marks) - 1,
-            list(self._messages),
-            Message(self._open.role, self._open.text, list(self._open.images)),
-            copy.copy(self._scanner),
-        ))
+        self._checkpoints.append(
+            (
+                len(self._live.marks) - 1,
+                list(self._messages),
+                Message(self._open.role, self._open.text, list(self._open.images)),
+                copy.copy(self._scanner),
+            )
+        )
         return len(self._checkpoints) - 1
 
     @_locked
@@ -634,7 +672,7 @@ class LlamaConversation:
         """
         self._check()
         index, messages, open_turn, scanner = self._checkpoints[mark]
-        del self._checkpoints[mark + 1:]
+        del self._checkpoints[mark + 1 :]
         self._live.rewind(index)
         self._messages = list(messages)
         self._open = Message(open_turn.role, open_turn.text, list(open_turn.images))

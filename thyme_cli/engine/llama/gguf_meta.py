@@ -89,8 +89,9 @@ def read_gguf_keys(path: Path, keys: Iterable[str], *, what: str = "model") -> d
                         continue
                 _skip_value(f, vtype)
     except (EOFError, ValueError, struct.error, UnicodeDecodeError) as e:
-        raise EngineError(f"{what} file is truncated or corrupt: {path} ({e or 'unexpected end'})",
-                          hint="download it again") from None
+        raise EngineError(
+            f"{what} file is truncated or corrupt: {path} ({e or 'unexpected end'})", hint="download it again"
+        ) from None
     except OSError as e:
         raise EngineError(f"cannot read {what} file {path}: {e.strerror}") from None
     return found

@@ -42,8 +42,14 @@ class MemoryEstimate:
 def estimate(model_path: Path, mmproj_path: Path, options: EngineOptions) -> MemoryEstimate:
     """Bytes one loaded pair needs with ``options`` (its context size and KV cache type)."""
     arch = read_gguf_keys(model_path, ["general.architecture"], what="model")["general.architecture"]
-    keys = [f"{arch}.block_count", f"{arch}.embedding_length", f"{arch}.attention.head_count",
-            f"{arch}.attention.head_count_kv", f"{arch}.attention.key_length", f"{arch}.attention.value_length"]
+    keys = [
+        f"{arch}.block_count",
+        f"{arch}.embedding_length",
+        f"{arch}.attention.head_count",
+        f"{arch}.attention.head_count_kv",
+        f"{arch}.attention.key_length",
+        f"{arch}.attention.value_length",
+    ]
     meta = read_gguf_keys(model_path, keys, what="model")
 
     def num(key: str, default: int = 0) -> int:
@@ -59,8 +65,13 @@ def estimate(model_path: Path, mmproj_path: Path, options: EngineOptions) -> Mem
     # Without flash attention (the CPU default for the language model, engine/options.py) llama.cpp
     # materialises one batch's scores: batch x context x heads f32 values, reused layer by layer.
     attention = 0 if options.flash_attn else min(options.n_batch, options.n_ctx) * options.n_ctx * n_head * 4
-    return MemoryEstimate(weights=model_path.stat().st_size, projector=mmproj_path.stat().st_size,
-                          kv_cache=kv, compute=COMPUTE_ALLOWANCE, attention=attention)
+    return MemoryEstimate(
+        weights=model_path.stat().st_size,
+        projector=mmproj_path.stat().st_size,
+        kv_cache=kv,
+        compute=COMPUTE_ALLOWANCE,
+        attention=attention,
+    )
 
 
 def machine_memory() -> int | None:

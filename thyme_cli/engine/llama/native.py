@@ -115,8 +115,14 @@ def inspect_files(model_path: Path, mmproj_path: Path) -> ProjectorInfo:
             f"model file is a vision projector, not a language model: {model_path}",
             hint="pass the language model as the model and this file as the mmproj",
         )
-    keys = ["general.architecture", "clip.projector_type", "clip.vision.projector_type",
-            "clip.has_vision_encoder", "clip.vision.projection_dim", "clip.vision.patch_size"]
+    keys = [
+        "general.architecture",
+        "clip.projector_type",
+        "clip.vision.projector_type",
+        "clip.has_vision_encoder",
+        "clip.vision.projection_dim",
+        "clip.vision.patch_size",
+    ]
     meta = read_gguf_keys(mmproj_path, keys, what="projector (mmproj)")
     if meta["general.architecture"] != "clip":
         raise EngineError(
@@ -125,8 +131,10 @@ def inspect_files(model_path: Path, mmproj_path: Path) -> ProjectorInfo:
         )
     ptype = meta["clip.vision.projector_type"] or meta["clip.projector_type"]
     if meta["clip.has_vision_encoder"] is False or not isinstance(ptype, str):
-        raise EngineError(f"projector has no vision encoder: {mmproj_path}",
-                          hint="thyme needs an image projector, not an audio-only one")
+        raise EngineError(
+            f"projector has no vision encoder: {mmproj_path}",
+            hint="thyme needs an image projector, not an audio-only one",
+        )
     patch = meta["clip.vision.patch_size"]
     dim = meta["clip.vision.projection_dim"]
     return ProjectorInfo(
@@ -163,8 +171,14 @@ class Chunk:
 class Native:
     """One model + context + projector; freed by ``close()``."""
 
-    def __init__(self, model_path: Path, mmproj_path: Path, options: EngineOptions, projector: ProjectorInfo,
-                 token_limits: tuple[int | None, int | None]) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        mmproj_path: Path,
+        options: EngineOptions,
+        projector: ProjectorInfo,
+        token_limits: tuple[int | None, int | None],
+    ) -> None:
         self.native_s = 0.0
         self.projector = projector
         self._limits = token_limits
@@ -200,12 +214,15 @@ class Native:
         self.cpu_probe = cpu_probe.decide()
         self._overrides, self.buffer_types = cpu_probe.apply(mp, model_path, cpu_only=layers == 0)
         if options.verbose:
-            sys.stderr.write(f"thyme: weights in {self.buffer_types} buffers "
-                             f"({self.cpu_probe.source}: {self.cpu_probe.detail})\n")
+            sys.stderr.write(
+                f"thyme: weights in {self.buffer_types} buffers ({self.cpu_probe.source}: {self.cpu_probe.detail})\n"
+            )
         self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mp)
         if not self.model:
-            raise EngineError(f"llama.cpp could not load the model {model_path}{_detail()}",
-                              hint="the file may be corrupt, or made for a newer llama.cpp")
+            raise EngineError(
+                f"llama.cpp could not load the model {model_path}{_detail()}",
+                hint="the file may be corrupt, or made for a newer llama.cpp",
+            )
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd_inp = llama_cpp.llama_model_n_embd_inp(self.model)
@@ -220,8 +237,11 @@ class Native:
         cpu = cpu_defaults()  # one thread per physical core decodes; every CPU runs batches (engine/cpu.py)
         threads = options.n_threads or cpu.decode_threads
         threads_batch = options.n_threads or cpu.batch_threads
-        flash_types = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                       False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+        flash_types = {
+            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }
         self.flash_attn = options.flash_attn if options.flash_attn is not None else (None if layers else False)
         flash = flash_types[self.flash_attn]
         cp = llama_cpp.llama_context_default_params()
@@ -236,8 +256,10 @@ class Native:
         cp.type_k = cp.type_v = _GGML_TYPES[options.kv_cache_type]
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
-            raise EngineError(f"llama.cpp could not create a context of {options.n_ctx} tokens{_detail()}",
-                              hint="lower --ctx, or offload fewer layers with --gpu-layers")
+            raise EngineError(
+                f"llama.cpp could not create a context of {options.n_ctx} tokens{_detail()}",
+                hint="lower --ctx, or offload fewer layers with --gpu-layers",
+            )
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = min(llama_cpp.llama_n_batch(self.ctx), llama_cpp.llama_n_ubatch(self.ctx))
@@ -355,8 +377,9 @@ class Native:
                 b.seq_id[i][0] = seq
             self._batch_seq = seq
 
-    def decode_tokens(self, tokens: Sequence[int], pos0: int,
-                      on_batch: Callable[[int], None] | None = None, seq: int = 0) -> None:
+    def decode_tokens(
+        self, tokens: Sequence[int], pos0: int, on_batch: Callable[[int], None] | None = None, seq: int = 0
+    ) -> None:
         """Evaluate text tokens at positions pos0.., in n_batch pieces; logits for the last one.
 
         ``on_batch`` hears the number of tokens done after each piece (progress display)."""
@@ -365,7 +388,7 @@ class Native:
         self._use_seq(seq)
         for start in range(0, n_total, nb):
             n = min(nb, n_total - start)
-            self._tok[:n] = tokens[start:start + n]
+            self._tok[:n] = tokens[start : start + n]
             self._pos[:n] = np.arange(pos0 + start, pos0 + start + n, dtype=np.int32)
             self._out[:n] = 0
             if start + n == n_total:
@@ -464,11 +487,15 @@ class Native:
             arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
             rc = mtmd.mtmd_tokenize(self.mtmd_ctx, chunks_ptr, ctypes.byref(it), arr, len(bitmaps))
             if rc != 0:
-                why = {1: "the number of image markers does not match the number of images",
-                       2: "an image could not be preprocessed"}.get(rc, f"error {rc}")
+                why = {
+                    1: "the number of image markers does not match the number of images",
+                    2: "an image could not be preprocessed",
+                }.get(rc, f"error {rc}")
                 raise EngineError(f"libmtmd could not tokenize the input: {why}{_detail()}")
-            chunks = [self._describe(mtmd.mtmd_input_chunks_get(chunks_ptr, i))
-                      for i in range(mtmd.mtmd_input_chunks_size(chunks_ptr))]
+            chunks = [
+                self._describe(mtmd.mtmd_input_chunks_get(chunks_ptr, i))
+                for i in range(mtmd.mtmd_input_chunks_size(chunks_ptr))
+            ]
             self.native_s += time.perf_counter() - t0
             yield chunks
         finally:
@@ -488,8 +515,14 @@ class Native:
             raise EngineError("libmtmd produced a non-image media chunk; only images are supported")
         img = mtmd.mtmd_input_chunk_get_tokens_image(ptr)
         grid = (mtmd.mtmd_image_tokens_get_nx(img), mtmd.mtmd_image_tokens_get_ny(img))
-        return Chunk(ptr=ptr, image=True, tokens=[], n_tokens=mtmd.mtmd_input_chunk_get_n_tokens(ptr),
-                     n_pos=mtmd.mtmd_input_chunk_get_n_pos(ptr), grid=grid)
+        return Chunk(
+            ptr=ptr,
+            image=True,
+            tokens=[],
+            n_tokens=mtmd.mtmd_input_chunk_get_n_tokens(ptr),
+            n_pos=mtmd.mtmd_input_chunk_get_n_pos(ptr),
+            grid=grid,
+        )
 
     def encode_image(self, chunk: Chunk) -> np.ndarray:
         """Run the vision encoder on one image chunk; returns its embeddings (n_tokens x n_embd)."""
@@ -513,8 +546,16 @@ class Native:
         new_pos = llama_cpp.llama_pos(0)
         t0 = time.perf_counter()
         rc = mtmd.mtmd_helper_decode_image_chunk(
-            self.mtmd_ctx, self.ctx, chunk.ptr, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            pos, seq, self.n_batch, ctypes.byref(new_pos), _NO_CALLBACK, None,
+            self.mtmd_ctx,
+            self.ctx,
+            chunk.ptr,
+            embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            pos,
+            seq,
+            self.n_batch,
+            ctypes.byref(new_pos),
+            _NO_CALLBACK,
+            None,
         )
         self.native_s += time.perf_counter() - t0
         if rc != 0:

@@ -79,8 +79,10 @@ class ParallelDecoder:
         rc = llama_cpp.llama_decode(self.native.ctx, b)
         self.native.native_s += time.perf_counter() - t0
         if rc != 0:
-            raise EngineError(f"llama_decode failed with code {rc} for {n} sequences",
-                              hint="raise --ctx or decode fewer sequences together")
+            raise EngineError(
+                f"llama_decode failed with code {rc} for {n} sequences",
+                hint="raise --ctx or decode fewer sequences together",
+            )
         self._rows = {seq: i for i, (seq, _, _) in enumerate(items)}
 
     def logprob(self, seq: int, token: int) -> float:

@@ -62,8 +62,9 @@ class PromptStore:
         self.last_event = ""  # "loaded", "saved", "rebuilt (...)": for tests and --verbose
 
     @classmethod
-    def for_engine(cls, model_path: Path, mmproj_path: Path, options: EngineOptions,
-                   native: Native) -> PromptStore | None:
+    def for_engine(
+        cls, model_path: Path, mmproj_path: Path, options: EngineOptions, native: Native
+    ) -> PromptStore | None:
         """The store for this engine; None when saving is turned off or the files cannot be read."""
         import llama_cpp
 
@@ -122,8 +123,13 @@ class PromptStore:
     def save(self, native: Native, text: str, tokens: Sequence[int], seq: int = 0) -> Path | None:
         """Save sequence ``seq`` (which holds exactly ``text``) atomically; None when it would not fit."""
         data = native.state_seq_get(seq)
-        header = {"key": self.key(text), "tokens": list(tokens), "size": len(data),
-                  "sha256": hashlib.sha256(data).hexdigest(), "model": self.settings["model"]["path"]}
+        header = {
+            "key": self.key(text),
+            "tokens": list(tokens),
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "model": self.settings["model"]["path"],
+        }
         blob = json.dumps(header).encode()
         total = len(MAGIC) + 4 + len(blob) + len(data)
         if total > self.limit:
@@ -151,10 +157,10 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, bytes | None]:
     (n,) = struct.unpack_from("<I", raw, len(MAGIC))
     start = len(MAGIC) + 4
     try:
-        header = json.loads(raw[start:start + n])
+        header = json.loads(raw[start : start + n])
     except ValueError:
         return None, None
-    return (header if isinstance(header, dict) else None), raw[start + n:]
+    return (header if isinstance(header, dict) else None), raw[start + n :]
 
 
 def _check(header: dict[str, Any] | None, data: bytes | None, key: str) -> str | None:
@@ -214,8 +220,13 @@ def _model_of(path: Path) -> str | None:
     return model if isinstance(model, str) else None
 
 
-def remove(directory: Path | None = None, *, models: Iterable[Path] | None = None, orphans: bool = False,
-           unused_for_s: float | None = None) -> tuple[int, int]:
+def remove(
+    directory: Path | None = None,
+    *,
+    models: Iterable[Path] | None = None,
+    orphans: bool = False,
+    unused_for_s: float | None = None,
+) -> tuple[int, int]:
     """Delete saved states: all of them by default; else those made for one of ``models``, those
     whose model file is gone (``orphans``) or unreadable, and those unused for ``unused_for_s``.
     Returns (files, bytes) freed."""

@@ -39,8 +39,20 @@ PROSE_STOPS = (CODE_START, CODE_END, ANSWER_END)
 CODE_STOPS = (CODE_END, ANSWER_END)
 _REASONS: dict[str, GenerationStopReason] = {CODE_END: "code", ANSWER_END: "answer"}
 # Request fields the protocol owns: THYME_API_EXTRA_BODY cannot change them.
-_PROTOCOL_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "temperature",
-                              "continue_final_message", "add_generation_prompt", "n", "stop"})
+_PROTOCOL_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "temperature",
+        "continue_final_message",
+        "add_generation_prompt",
+        "n",
+        "stop",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -178,11 +190,17 @@ class RemoteConversation:
             self._log.append(_Entry("assistant", [{"type": "text", "text": text}]))
         return Generation(text=text, stop_reason=reason, n_tokens=n_tokens)
 
-    def _segment(self, produced: str, temperature: float, stops: Sequence[str], budget: int,
-                 on_text: Callable[[str], None] | None) -> _Segment:
+    def _segment(
+        self,
+        produced: str,
+        temperature: float,
+        stops: Sequence[str],
+        budget: int,
+        on_text: Callable[[str], None] | None,
+    ) -> _Segment:
         messages = self._messages(produced)
         body = self._body(messages, temperature, budget)
-        seg = _Segment(carry=(self._open_assistant_text() + produced)[-max(map(len, stops)):])
+        seg = _Segment(carry=(self._open_assistant_text() + produced)[-max(map(len, stops)) :])
         started = time.perf_counter()
         first: float | None = None
         stream = self.client.stream_chat(body)
@@ -221,9 +239,14 @@ class RemoteConversation:
             sampling = {"top_p": self.sampling.top_p, "top_k": self.sampling.top_k or -1, "seed": self.sampling.seed}
         extra = {k: v for k, v in self.extra_body.items() if k not in _PROTOCOL_FIELDS}
         body: dict[str, Any] = {
-            **sampling, **extra,
-            "model": self.model, "messages": messages, "max_tokens": budget, "temperature": temperature,
-            "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            **sampling,
+            **extra,
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": budget,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         }
         if messages and messages[-1]["role"] == "assistant":
             body.update(CONTINUE_FLAGS)

@@ -78,8 +78,10 @@ MAX_SEED = 2**63 - 1
 def check_sampling(temperature: float, top_p: float, top_k: int, seed: int) -> None:
     """Refuse, before the first request, what an OpenAI-compatible server would answer with HTTP 400."""
     if not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise UsageError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} with --backend openai "
-                         f"(the OpenAI API's range), not {temperature:g}")
+        raise UsageError(
+            f"--temperature must be between 0 and {MAX_TEMPERATURE:g} with --backend openai "
+            f"(the OpenAI API's range), not {temperature:g}"
+        )
     if not 0.0 < top_p <= 1.0:
         raise UsageError(f"--top-p must be above 0 and at most 1 with --backend openai, not {top_p:g}")
     if top_k < 0:
@@ -90,8 +92,10 @@ def check_sampling(temperature: float, top_p: float, top_k: int, seed: int) -> N
 
 def _check_url(base_url: str | None) -> str:
     if not base_url or not base_url.strip():
-        raise UsageError("--backend openai needs the server's URL",
-                         hint="pass --base-url http://HOST:8000/v1 (or set THYME_BASE_URL)")
+        raise UsageError(
+            "--backend openai needs the server's URL",
+            hint="pass --base-url http://HOST:8000/v1 (or set THYME_BASE_URL)",
+        )
     url = base_url.strip()
     parts = urlsplit(url)
     try:
@@ -99,8 +103,9 @@ def _check_url(base_url: str | None) -> str:
     except ValueError:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise UsageError("--base-url must be an http(s) URL such as http://HOST:8000/v1",
-                         hint="check --base-url (or THYME_BASE_URL)")
+        raise UsageError(
+            "--base-url must be an http(s) URL such as http://HOST:8000/v1", hint="check --base-url (or THYME_BASE_URL)"
+        )
     return url
 
 

@@ -254,8 +254,10 @@ class RemoteClient:
             finished = finished or piece.finish_reason is not None
             yield piece
         if not finished:
-            raise Retryable("the server ended the stream before the reply was finished "
-                            "(llama_cpp.server interrupts streams unless started with --interrupt_requests False)")
+            raise Retryable(
+                "the server ended the stream before the reply was finished "
+                "(llama_cpp.server interrupts streams unless started with --interrupt_requests False)"
+            )
 
     # -- errors --------------------------------------------------------------------------------------
 
@@ -292,8 +294,9 @@ class RemoteClient:
                 hint="set THYME_API_KEY (or OPENAI_API_KEY) to the server's key",
             )
         if code in RETRY_STATUSES:
-            return Retryable(f"HTTP {code} from {path}: {message}",
-                             retry_after=parse_retry_after(resp.headers.get("retry-after")))
+            return Retryable(
+                f"HTTP {code} from {path}: {message}", retry_after=parse_retry_after(resp.headers.get("retry-after"))
+            )
         return EngineError(f"the server rejected the request to /{path} (HTTP {code}): {message}")
 
     def _stream_error(self, error: Any) -> Exception:
@@ -327,6 +330,8 @@ def check_api_key(key: str, source: str) -> str:
     """The key as an HTTP header can carry it; never echoes the key in the error."""
     key = key.strip()
     if not _SAFE_KEY.match(key):
-        raise UsageError(f"{source} holds characters an HTTP header cannot carry (spaces, newlines or non-ASCII)",
-                         hint=f"check the value of {source}")
+        raise UsageError(
+            f"{source} holds characters an HTTP header cannot carry (spaces, newlines or non-ASCII)",
+            hint=f"check the value of {source}",
+        )
     return key

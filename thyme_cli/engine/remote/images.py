@@ -44,8 +44,9 @@ def _reencode(path: Path, data: bytes, mime: str | None, max_tokens: int | None)
             width, height = img.size
             target = (width, height)
             if max_tokens is not None and width * height > max_tokens * QWEN_FACTOR * QWEN_FACTOR:
-                h, w = smart_resize(height, width, factor=QWEN_FACTOR,
-                                    max_pixels=max_tokens * QWEN_FACTOR * QWEN_FACTOR)
+                h, w = smart_resize(
+                    height, width, factor=QWEN_FACTOR, max_pixels=max_tokens * QWEN_FACTOR * QWEN_FACTOR
+                )
                 target = (w, h)
             if target == (width, height) and mime is not None:
                 return data, mime  # small enough and already a format every server reads

@@ -68,12 +68,16 @@ def pick_model(served: list[str], wanted: str | None, shown_url: str) -> str:
     listing = ", ".join(served) if served else "none"
     if wanted:
         if wanted not in served:
-            raise UsageError(f"the server at {shown_url} does not serve model {wanted!r} (it serves: {listing})",
-                             hint="pass one of those names to --api-model (or THYME_API_MODEL)")
+            raise UsageError(
+                f"the server at {shown_url} does not serve model {wanted!r} (it serves: {listing})",
+                hint="pass one of those names to --api-model (or THYME_API_MODEL)",
+            )
         return wanted
     if len(served) != 1:
-        raise UsageError(f"the server at {shown_url} serves {len(served)} models ({listing}); choose one",
-                         hint="pass --api-model NAME (or set THYME_API_MODEL)")
+        raise UsageError(
+            f"the server at {shown_url} serves {len(served)} models ({listing}); choose one",
+            hint="pass --api-model NAME (or set THYME_API_MODEL)",
+        )
     return served[0]
 
 
@@ -82,9 +86,11 @@ def probe_caps(client: RemoteClient, model: str) -> ServerCaps:
     base = {"model": model, "max_tokens": 1, "temperature": 0.0, "stream": False}
     fresh = _prompt_tokens(client.post_json("chat/completions", {**base, "messages": [_PROBE_USER]}))
     try:
-        cont = client.post_json("chat/completions", {
-            **base, **CONTINUE_FLAGS, "messages": [_PROBE_USER, {"role": "assistant", "content": "A"}]},
-            retry=False)
+        cont = client.post_json(
+            "chat/completions",
+            {**base, **CONTINUE_FLAGS, "messages": [_PROBE_USER, {"role": "assistant", "content": "A"}]},
+            retry=False,
+        )
     except (Retryable, EngineError) as e:
         if isinstance(e, UsageError):
             raise
@@ -93,13 +99,20 @@ def probe_caps(client: RemoteClient, model: str) -> ServerCaps:
     if fresh is None or continued is None:
         return ServerCaps(True, True, "the server reports no token usage; assuming it continues assistant messages")
     if continued - fresh > 2:
-        return ServerCaps(False, False, f"a final assistant message is closed, not continued "
-                                        f"(+{continued - fresh} prompt tokens for one letter)")
+        return ServerCaps(
+            False,
+            False,
+            f"a final assistant message is closed, not continued (+{continued - fresh} prompt tokens for one letter)",
+        )
     parts = [{"type": "image_url", "image_url": {"url": _probe_png()}}, {"type": "text", "text": "A"}]
     try:
-        with_image = _prompt_tokens(client.post_json("chat/completions", {
-            **base, **CONTINUE_FLAGS, "messages": [_PROBE_USER, {"role": "assistant", "content": parts}]},
-            retry=False))
+        with_image = _prompt_tokens(
+            client.post_json(
+                "chat/completions",
+                {**base, **CONTINUE_FLAGS, "messages": [_PROBE_USER, {"role": "assistant", "content": parts}]},
+                retry=False,
+            )
+        )
     except (Retryable, EngineError) as e:
         if isinstance(e, UsageError):
             raise

@@ -82,7 +82,7 @@ def _complete(recorded: list[str] | None) -> bool:
     if recorded is None or recorded[: len(CONVERTER_REQUIREMENTS)] != list(CONVERTER_REQUIREMENTS):
         return False
     wanted_torch = os.environ.get("THYME_CONVERT_TORCH")
-    return not wanted_torch or recorded[len(CONVERTER_REQUIREMENTS):] == [wanted_torch]
+    return not wanted_torch or recorded[len(CONVERTER_REQUIREMENTS) :] == [wanted_torch]
 
 
 def _this_interpreter_has_converter() -> bool:
@@ -107,8 +107,9 @@ def find_converter() -> ConverterEnv | None:
 
 def probe(env: ConverterEnv, log_path: Path) -> dict[str, str]:
     """Import everything in ENV and return the versions (a few seconds: torch is imported)."""
-    events = run_step(env.worker_cmd("probe"), log_path, what=f"checking the converter in {env.origin}",
-                      hint=SETUP_HINT)
+    events = run_step(
+        env.worker_cmd("probe"), log_path, what=f"checking the converter in {env.origin}", hint=SETUP_HINT
+    )
     found = next((e for e in events if e.get("event") == "probe"), {})
     return {k: str(v) for k, v in found.items() if k != "event"}
 
@@ -134,17 +135,23 @@ def setup_converter(note: Callable[[str], None]) -> tuple[ConverterEnv, dict[str
     try:
         venv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConversionError(f"cannot create the converter environment in {venv}: {e.strerror}",
-                              hint="set THYME_CONVERT_VENV to a writable folder") from None
+        raise ConversionError(
+            f"cannot create the converter environment in {venv}: {e.strerror}",
+            hint="set THYME_CONVERT_VENV to a writable folder",
+        ) from None
     log = venv.parent / f"{venv.name}-setup.log"
     with FileLock(str(venv.parent / f".{venv.name}.lock")):
         python = _venv_python(venv)
         if not python.is_file():
             _check_disk(venv)
             note(f"creating the converter environment in {venv}")
-            run_step([sys.executable, "-m", "venv", str(venv)], log, what=f"creating a virtual environment in {venv}",
-                     hint="install your system's venv support (e.g. the python3-venv package) or set "
-                          "THYME_CONVERT_PYTHON to a Python that has `pip install 'thyme-cli[convert]'`")
+            run_step(
+                [sys.executable, "-m", "venv", str(venv)],
+                log,
+                what=f"creating a virtual environment in {venv}",
+                hint="install your system's venv support (e.g. the python3-venv package) or set "
+                "THYME_CONVERT_PYTHON to a Python that has `pip install 'thyme-cli[convert]'`",
+            )
         recorded = _marker_requirements(venv)
         if _complete(recorded):
             reqs = recorded or reqs
@@ -152,9 +159,12 @@ def setup_converter(note: Callable[[str], None]) -> tuple[ConverterEnv, dict[str
             _check_disk(venv)
             note(f"installing {', '.join(reqs)} (about 1.2 GB, once)")
             (venv / MARKER).unlink(missing_ok=True)
-            run_step([str(python), "-m", "pip", "install", "--disable-pip-version-check", *reqs], log,
-                     what="installing the converter",
-                     hint="check your network or pip settings (PIP_INDEX_URL); the install resumes when run again")
+            run_step(
+                [str(python), "-m", "pip", "install", "--disable-pip-version-check", *reqs],
+                log,
+                what="installing the converter",
+                hint="check your network or pip settings (PIP_INDEX_URL); the install resumes when run again",
+            )
         env = ConverterEnv(python, f"managed environment {venv}")
         versions = probe(env, log.with_name(f"{venv.name}-probe.log"))
         (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2), encoding="utf-8")

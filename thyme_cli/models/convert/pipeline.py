@@ -48,8 +48,19 @@ MMPROJ_TYPES = ("f16", "q8_0", "f32")
 DEFAULT_QUANT = "Q4_K_M"
 DEFAULT_MMPROJ = "f16"
 # Approximate bits per weight of each language-model type, for the disk estimate.
-_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q5_K_S": 5.5,
-         "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_0": 4.5, "Q3_K_M": 3.9}
+_BITS = {
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "Q8_0": 8.5,
+    "Q6_K": 6.6,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q4_K_M": 4.9,
+    "Q4_K_S": 4.6,
+    "Q4_0": 4.5,
+    "Q3_K_M": 3.9,
+}
 _MMPROJ_SHARE = 0.12  # the vision tower's share of a Qwen2.5-VL checkpoint, rounded up
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STATE_VERSION = 1
@@ -107,7 +118,7 @@ def _type_in(filename: str | None, known: tuple[str, ...], prefix: str) -> str |
     """The type a converted file name carries (thyme-7b-Q4_K_M.gguf -> Q4_K_M), if any."""
     if not filename or not filename.startswith(prefix) or not filename.endswith(".gguf"):
         return None
-    tail = filename[len(prefix):-len(".gguf")]
+    tail = filename[len(prefix) : -len(".gguf")]
     return next((k for k in known if k.lower() == tail.lower()), None)
 
 
@@ -118,13 +129,21 @@ def request_for_spec(
     if not spec.needs_conversion:
         raise UsageError(f"{spec.name} is a ready GGUF, not a model thyme converts")
     wanted = normalize_quant(quant) if quant else _type_in(spec.model_file, QUANTS, f"{spec.name}-") or DEFAULT_QUANT
-    proj = (normalize_mmproj_type(mmproj_type) if mmproj_type
-            else _type_in(spec.mmproj_file, MMPROJ_TYPES, f"mmproj-{spec.name}-") or DEFAULT_MMPROJ)
+    proj = (
+        normalize_mmproj_type(mmproj_type)
+        if mmproj_type
+        else _type_in(spec.mmproj_file, MMPROJ_TYPES, f"mmproj-{spec.name}-") or DEFAULT_MMPROJ
+    )
     option = f" --quant {wanted}" if quant else ""
     return ConvertRequest(
-        name=check_name(spec.name), repo=spec.repo if spec.source_dir is None else None,
-        revision=spec.revision or "main", source_dir=spec.source_dir, quant=wanted, mmproj_type=proj,
-        keep_download=keep_download, resume_command=f"thyme models pull {spec.name}{option}",
+        name=check_name(spec.name),
+        repo=spec.repo if spec.source_dir is None else None,
+        revision=spec.revision or "main",
+        source_dir=spec.source_dir,
+        quant=wanted,
+        mmproj_type=proj,
+        keep_download=keep_download,
+        resume_command=f"thyme models pull {spec.name}{option}",
     )
 
 
@@ -158,8 +177,10 @@ class _State:
         self.done[phase] = {"key": key, **extra}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": STATE_VERSION, "source": self.source_id, "done": self.done}, indent=2),
-                       encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"version": STATE_VERSION, "source": self.source_id, "done": self.done}, indent=2),
+            encoding="utf-8",
+        )
         os.replace(tmp, self.path)
 
 
@@ -264,8 +285,9 @@ class _Pipeline:
         from thyme_cli.ui.hub_progress import Silent
 
         snap = resolve_snapshot(self.req.repo, self.req.revision, Silent())
-        self._check_disk(snap.weights_bytes, snap.dtype_bytes, state,
-                         download=sum(remaining_bytes(r) for r in snap.remotes))
+        self._check_disk(
+            snap.weights_bytes, snap.dtype_bytes, state, download=sum(remaining_bytes(r) for r in snap.remotes)
+        )
         return state, lambda: self._download(snap, state)
 
     def _download(self, snap: HubSnapshot, state: _State) -> Path:
@@ -281,8 +303,15 @@ class _Pipeline:
             folder = download_snapshot(snap, bar, resume_hint=f"run `{self.req.resume_command}` again to resume")
         finally:
             bar.close()
-        state.mark("download", {"commit": snap.commit}, folder=str(folder), files=[r.filename for r in snap.remotes],
-                   downloaded=ours, weights_bytes=snap.weights_bytes, dtype_bytes=snap.dtype_bytes)
+        state.mark(
+            "download",
+            {"commit": snap.commit},
+            folder=str(folder),
+            files=[r.filename for r in snap.remotes],
+            downloaded=ours,
+            weights_bytes=snap.weights_bytes,
+            dtype_bytes=snap.dtype_bytes,
+        )
         self.show.end(f"{len(snap.remotes)} files, commit {snap.commit[:12]}")
         return folder
 
@@ -303,8 +332,11 @@ class _Pipeline:
         left = sum(n for phase, n in sizes.items() if phase not in state.done)
         converter = 0 if find_converter() is not None else SETUP_DISK_BYTES
         check_free_space(
-            [(hub_cache.hub_cache_dir(), download, "to download"), (self.out_dir, left, "of GGUF files"),
-             (venv_dir(), converter, "for the converter environment")],
+            [
+                (hub_cache.hub_cache_dir(), download, "to download"),
+                (self.out_dir, left, "of GGUF files"),
+                (venv_dir(), converter, "for the converter environment"),
+            ],
             self.req.name,
         )
 
@@ -315,8 +347,9 @@ class _Pipeline:
     def _text(self, worker: Any, folder: Path, state: _State) -> None:
         title = "convert the language model to GGUF" + ("" if self.quantized else f" ({self.req.quant})")
         key = self._text_key()
-        if state.finished("text", key, self.text_out) or state.finished("quantize", {**key, "quant": self.req.quant},
-                                                                         self.model_out):
+        if state.finished("text", key, self.text_out) or state.finished(
+            "quantize", {**key, "quant": self.req.quant}, self.model_out
+        ):
             self.show.skip(title, "done earlier")
             return
         self.show.begin(title)
@@ -334,7 +367,15 @@ class _Pipeline:
             self.show.skip(title, "done earlier")
             return
         self.show.begin(title)
-        args = ["convert", str(folder), "--outfile", str(self.mmproj_out), "--outtype", self.req.mmproj_type, "--mmproj"]
+        args = [
+            "convert",
+            str(folder),
+            "--outfile",
+            str(self.mmproj_out),
+            "--outtype",
+            self.req.mmproj_type,
+            "--mmproj",
+        ]
         self._step(worker(*args), "mmproj", "converting the vision projector", "bytes")
         state.mark("mmproj", key)
         self.show.end(human_size(self.mmproj_out.stat().st_size))
@@ -346,18 +387,34 @@ class _Pipeline:
             self.show.skip(title, "done earlier")
             return
         self.show.begin(title)
-        cmd = [sys.executable, "-m", "thyme_cli.models.convert.quantize", "quantize", str(self.text_out), str(self.model_out),
-               self.req.quant]
+        cmd = [
+            sys.executable,
+            "-m",
+            "thyme_cli.models.convert.quantize",
+            "quantize",
+            str(self.text_out),
+            str(self.model_out),
+            self.req.quant,
+        ]
         self._step(cmd, "quantize", f"quantizing to {self.req.quant}", "tensors")
         state.mark("quantize", key)
         freed = self.text_out.stat().st_size
         self.text_out.unlink()
-        self.show.end(f"{human_size(self.model_out.stat().st_size)}; removed the 16-bit intermediate ({human_size(freed)})")
+        self.show.end(
+            f"{human_size(self.model_out.stat().st_size)}; removed the 16-bit intermediate ({human_size(freed)})"
+        )
 
     # -- phases 5-6
     def _verify(self) -> None:
         self.show.begin("check that the pair loads in llama.cpp")
-        cmd = [sys.executable, "-m", "thyme_cli.models.convert.quantize", "verify", str(self.model_out), str(self.mmproj_out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "thyme_cli.models.convert.quantize",
+            "verify",
+            str(self.model_out),
+            str(self.mmproj_out),
+        ]
         events = self._step(cmd, "verify", "the load check of the converted files", "tensors")
         got = next((e for e in events if e.get("event") == "verified"), {})
         self.show.end(f"{got.get('n_params', '?')} parameters, an image became {got.get('image_tokens', '?')} tokens")
@@ -379,8 +436,13 @@ class _Pipeline:
     def _step(self, cmd: list[str], log_name: str, what: str, unit: str) -> list[dict[str, Any]]:
         from thyme_cli.models.convert.steps import run_step
 
-        return run_step(cmd, self.work / f"{log_name}.log", what=what, on_event=self.show.on_event(unit),
-                        hint=f"fix the cause, then run `{self.req.resume_command}` to resume")
+        return run_step(
+            cmd,
+            self.work / f"{log_name}.log",
+            what=what,
+            on_event=self.show.on_event(unit),
+            hint=f"fix the cause, then run `{self.req.resume_command}` to resume",
+        )
 
 
 @dataclass(frozen=True)
@@ -415,21 +477,30 @@ def convert(req: ConvertRequest, *, progress: bool = True) -> Converted:
     try:
         lock.acquire(timeout=0.5)
     except Timeout:
-        raise ThymeError(f"{req.name} is being converted by another thyme process",
-                         hint="wait for it to finish (or stop it), then run the command again") from None
+        raise ThymeError(
+            f"{req.name} is being converted by another thyme process",
+            hint="wait for it to finish (or stop it), then run the command again",
+        ) from None
     try:
         return _Pipeline(req, display).run()
     except KeyboardInterrupt:
-        raise ThymeError(f"conversion of {req.name} interrupted; finished phases are kept",
-                         hint=f"run `{req.resume_command}` to resume", exit_code=130) from None
+        raise ThymeError(
+            f"conversion of {req.name} interrupted; finished phases are kept",
+            hint=f"run `{req.resume_command}` to resume",
+            exit_code=130,
+        ) from None
     finally:
         display.close()
         lock.release()
 
 
 def install_converted(
-    spec: ModelSpec, *, quant: str | None = None, mmproj_type: str | None = None,
-    keep_download: bool = False, progress: bool = True,
+    spec: ModelSpec,
+    *,
+    quant: str | None = None,
+    mmproj_type: str | None = None,
+    keep_download: bool = False,
+    progress: bool = True,
 ) -> ModelFiles:
     """`thyme models pull` of a needs_conversion model (thyme-7b): convert it, pointing the registry at the result."""
     req = request_for_spec(spec, quant=quant, mmproj_type=mmproj_type, keep_download=keep_download)
@@ -473,8 +544,16 @@ def default_name(repo: str | None, folder: Path | None) -> str:
 
 
 def convert_new(
-    source: str, *, name: str | None, revision: str, quant: str, mmproj_type: str, keep_download: bool,
-    pre_tokenizer: str | None, new: NewModel, progress: bool = True,
+    source: str,
+    *,
+    name: str | None,
+    revision: str,
+    quant: str,
+    mmproj_type: str,
+    keep_download: bool,
+    pre_tokenizer: str | None,
+    new: NewModel,
+    progress: bool = True,
 ) -> tuple[ModelSpec, ModelFiles]:
     """`thyme models convert`: convert any Qwen2.5-VL checkpoint and register it under NAME."""
     from thyme_cli.models.spec import PROTOCOLS
@@ -486,19 +565,32 @@ def convert_new(
     registry = load_registry()
     if name in registry.models:
         existing = registry.models[name]
-        hint = (f"`thyme models pull {name}` converts it (add --quant TYPE for another quantization)"
-                if existing.needs_conversion else "choose another --name")
+        hint = (
+            f"`thyme models pull {name}` converts it (add --quant TYPE for another quantization)"
+            if existing.needs_conversion
+            else "choose another --name"
+        )
         raise UsageError(f"a model named {name!r} already exists", hint=hint)
     quant, mmproj_type = normalize_quant(quant), normalize_mmproj_type(mmproj_type)
-    given = {"--name": name, "--revision": revision if repo and revision != "main" else None,
-             "--quant": quant if quant != DEFAULT_QUANT else None,
-             "--mmproj-type": mmproj_type if mmproj_type != DEFAULT_MMPROJ else None,
-             "--pre-tokenizer": pre_tokenizer, "--protocol": new.protocol if new.protocol != "generic" else None,
-             "--ctx": str(new.n_ctx) if new.n_ctx != NewModel.n_ctx else None}
+    given = {
+        "--name": name,
+        "--revision": revision if repo and revision != "main" else None,
+        "--quant": quant if quant != DEFAULT_QUANT else None,
+        "--mmproj-type": mmproj_type if mmproj_type != DEFAULT_MMPROJ else None,
+        "--pre-tokenizer": pre_tokenizer,
+        "--protocol": new.protocol if new.protocol != "generic" else None,
+        "--ctx": str(new.n_ctx) if new.n_ctx != NewModel.n_ctx else None,
+    }
     words = ["thyme", "models", "convert", source, *(w for k, v in given.items() if v for w in (k, v))]
     req = ConvertRequest(
-        name=name, repo=repo, revision=revision, source_dir=folder, quant=quant, mmproj_type=mmproj_type,
-        keep_download=keep_download, pre_tokenizer=pre_tokenizer,
+        name=name,
+        repo=repo,
+        revision=revision,
+        source_dir=folder,
+        quant=quant,
+        mmproj_type=mmproj_type,
+        keep_download=keep_download,
+        pre_tokenizer=pre_tokenizer,
         resume_command=shlex.join([*words, *(["--keep-download"] if keep_download else [])]),
     )
     result = convert(req, progress=progress)

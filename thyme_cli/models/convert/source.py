@@ -58,10 +58,14 @@ def check_config(config: Any, where: str) -> int:
     if not isinstance(vision, dict):
         raise UsageError(f"{where}/config.json has no vision_config", hint=NOT_QWEN_HINT)
     if vision.get("window_size", 112) != 112:
-        raise UsageError(f"{where}: vision window_size {vision.get('window_size')} is not 112, the only one llama.cpp runs")
+        raise UsageError(
+            f"{where}: vision window_size {vision.get('window_size')} is not 112, the only one llama.cpp runs"
+        )
     if int(vision.get("depth", 0)) < 3 or not vision.get("fullatt_block_indexes"):
-        raise UsageError(f"{where}: the vision tower (depth {vision.get('depth')}, no full-attention blocks?) "
-                         "is not a Qwen2.5-VL layout llama.cpp runs")
+        raise UsageError(
+            f"{where}: the vision tower (depth {vision.get('depth')}, no full-attention blocks?) "
+            "is not a Qwen2.5-VL layout llama.cpp runs"
+        )
     dtype = config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype") or text.get("dtype")
     return _DTYPE_BYTES.get(str(dtype), 2)
 
@@ -159,8 +163,9 @@ def resolve_snapshot(repo: str, revision: str, progress: Progress) -> HubSnapsho
     listing = hub_fetch.list_files(repo, config.commit)
     names = wanted_files(listing)
     if not any(n.endswith(".safetensors") for n in names):
-        raise UsageError(f"{repo} has no .safetensors weights at its top level",
-                         hint="thyme converts safetensors checkpoints only")
+        raise UsageError(
+            f"{repo} has no .safetensors weights at its top level", hint="thyme converts safetensors checkpoints only"
+        )
     require_files(set(names), repo)
     config_was_cached = hub_cache.blob_path(repo, config.etag).exists()
     path = hub_fetch.fetch(config, progress, resume_hint="run the command again")
@@ -169,8 +174,14 @@ def resolve_snapshot(repo: str, revision: str, progress: Progress) -> HubSnapsho
     new = [r.filename for r in remotes if not hub_cache.blob_path(repo, r.etag).exists()]
     if not config_was_cached:
         new.append("config.json")
-    return HubSnapshot(repo=repo, revision=revision, commit=config.commit, remotes=remotes,
-                       dtype_bytes=dtype_bytes, new_files=tuple(sorted(new)))
+    return HubSnapshot(
+        repo=repo,
+        revision=revision,
+        commit=config.commit,
+        remotes=remotes,
+        dtype_bytes=dtype_bytes,
+        new_files=tuple(sorted(new)),
+    )
 
 
 def download_snapshot(snapshot: HubSnapshot, progress: Progress, resume_hint: str) -> Path:

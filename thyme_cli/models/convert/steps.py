@@ -57,8 +57,14 @@ def run_step(
         log.flush()
         try:
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                text=True, encoding="utf-8", errors="replace", env=child_env(),
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                env=child_env(),
             )
         except OSError as e:
             raise ConversionError(f"{what} failed: cannot start {cmd[0]}: {e.strerror}", hint=hint) from None
@@ -69,7 +75,7 @@ def run_step(
                 tail = [*tail[-40:], line]
                 if line.startswith(EVENT_PREFIX):
                     try:
-                        event = json.loads(line[len(EVENT_PREFIX):])
+                        event = json.loads(line[len(EVENT_PREFIX) :])
                     except ValueError:
                         continue
                     events.append(event)

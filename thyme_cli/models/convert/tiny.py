@@ -28,9 +28,20 @@ from pathlib import Path
 from typing import Any
 
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 VOCAB_SIZE = 384  # model rows; the tokenizer has fewer (the converter pads the rest)
 CORPUS = (
@@ -65,14 +76,19 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     tk = _import("tokenizers")
     tokenizer = tk.Tokenizer(tk.models.BPE(unk_token=None, byte_fallback=False, fuse_unk=False))
     tokenizer.normalizer = tk.normalizers.NFC()
-    tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
-        tk.pre_tokenizers.Split(tk.Regex(_qwen2_split_regex()), behavior="isolated", invert=False),
-        tk.pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence(
+        [
+            tk.pre_tokenizers.Split(tk.Regex(_qwen2_split_regex()), behavior="isolated", invert=False),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = tk.decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = tk.trainers.BpeTrainer(
-        vocab_size=320, min_frequency=1, show_progress=False,
-        initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+        vocab_size=320,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
     )
     tokenizer.train_from_iterator(list(CORPUS) * 10, trainer=trainer)
     tokenizer.add_special_tokens([tk.AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
@@ -80,8 +96,14 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     if max(ids.values()) >= VOCAB_SIZE:
         raise RuntimeError(f"tokenizer too large for the tiny vocab: {ids}")
     fast = _import("transformers").PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
-        unk_token=None, chat_template=CHAT_TEMPLATE, model_max_length=32768, clean_up_tokenization_spaces=False,
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
     )
     fast.save_pretrained(out)
     config_path = out / "tokenizer_config.json"
@@ -97,22 +119,48 @@ def build_model(out: Path, ids: dict[str, int], seed: int) -> int:
     tf = _import("transformers")
     torch.manual_seed(seed)
     text = dict(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
-        hidden_act="silu", tie_word_embeddings=False, rope_theta=1000000.0,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        use_sliding_window=False, sliding_window=4096, max_window_layers=2,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=2,
     )
     vision = dict(
-        depth=4, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=14,
-        spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=64,
-        fullatt_block_indexes=[1, 3], hidden_act="silu", tokens_per_second=2,
+        depth=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        out_hidden_size=64,
+        fullatt_block_indexes=[1, 3],
+        hidden_act="silu",
+        tokens_per_second=2,
     )
     config = tf.Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=False,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=False,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -160,7 +208,9 @@ def reference(ckpt: Path, request_path: Path, out_path: Path) -> None:
     results: dict[str, Any] = {}
     with torch.no_grad():
         ids = torch.tensor([request["text_ids"]])
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=torch.zeros_like(ids)).logits
+        logits = model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=torch.zeros_like(ids)
+        ).logits
         results["text_logits"] = logits[0].float().numpy()
 
         processor = tf.AutoImageProcessor.from_pretrained(ckpt)
@@ -175,8 +225,11 @@ def reference(ckpt: Path, request_path: Path, out_path: Path) -> None:
         types = [0] * len(request["mm_before"]) + [1] * n_image + [0] * len(request["mm_after"])
         mm = torch.tensor([mm_ids])
         out = model(
-            input_ids=mm, attention_mask=torch.ones_like(mm), mm_token_type_ids=torch.tensor([types]),
-            pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"],
+            input_ids=mm,
+            attention_mask=torch.ones_like(mm),
+            mm_token_type_ids=torch.tensor([types]),
+            pixel_values=pixels["pixel_values"],
+            image_grid_thw=pixels["image_grid_thw"],
         )
         results["mm_last_logits"] = out.logits[0, -1].float().numpy()
     tokenizer = tf.AutoTokenizer.from_pretrained(ckpt)

@@ -77,8 +77,10 @@ def head(repo: str, filename: str, revision: str) -> RemoteFile:
             meta = get_hf_file_metadata(url, token=_token(), timeout=_etag_timeout())
             break
         except Exception as e:
-            server_busy = isinstance(e, HfHubHTTPError) and e.response is not None and (
-                e.response.status_code == 429 or e.response.status_code >= 500
+            server_busy = (
+                isinstance(e, HfHubHTTPError)
+                and e.response is not None
+                and (e.response.status_code == 429 or e.response.status_code >= 500)
             )
             if attempt < HEAD_ATTEMPTS and (server_busy or isinstance(e, retryable)):
                 time.sleep(0.5 * attempt)

@@ -52,11 +52,11 @@ def parse_reference(text: str) -> HubRef | None:
     value = text.strip()
     for scheme in ("https://", "http://"):
         if value.lower().startswith(scheme):
-            value = value[len(scheme):]
+            value = value[len(scheme) :]
     lowered = value.lower()
     for host in HOSTS:
         if lowered.startswith(host):
-            value = value[len(host):]
+            value = value[len(host) :]
             break
     repo, _, quant = value.partition(":")
     repo = repo.strip("/")
@@ -104,8 +104,10 @@ def select_model_file(paths: list[str], quant: str | None) -> tuple[str, str | N
     """(model file, the tag it matched) from a repository's file list; DownloadError when none fits."""
     candidates = [p for p in paths if _is_model_candidate(p)]
     if not candidates:
-        raise DownloadError("the repository has no GGUF model file (only projectors, imatrix data or nothing)",
-                            hint="pick a repository whose files end in .gguf")
+        raise DownloadError(
+            "the repository has no GGUF model file (only projectors, imatrix data or nothing)",
+            hint="pick a repository whose files end in .gguf",
+        )
     tags = (quant,) if quant else DEFAULT_TAGS
     for tag in tags:
         for path in candidates:
@@ -190,8 +192,9 @@ def select_files(
     if missing:
         raise DownloadError(f"split model {model_file} lacks part(s): {', '.join(missing)}")
     size = sum(files.get(p, 0) for p in [*parts, mmproj_file])
-    return Selection(model_file=model_file, mmproj_file=mmproj_file, tag=tag or quant_of(model_file),
-                     size_bytes=size or None)
+    return Selection(
+        model_file=model_file, mmproj_file=mmproj_file, tag=tag or quant_of(model_file), size_bytes=size or None
+    )
 
 
 def resolve_reference(
@@ -217,8 +220,7 @@ def resolve_reference(
         raise offline_error(text)
     from thyme_cli.models.hub.fetch import list_files
 
-    selection = select_files(list_files(ref.repo, revision), ref.quant, model_file=model_file,
-                             mmproj_file=mmproj_file)
+    selection = select_files(list_files(ref.repo, revision), ref.quant, model_file=model_file, mmproj_file=mmproj_file)
     return ModelSpec(
         name=ref.name(selection.tag),
         description=f"{ref.repo} ({selection.tag or posixpath.basename(selection.model_file)}), from the Hub",
@@ -248,4 +250,3 @@ def find_pulled(models: dict[str, ModelSpec], text: str) -> ModelSpec | None:
         return spec
     prefix = ref.name(None).lower() + ":"
     return next((s for n, s in by_name.items() if n.startswith(prefix)), None)
-

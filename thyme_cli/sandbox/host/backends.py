@@ -352,9 +352,7 @@ def find_binary(name: str) -> str | None:
 def binary_version(name: str, binary: str) -> str:
     if name == "bwrap":
         try:
-            out = subprocess.run(
-                [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-            )
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
             return out.stdout.strip() or out.stderr.strip()
         except (OSError, subprocess.SubprocessError):
             return "bwrap"

@@ -145,6 +145,4 @@ def open_sandbox(
     lim = limits or Limits()
     lim.validate()
     chosen = select_backend(backend)
-    return WorkerSandbox(
-        chosen, image=Path(image), images_dir=Path(images_dir), timeout_s=timeout_s, limits=lim
-    )
+    return WorkerSandbox(chosen, image=Path(image), images_dir=Path(images_dir), timeout_s=timeout_s, limits=lim)

@@ -324,8 +324,7 @@ def harvest(req: HarvestRequest) -> Harvest:
         )
     if req.budget is not None and req.budget.skipped:
         result.model_notes.append(
-            f"[thyme: skipped {req.budget.skipped} image(s): the image budget is used up "
-            f"({req.budget.limits_text})]"
+            f"[thyme: skipped {req.budget.skipped} image(s): the image budget is used up ({req.budget.limits_text})]"
         )
     result.notes += result.model_notes
     return result

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NONE_ADVICE = (
-    "as a last resort, `--sandbox none` runs the model's code WITHOUT any isolation, at your own risk"
-)
+NONE_ADVICE = "as a last resort, `--sandbox none` runs the model's code WITHOUT any isolation, at your own risk"
 
 
 def _read(path: str) -> str | None:
@@ -48,8 +46,7 @@ def unavailable_hint() -> str:
         )
     if not fixes:
         fixes.append(
-            "check that unprivileged user namespaces are allowed "
-            "(`unshare --user --map-root-user true` should succeed)"
+            "check that unprivileged user namespaces are allowed (`unshare --user --map-root-user true` should succeed)"
         )
     fixes.append(NONE_ADVICE)
     return "; ".join(fixes)

@@ -43,8 +43,10 @@ class Limits:
 
     def budget_text(self) -> str:
         """The image budgets in words (for the note when images are skipped)."""
-        return (f"{self.step_image_pixels / 1e6:g} MP / {self.step_image_bytes / MiB:g} MB per step, "
-                f"{self.question_image_pixels / 1e6:g} MP / {self.question_image_bytes / MiB:g} MB per question")
+        return (
+            f"{self.step_image_pixels / 1e6:g} MP / {self.step_image_bytes / MiB:g} MB per step, "
+            f"{self.question_image_pixels / 1e6:g} MP / {self.question_image_bytes / MiB:g} MB per question"
+        )
 
     def rlimits(self, *, jailed: bool) -> dict[str, int]:
         """What the worker sets as hard limits on itself. Without a jail, RLIMIT_NPROC would count
@@ -63,8 +65,19 @@ class Limits:
     def validate(self) -> None:
         from thyme_cli.errors import UsageError
 
-        for name in ("memory_mb", "cpu_s", "nproc", "file_size_mb", "nofile", "output_mb", "tmp_mb",
-                     "step_image_pixels", "step_image_bytes", "question_image_pixels", "question_image_bytes"):
+        for name in (
+            "memory_mb",
+            "cpu_s",
+            "nproc",
+            "file_size_mb",
+            "nofile",
+            "output_mb",
+            "tmp_mb",
+            "step_image_pixels",
+            "step_image_bytes",
+            "question_image_pixels",
+            "question_image_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise UsageError(f"sandbox limit {name} must be positive, got {getattr(self, name)}")
         if self.memory_mb < 768:

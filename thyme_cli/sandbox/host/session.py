@@ -133,9 +133,7 @@ class WorkerHandle(Protocol):
 class WorkerSandbox:
     """The Sandbox the agent loop uses (see base.Sandbox)."""
 
-    def __init__(
-        self, backend: Backend, *, image: Path, images_dir: Path, timeout_s: float, limits: Limits
-    ) -> None:
+    def __init__(self, backend: Backend, *, image: Path, images_dir: Path, timeout_s: float, limits: Limits) -> None:
         if timeout_s <= 0:
             raise UsageError(f"sandbox timeout must be positive, got {timeout_s}")
         self._backend = backend

@@ -19,8 +19,7 @@ from typing import Any, NoReturn
 from thyme_cli.sandbox.jail import startup, wire, worker
 
 BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from thyme_cli.sandbox.jail.main import main; main(sys.argv[2])"
+    "import sys; sys.path.insert(0, sys.argv[1]); from thyme_cli.sandbox.jail.main import main; main(sys.argv[2])"
 )
 
 

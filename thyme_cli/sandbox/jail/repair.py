@@ -344,9 +344,7 @@ class _CropFixer(_Fixer):
         func = node.func
         if not (isinstance(func, ast.Attribute) and func.attr == "crop"):
             return node
-        one_positional = (
-            len(node.args) == 1 and not isinstance(node.args[0], ast.Starred) and not node.keywords
-        )
+        one_positional = len(node.args) == 1 and not isinstance(node.args[0], ast.Starred) and not node.keywords
         box_keyword = not node.args and [k.arg for k in node.keywords] == ["box"]
         if not (one_positional or box_keyword):
             return node

@@ -50,7 +50,9 @@ class LiteralBoxFixer(_Fixer):
         x1, y1, x2, y2 = numbers
         box = boxrule.upstream_box(x1, y1, x2, y2, self.width, self.height)
         if boxrule.rounded(box) != boxrule.rounded(numbers):
-            value.elts = [ast.copy_location(ast.Constant(v), e) for v, e in zip(boxrule.rounded(box), value.elts, strict=True)]
+            value.elts = [
+                ast.copy_location(ast.Constant(v), e) for v, e in zip(boxrule.rounded(box), value.elts, strict=True)
+            ]
             self.changed = True
 
     def visit_Assign(self, node: ast.Assign) -> ast.AST:

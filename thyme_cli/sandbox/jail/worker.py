@@ -184,9 +184,7 @@ class Runner:
         return {
             "op": "result",
             "step": step,
-            "stdout": cap_output(
-                [bytes(out_sink.data), fd_out[0]], out_sink.dropped + fd_out[1], self.max_output
-            ),
+            "stdout": cap_output([bytes(out_sink.data), fd_out[0]], out_sink.dropped + fd_out[1], self.max_output),
             "stderr": cap_output(
                 [bytes(err_sink.data), fd_err[0], "".join("\n" + n for n in notes).encode()],
                 err_sink.dropped + fd_err[1],
