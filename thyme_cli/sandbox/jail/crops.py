@@ -99,11 +99,16 @@ def install(image_path: str, modules: dict[str, Any]) -> CropLog:
 
 
 def _patch_pil(image_module: Any, log: CropLog) -> None:
-    plain_open = image_module.open
+    """Image.open marks the input; crop logs and marks, resize rescales, the rest keep the mark."""
     base = image_module.Image
-    plain_crop, plain_resize = base.crop, base.resize
     keeps = {name: getattr(base, name) for name in ("copy", "convert", "filter", "point")}
+    image_module.open = _marking_open(image_module.open, log)
+    base.crop, base.resize = _logging_crop(base.crop, log), _scaling_resize(base.resize)
+    for name, plain in keeps.items():
+        setattr(base, name, _keeping(plain))
 
+
+def _marking_open(plain_open: Any, log: CropLog) -> Any:
     def open_(fp: Any, *args: Any, **kwargs: Any) -> Any:
         img = plain_open(fp, *args, **kwargs)
         if log.is_input(fp):
@@ -111,6 +116,10 @@ def _patch_pil(image_module: Any, log: CropLog) -> None:
             _mark(img, IDENTITY)
         return img
 
+    return open_
+
+
+def _logging_crop(plain_crop: Any, log: CropLog) -> Any:
     def crop(self: Any, box: Any = None) -> Any:
         out = plain_crop(self, box)
         origin = origin_of(self)
@@ -124,6 +133,11 @@ def _patch_pil(image_module: Any, log: CropLog) -> None:
             _mark(out, (ox + x0 * sx, oy + y0 * sy, sx, sy))
         return out
 
+    crop.__doc__ = plain_crop.__doc__
+    return crop
+
+
+def _scaling_resize(plain_resize: Any) -> Any:
     def resize(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = plain_resize(self, *args, **kwargs)
         origin = origin_of(self)
@@ -132,21 +146,21 @@ def _patch_pil(image_module: Any, log: CropLog) -> None:
             _mark(out, (ox, oy, sx * self.width / out.width, sy * self.height / out.height))
         return out
 
-    def keeping(plain: Any) -> Any:
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            out = plain(self, *args, **kwargs)
-            if getattr(out, "size", None) == self.size:
-                _mark(out, origin_of(self))
-            return out
+    resize.__doc__ = plain_resize.__doc__
+    return resize
 
-        method.__name__, method.__doc__ = plain.__name__, plain.__doc__
-        return method
 
-    image_module.open = open_
-    crop.__doc__, resize.__doc__ = plain_crop.__doc__, plain_resize.__doc__
-    base.crop, base.resize = crop, resize
-    for name, plain in keeps.items():
-        setattr(base, name, keeping(plain))
+def _keeping(plain: Any) -> Any:
+    """A geometry-keeping method: the result keeps the mark when its size is unchanged."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = plain(self, *args, **kwargs)
+        if getattr(out, "size", None) == self.size:
+            _mark(out, origin_of(self))
+        return out
+
+    method.__name__, method.__doc__ = plain.__name__, plain.__doc__
+    return method
 
 
 def _slice_box(key: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:

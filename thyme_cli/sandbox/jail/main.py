@@ -29,54 +29,57 @@ def main(raw_config: str) -> NoReturn:
     try:
         cfg = json.loads(raw_config)
         sock = socket.socket(fileno=os.dup(0))
-        if cfg.get("drop_to"):
-            uid, gid = cfg["drop_to"]
-            startup.drop_privileges(int(uid), int(gid))
-        startup.die_with_parent()
-        # Below the model's threads: a worker booting for the next batch item, or a runaway step,
-        # must not starve llama.cpp (whose threads spin-wait on each other) on a small machine.
-        os.nice(int(cfg.get("nice", 0)))
-        inherited = startup.close_inherited_fds({0, 1, 2, sock.fileno()})
-        startup.redirect_stdio(cfg["tmp_dir"])
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        sys.path.extend(p for p in cfg["sys_path"] if p not in sys.path)
+        inherited = _confine(cfg, sock)
         modules = {} if cfg.get("probe") else startup.preload(cfg)
         imported = time.monotonic()
-        as_zygote = bool(cfg.get("zygote"))
-        rlimits = dict(cfg.get("rlimits", {}))
-        if as_zygote:
-            rlimits.pop("CPU", None)  # per process: each question's child sets it on itself
-        startup.apply_rlimits(rlimits)
-        if cfg.get("seccomp"):
-            from thyme_cli.sandbox.jail import seccomp
-
-            seccomp.install()
-            if as_zygote:
-                seccomp.install_ipc_filter()
-        hello: dict[str, Any] = {
-            "op": "hello",
-            "pid": os.getpid(),
-            "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
-            "groups": os.getgroups(),
-            "inherited_fds": inherited,
-            "status": startup.status_fields("CapEff", "CapPrm", "NoNewPrivs", "Seccomp"),
-            "python": sys.version.split()[0],
-            "import_s": imported - started,
-            "out_root": cfg["out_root"],
-        }
+        _lock_down(cfg)
+        hello = startup.hello_frame(
+            inherited_fds=inherited,
+            python=sys.version.split()[0],
+            import_s=imported - started,
+            out_root=cfg["out_root"],
+        )
         if cfg.get("probe"):
             wire.send(sock, hello)
             os._exit(0)
-        if as_zygote:
+        if cfg.get("zygote"):
             from thyme_cli.sandbox.jail import zygote
 
             zygote.serve(sock, cfg, modules, hello)
-        root_fd = os.open(cfg["out_root"], os.O_RDONLY | os.O_DIRECTORY)
-        tmp_fd = os.open(cfg["tmp_dir"], os.O_RDONLY | os.O_DIRECTORY)  # the host counts its files
-        wire.send(sock, hello, fds=[root_fd, tmp_fd])
-        os.close(root_fd)
-        os.close(tmp_fd)
+        startup.send_hello(sock, hello, cfg)
         runner = worker.Runner(cfg, modules)
     except BaseException:
         startup.fatal(sock, traceback.format_exc())
     worker.serve(sock, runner)
+
+
+def _confine(cfg: dict[str, Any], sock: socket.socket) -> list[int]:
+    """Before anything else: drop privileges, die with the launcher, close inherited fds, capture
+    stdio. Returns the fds the launcher let through (the host refuses a worker that has any)."""
+    if cfg.get("drop_to"):
+        uid, gid = cfg["drop_to"]
+        startup.drop_privileges(int(uid), int(gid))
+    startup.die_with_parent()
+    # Below the model's threads: a worker booting for the next batch item, or a runaway step,
+    # must not starve llama.cpp (whose threads spin-wait on each other) on a small machine.
+    os.nice(int(cfg.get("nice", 0)))
+    inherited = startup.close_inherited_fds({0, 1, 2, sock.fileno()})
+    startup.redirect_stdio(cfg["tmp_dir"])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    sys.path.extend(p for p in cfg["sys_path"] if p not in sys.path)
+    return inherited
+
+
+def _lock_down(cfg: dict[str, Any]) -> None:
+    """After the imports, before any model code: hard rlimits, then the seccomp filter(s)."""
+    as_zygote = bool(cfg.get("zygote"))
+    rlimits = dict(cfg.get("rlimits", {}))
+    if as_zygote:
+        rlimits.pop("CPU", None)  # per process: each question's child sets it on itself
+    startup.apply_rlimits(rlimits)
+    if cfg.get("seccomp"):
+        from thyme_cli.sandbox.jail import seccomp
+
+        seccomp.install()
+        if as_zygote:
+            seccomp.install_ipc_filter()

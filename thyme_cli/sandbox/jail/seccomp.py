@@ -166,10 +166,15 @@ def install() -> None:
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise SeccompUnsupported(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(err)}")
+    _load_filter(libc, arch.seccomp_nr, code)
+
+
+def _load_filter(libc: ctypes.CDLL, seccomp_nr: int, code: bytes) -> None:
+    """seccomp(SET_MODE_FILTER, TSYNC): the packed program, on every thread of this process."""
     buf = ctypes.create_string_buffer(code, len(code))
     fprog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     rc = libc.syscall(
-        ctypes.c_long(arch.seccomp_nr),
+        ctypes.c_long(seccomp_nr),
         ctypes.c_long(SECCOMP_SET_MODE_FILTER),
         ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC),
         ctypes.byref(fprog),
@@ -202,14 +207,4 @@ def install_ipc_filter() -> None:
         prog += [(_JEQ_K, 0, 1, number), (_RET_K, 0, 0, eperm)]
     prog.append((_RET_K, 0, 0, _RET_ALLOW))
     code = pack(prog)
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    rc = libc.syscall(
-        ctypes.c_long(arch.seccomp_nr),
-        ctypes.c_long(SECCOMP_SET_MODE_FILTER),
-        ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC),
-        ctypes.byref(fprog),
-    )
-    if rc != 0:
-        raise SeccompUnsupported(f"seccomp(SET_MODE_FILTER) failed: {os.strerror(ctypes.get_errno())}")
+    _load_filter(ctypes.CDLL(None, use_errno=True), arch.seccomp_nr, code)

@@ -159,24 +159,24 @@ def fast_png_by_default(image_module: Any) -> None:
 
 def preload(cfg: dict[str, Any]) -> dict[str, Any]:
     """Import what Thyme's code expects to find already imported (the slow part of a start)."""
-    import cmath
-    import collections
-    import datetime
-    import itertools
+    modules = {**_prompt_modules(), **_upstream_globals()}
+    modules["cv2"].setNumThreads(int(cfg.get("cv2_threads", 2)))
+    fast_png_by_default(modules["Image"])
+    return modules
+
+
+def _prompt_modules() -> dict[str, Any]:
+    """The modules Thyme's prompt tells the model are already imported, under the names it uses."""
     import json as json_mod
     import math
     import random
     import re
-    import shutil
     import string
 
     import cv2
     import numpy
-    import PIL
-    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-    cv2.setNumThreads(int(cfg.get("cv2_threads", 2)))
-    fast_png_by_default(Image)
     return {
         "os": os,
         "math": math,
@@ -192,7 +192,21 @@ def preload(cfg: dict[str, Any]) -> dict[str, Any]:
         "ImageFilter": ImageFilter,
         "ImageOps": ImageOps,
         "cv2": cv2,
-        # Upstream's exec also reaches these without an import (its builtins dict holds them).
+    }
+
+
+def _upstream_globals() -> dict[str, Any]:
+    """What upstream's exec also reaches without an import (its builtins dict holds them)."""
+    import cmath
+    import collections
+    import datetime
+    import itertools
+    import shutil
+
+    import PIL
+    from PIL import UnidentifiedImageError
+
+    return {
         "PIL": PIL,
         "UnidentifiedImageError": UnidentifiedImageError,
         "itertools": itertools,
@@ -202,6 +216,28 @@ def preload(cfg: dict[str, Any]) -> dict[str, Any]:
         "collections": collections,
         "shutil": shutil,
     }
+
+
+def hello_frame(**extra: Any) -> dict[str, Any]:
+    """A worker's first frame: who it runs as, for the host to check (host/factory._check_hello)."""
+    return {
+        "op": "hello",
+        "pid": os.getpid(),
+        "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
+        "groups": os.getgroups(),
+        "status": status_fields("CapEff", "CapPrm", "NoNewPrivs", "Seccomp"),
+        **extra,
+    }
+
+
+def send_hello(sock: socket.socket, hello: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Send the hello with fds of the output dir (the host harvests images through it, never by
+    path) and of /tmp (the host counts its files)."""
+    root_fd = os.open(cfg["out_root"], os.O_RDONLY | os.O_DIRECTORY)
+    tmp_fd = os.open(str(cfg["tmp_dir"]), os.O_RDONLY | os.O_DIRECTORY)
+    wire.send(sock, hello, fds=[root_fd, tmp_fd])
+    os.close(root_fd)
+    os.close(tmp_fd)
 
 
 def fatal(sock: socket.socket | None, text: str) -> NoReturn:

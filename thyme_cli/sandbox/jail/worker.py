@@ -84,6 +84,15 @@ def format_error(exc: BaseException) -> str:
     return text[-MAX_ERROR_CHARS:]
 
 
+def _compile(fixed: repair.Repaired) -> Any:
+    """The repaired code, compiled under CODE_FILENAME (its source cached for tracebacks)."""
+    if fixed.syntax_error is not None:
+        raise fixed.syntax_error
+    assert fixed.tree is not None
+    linecache.cache[CODE_FILENAME] = (len(fixed.source), None, fixed.source.splitlines(True), CODE_FILENAME)
+    return compile(fixed.tree, CODE_FILENAME, "exec")
+
+
 def _exit(*_args: Any) -> NoReturn:
     raise SystemExit(_args[0] if _args else None)
 
@@ -121,61 +130,15 @@ class Runner:
         return self._size if all(self._size) else None
 
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """One step: repair the code, run it in the shared namespace, kill what it left running,
+        and report what it printed and where it looked."""
         started = time.monotonic()
         step = int(msg["step"])
         out_dir = str(msg["out_dir"])
-        code = str(msg["code"])
-        notes: list[str] = []
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-            os.chdir(out_dir)
-        except OSError as exc:  # e.g. the code filled the output tmpfs: still run, so it can clean up
-            notes.append(f"[thyme: could not create the output directory {out_dir}: {exc.strerror}]")
-        os.environ["THYME_OUTPUT_DIR"] = out_dir
-        startup.truncate_capture()
-        self.crops.take()  # a fresh list for this step
-        # Upstream's exec gets `temp_output_dir` as a local (written with a trailing slash).
-        self.ns.setdefault("temp_output_dir", out_dir.rstrip("/") + "/")
-        fixed = repair.repair(
-            code,
-            repair.RepairContext(image_path=self.image_path, output_dir=out_dir, image_size=self._image_size()),
-        )
-        for directory in fixed.make_dirs:
-            with contextlib.suppress(OSError):
-                os.makedirs(directory, exist_ok=True)
+        notes = self._enter_step(out_dir)
+        fixed = self._repair(str(msg["code"]), out_dir)
         out_sink, err_sink = CappedSink(self.max_output), CappedSink(self.max_output)
-        out_text, err_text = _text_stream(out_sink), _text_stream(err_sink)
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = out_text, err_text
-        error: str | None = None
-        try:
-            if fixed.syntax_error is not None:
-                raise fixed.syntax_error
-            assert fixed.tree is not None
-            linecache.cache[CODE_FILENAME] = (
-                len(fixed.source),
-                None,
-                fixed.source.splitlines(True),
-                CODE_FILENAME,
-            )
-            compiled = compile(fixed.tree, CODE_FILENAME, "exec")
-            exec(compiled, self.ns)
-        except SystemExit as exc:
-            if exc.code not in (None, 0):
-                error = f"SystemExit: {exc.code}"
-        except BaseException as exc:
-            try:
-                error = format_error(exc)
-            except BaseException:  # e.g. MemoryError while formatting
-                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            del exc
-        finally:
-            if os.getpid() != self.pid:
-                os._exit(0)  # a process the code forked must never return into the worker loop
-            for stream in (out_text, err_text):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            sys.stdout, sys.stderr = saved
+        error = self._execute(fixed, out_sink, err_sink)
         self._reap_strays()
         if error is not None and "MemoryError" in error:
             gc.collect()
@@ -196,6 +159,58 @@ class Runner:
             "crops": self.crops.take(),
             "duration_s": time.monotonic() - started,
         }
+
+    def _enter_step(self, out_dir: str) -> list[str]:
+        """Make the output folder the cwd and start the step's captures afresh; returns notes."""
+        notes: list[str] = []
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            os.chdir(out_dir)
+        except OSError as exc:  # e.g. the code filled the output tmpfs: still run, so it can clean up
+            notes.append(f"[thyme: could not create the output directory {out_dir}: {exc.strerror}]")
+        os.environ["THYME_OUTPUT_DIR"] = out_dir
+        startup.truncate_capture()
+        self.crops.take()  # a fresh list for this step
+        # Upstream's exec gets `temp_output_dir` as a local (written with a trailing slash).
+        self.ns.setdefault("temp_output_dir", out_dir.rstrip("/") + "/")
+        return notes
+
+    def _repair(self, code: str, out_dir: str) -> repair.Repaired:
+        """Upstream's fixes to the code (repair.py), and the folders its paths need."""
+        fixed = repair.repair(
+            code,
+            repair.RepairContext(image_path=self.image_path, output_dir=out_dir, image_size=self._image_size()),
+        )
+        for directory in fixed.make_dirs:
+            with contextlib.suppress(OSError):
+                os.makedirs(directory, exist_ok=True)
+        return fixed
+
+    def _execute(self, fixed: repair.Repaired, out_sink: CappedSink, err_sink: CappedSink) -> str | None:
+        """exec the code with sys.stdout/stderr captured; returns the error text, if any."""
+        out_text, err_text = _text_stream(out_sink), _text_stream(err_sink)
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out_text, err_text
+        error: str | None = None
+        try:
+            exec(_compile(fixed), self.ns)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                error = f"SystemExit: {exc.code}"
+        except BaseException as exc:
+            try:
+                error = format_error(exc)
+            except BaseException:  # e.g. MemoryError while formatting
+                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            del exc
+        finally:
+            if os.getpid() != self.pid:
+                os._exit(0)  # a process the code forked must never return into the worker loop
+            for stream in (out_text, err_text):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            sys.stdout, sys.stderr = saved
+        return error
 
     def _reap_strays(self) -> None:
         """Kill whatever the step left running in the jail (daemons, forks): inside a PID namespace

@@ -269,43 +269,42 @@ def _question_child(control: socket.socket, fd: int, cfg: dict[str, Any], module
         control.detach()  # its fd is closed below; the object must never close a reused number
         startup.close_inherited_fds({0, 1, 2, fd})
         qsock = socket.socket(fileno=fd)
-        for sig in _catchable_signals():
-            with contextlib.suppress(OSError, ValueError):
-                signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh Python
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as the worker: EFBIG instead of death
-        cpu = cfg.get("rlimits", {}).get("CPU")
-        if cpu is not None:
-            startup.apply_rlimits({"CPU": int(cpu)})  # per process: this child starts at zero
-        startup.redirect_stdio(str(cfg["tmp_dir"]))  # fresh capture files: reset emptied /tmp
-        numpy = modules.get("numpy")
-        if numpy is not None:
-            numpy.random.seed()  # else every question would draw the zygote's numbers
-        msg = wire.recv_blocking(qsock)  # the host assigns us to a question
-        if msg is None or msg.get("op") != "assign" or not isinstance(msg.get("image_path"), str):
-            os._exit(0)
-        own = {**cfg, "image_path": msg["image_path"]}
-        hello: dict[str, Any] = {
-            "op": "hello",
-            "pid": os.getpid(),
-            "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
-            "groups": os.getgroups(),
-            "status": startup.status_fields("CapEff", "CapPrm", "NoNewPrivs", "Seccomp"),
-            "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU)[1],
-            "out_root": own["out_root"],
-        }
-        root_fd = os.open(own["out_root"], os.O_RDONLY | os.O_DIRECTORY)
-        tmp_fd = os.open(str(own["tmp_dir"]), os.O_RDONLY | os.O_DIRECTORY)  # the host counts its files
-        wire.send(qsock, hello, fds=[root_fd, tmp_fd])
-        os.close(root_fd)
-        os.close(tmp_fd)
+        _reset_fork_state(cfg, modules)
+        own = _await_assignment(qsock, cfg)
+        hello = startup.hello_frame(rlimit_cpu=resource.getrlimit(resource.RLIMIT_CPU)[1], out_root=own["out_root"])
+        startup.send_hello(qsock, hello, own)
         runner = worker.Runner(own, modules)
     except BaseException:
         import traceback
 
         startup.fatal(qsock, traceback.format_exc())
     worker.serve(qsock, runner)
+
+
+def _reset_fork_state(cfg: dict[str, Any], modules: dict[str, Any]) -> None:
+    """Undo what fork shares with the zygote: signal dispositions, CPU time, capture files, numpy's
+    random state."""
+    for sig in _catchable_signals():
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh Python
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as the worker: EFBIG instead of death
+    cpu = cfg.get("rlimits", {}).get("CPU")
+    if cpu is not None:
+        startup.apply_rlimits({"CPU": int(cpu)})  # per process: this child starts at zero
+    startup.redirect_stdio(str(cfg["tmp_dir"]))  # fresh capture files: reset emptied /tmp
+    numpy = modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()  # else every question would draw the zygote's numbers
+
+
+def _await_assignment(qsock: socket.socket, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The host assigns this child to a question (its image path); anything else ends the child."""
+    msg = wire.recv_blocking(qsock)
+    if msg is None or msg.get("op") != "assign" or not isinstance(msg.get("image_path"), str):
+        os._exit(0)
+    return {**cfg, "image_path": msg["image_path"]}
 
 
 def _warm_up(modules: dict[str, Any]) -> None:
