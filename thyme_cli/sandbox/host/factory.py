@@ -21,7 +21,7 @@ from thyme_cli.sandbox.host.backends import Backend, Stage, WorkerSpec, binary_v
 from thyme_cli.sandbox.host.hints import unavailable_hint
 from thyme_cli.sandbox.host.launch import Launched
 from thyme_cli.sandbox.host.limits import Limits
-from thyme_cli.sandbox.host.session import WorkerSandbox, _last_meaningful_line
+from thyme_cli.sandbox.host.session import WorkerSandbox, last_meaningful_line
 from thyme_cli.sandbox.jail import wire
 
 BackendChoice = Literal["auto", "nsjail", "bwrap", "none"]
@@ -69,11 +69,11 @@ def _probe_once(name: str) -> BackendProbe:
             hello, _ = launched.wait_hello(PROBE_TIMEOUT_S, want_fd=False)
         except wire.ProtocolError as exc:
             launched.kill()
-            line = _last_meaningful_line(launched.stderr_text()) or _last_meaningful_line(str(exc))
+            line = last_meaningful_line(launched.stderr_text()) or last_meaningful_line(str(exc))
             return BackendProbe(name, False, f"{name}: {line or exc}", hint=unavailable_hint())
         finally:
             launched.close()
-        problem = _check_hello(hello)
+        problem = check_hello(hello)
         if problem:
             return BackendProbe(name, False, f"{name}: {problem}", hint="please report this as a thyme bug")
         return BackendProbe(name, True, f"{binary_version(name, backend.binary)} ({backend.binary})")
@@ -81,7 +81,7 @@ def _probe_once(name: str) -> BackendProbe:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _check_hello(hello: dict[str, object]) -> str | None:
+def check_hello(hello: dict[str, object]) -> str | None:
     """Refuse a jail whose worker is not an unprivileged, filtered process."""
     ids = hello.get("ids")
     if not isinstance(ids, list) or any(i == 0 for i in ids):

@@ -37,15 +37,15 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from thyme_cli.errors import UsageError
 from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
-from thyme_cli.sandbox.host.factory import _check_hello, open_sandbox, select_backend
+from thyme_cli.sandbox.host.closing import Closing
+from thyme_cli.sandbox.host.factory import check_hello, open_sandbox, select_backend
 from thyme_cli.sandbox.host.launch import Launched, close_fds
 from thyme_cli.sandbox.host.limits import Limits
-from thyme_cli.sandbox.host.session import STAGE_PREFIX, WorkerSandbox, remove_stage
+from thyme_cli.sandbox.host.session import STAGE_PREFIX, WorkerSandbox, last_meaningful_line, remove_stage
 from thyme_cli.sandbox.jail import wire
 
 POOL_ENV = "THYME_SANDBOX_POOL"
@@ -122,7 +122,7 @@ class ZygoteJail:
         if self.launched.hello is not None:
             return self.launched.hello
         hello, _ = self.launched.wait_hello(max(0.0, deadline - time.monotonic()), want_fd=False)
-        problem = _check_hello(hello)
+        problem = check_hello(hello)
         if problem is None and not hello.get("zygote"):
             problem = "the jailed process is not a zygote"
         if problem is None and hello.get("pid") != 1:
@@ -243,7 +243,19 @@ class PooledChild:
 
     def wait_hello(self, timeout_s: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]:
         self.started = time.monotonic()
-        deadline = self.started + timeout_s
+        msg, fds = self._start_child(self.started + timeout_s, want_fd)
+        problem = None if msg.get("op") == "hello" else str(msg.get("error") or f"unexpected frame {msg.get('op')!r}")
+        problem = problem or check_hello(msg)
+        if problem:
+            close_fds(fds)
+            raise wire.ProtocolError(problem)
+        self.hello = msg
+        self.ready_at = time.monotonic()
+        return msg, fds
+
+    def _start_child(self, deadline: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]:
+        """Take a jail's fresh child and assign it this question; returns the child's first frame.
+        A jail that served questions before and died meanwhile is replaced, until the deadline."""
         while True:
             try:
                 jail = self._pool._acquire()
@@ -253,8 +265,7 @@ class PooledChild:
             try:
                 sock, pid = jail.take_child(deadline)
             except (OSError, wire.ProtocolError) as exc:
-                self._launcher_stderr = jail.launched.stderr_text()
-                self._pool._discard(jail)
+                self._discard(jail)
                 if not used or time.monotonic() >= deadline:
                     raise wire.ProtocolError(f"the sandbox pool's jail could not start: {exc}") from None
                 continue  # the zygote of a jail that served questions before died: take another
@@ -262,8 +273,7 @@ class PooledChild:
             self._reader = wire.FrameReader(sock)
             jail.used = True
             try:
-                msg, fds = self._assign(sock, deadline, want_fd)
-                break
+                return self._assign(sock, deadline, want_fd)
             except (OSError, wire.ProtocolError) as exc:
                 if not used or time.monotonic() >= deadline:
                     if isinstance(exc, wire.ProtocolError):
@@ -274,16 +284,12 @@ class PooledChild:
                     sock.close()
                 self._jail = self._sock = self._reader = None
                 self.pid = None
-                self._launcher_stderr = jail.launched.stderr_text()
-                self._pool._discard(jail)
-        problem = None if msg.get("op") == "hello" else str(msg.get("error") or f"unexpected frame {msg.get('op')!r}")
-        problem = problem or _check_hello(msg)
-        if problem:
-            close_fds(fds)
-            raise wire.ProtocolError(problem)
-        self.hello = msg
-        self.ready_at = time.monotonic()
-        return msg, fds
+                self._discard(jail)
+
+    def _discard(self, jail: ZygoteJail) -> None:
+        """Give up a jail that failed us, keeping its launcher's last words for the error."""
+        self._launcher_stderr = jail.launched.stderr_text()
+        self._pool._discard(jail)
 
     def _assign(self, sock: socket.socket, deadline: float, want_fd: bool) -> tuple[dict[str, Any], list[int]]:
         """Give the fresh child its question's image; its first frame (hello) comes back."""
@@ -381,7 +387,7 @@ class PooledSandbox(WorkerSandbox):
         return jail.launched.proc.pid if jail is not None else None
 
 
-class SandboxPool:
+class SandboxPool(Closing):
     """Jails with warm zygotes; `open` gives each question a fresh forked child. Thread-safe."""
 
     def __init__(self, backend: Backend, *, timeout_s: float, limits: Limits) -> None:
@@ -407,7 +413,7 @@ class SandboxPool:
         try:
             jail.wait_started(time.monotonic() + self.limits.start_timeout_s)
         except (OSError, wire.ProtocolError) as exc:
-            detail = _last_line(jail.launched.stderr_text()) or str(exc)
+            detail = last_meaningful_line(jail.launched.stderr_text()) or str(exc)
             self._discard(jail)
             raise wire.ProtocolError(detail) from None
         self._release(jail)
@@ -480,20 +486,8 @@ class SandboxPool:
             jail.kill()
         self._launcher.shutdown(wait=False)
 
-    def __enter__(self) -> SandboxPool:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-
-class PerQuestionPool:
+class PerQuestionPool(Closing):
     """The same interface, one jail per question (open_sandbox): THYME_SANDBOX_POOL=0, `none`, or
     a machine where the zygote cannot start (`reason` says why)."""
 
@@ -510,20 +504,6 @@ class PerQuestionPool:
 
     def close(self) -> None:
         return None
-
-    def __enter__(self) -> PerQuestionPool:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def _last_line(text: str) -> str:
-    from thyme_cli.sandbox.host.session import _last_meaningful_line
-
-    return _last_meaningful_line(text)
 
 
 def open_pool(

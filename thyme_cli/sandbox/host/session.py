@@ -15,14 +15,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.sandbox.base import ExecResult
 from thyme_cli.sandbox.host import crop_report
 from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
-from thyme_cli.sandbox.host.harvest import Budget, HarvestRequest, harvest
+from thyme_cli.sandbox.host.closing import Closing
+from thyme_cli.sandbox.host.harvest import Budget, Harvest, HarvestRequest, harvest
 from thyme_cli.sandbox.host.launch import Launched, close_fds
 from thyme_cli.sandbox.host.layout import safe_image_name
 from thyme_cli.sandbox.host.limits import Limits
@@ -130,7 +130,7 @@ class WorkerHandle(Protocol):
     def exit_code(self) -> int | None: ...
 
 
-class WorkerSandbox:
+class WorkerSandbox(Closing):
     """The Sandbox the agent loop uses (see base.Sandbox)."""
 
     def __init__(self, backend: Backend, *, image: Path, images_dir: Path, timeout_s: float, limits: Limits) -> None:
@@ -242,18 +242,6 @@ class WorkerSandbox:
 
         step_images.flush()  # the question's images are on disk when its sandbox is closed
 
-    def __enter__(self) -> WorkerSandbox:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
     # -- steps -----------------------------------------------------------------------------
 
     def run(self, code: str) -> ExecResult:
@@ -265,74 +253,57 @@ class WorkerSandbox:
         step = self._step
         if len(code.encode("utf-8", "replace")) > self.limits.max_code_bytes:
             return ExecResult(error=f"the code is larger than {self.limits.max_code_bytes} bytes", step=step)
-        self.wait_ready()
-        restart_note = ""
-        if self._worker is not None and not self._worker.idle_ok():  # died while idle (e.g. a stray thread)
-            self._drop_worker()
-            self.restarts += 1
-            restart_note = RESTART_NOTE
-            self.wait_ready()
-        worker, root_fd = self._worker, self._root_fd
-        assert worker is not None and root_fd is not None
-        # One output folder for all the steps of a question, as upstream's evaluation keeps it: a
-        # later step may reopen what an earlier one saved. New files are told apart by time.
-        step_dir = "."
-        out_dir = self._out_root.rstrip("/")
+        restart_note = self._ready_worker()
+        worker = self._worker
+        assert worker is not None
         started = time.monotonic()
         since_ns = time.time_ns()
         try:
-            worker.sock.settimeout(self.timeout_s)  # a stopped worker must not block the host
-            wire.send(worker.sock, {"op": "run", "step": step, "code": code, "out_dir": out_dir})
-            worker.sock.settimeout(None)
-            msg = self._read_reply(worker, started + self.timeout_s)
-            for _stale in range(4):  # a step's code forged its reply: the real one arrives late
-                if not _is_stale(msg, step):
-                    break
-                msg = self._read_reply(worker, started + self.timeout_s)
-            if msg.get("op") != "result" or msg.get("step") != step:
-                raise wire.ProtocolError(f"unexpected reply {wire.clean_text(str(msg.get('op')))[:40]!r}")
-            self._check_files()
+            msg = self._exchange(worker, step, code, started + self.timeout_s)
         except wire.FrameTimeout:
             return self._restart_after(step, started, f"timed out after {self.timeout_s:g} s", timed_out=True)
         except TooManyFiles as exc:
             return self._restart_after(step, started, str(exc))
         except (wire.ProtocolError, OSError) as exc:
-            worker.kill()
-            if isinstance(exc, wire.ProtocolError) and not isinstance(exc, wire.ConnectionClosed):
-                # it sent garbage: broken, or the step's code wrote to the worker's socket
-                detail = wire.clean_text(str(exc))[:200]
-                return self._restart_after(step, started, f"the sandbox worker sent an invalid reply ({detail})")
-            reason = _death_reason(worker, exc)
-            return self._restart_after(step, started, f"the sandbox process died ({reason})")
+            return self._restart_after(step, started, _failure(worker, exc))
+        return self._step_result(step, msg, started, since_ns, restart_note)
+
+    def _ready_worker(self) -> str:
+        """A ready worker for the next step; returns RESTART_NOTE when the idle one had died."""
+        self.wait_ready()
+        if self._worker is not None and not self._worker.idle_ok():  # died while idle (e.g. a stray thread)
+            self._drop_worker()
+            self.restarts += 1
+            self.wait_ready()
+            return RESTART_NOTE
+        return ""
+
+    def _exchange(self, worker: WorkerHandle, step: int, code: str, deadline: float) -> dict[str, Any]:
+        """Send the step, wait for its result (checking the jail's file count meanwhile)."""
+        # One output folder for all the steps of a question, as upstream's evaluation keeps it: a
+        # later step may reopen what an earlier one saved. New files are told apart by time.
+        out_dir = self._out_root.rstrip("/")
+        worker.sock.settimeout(self.timeout_s)  # a stopped worker must not block the host
+        wire.send(worker.sock, {"op": "run", "step": step, "code": code, "out_dir": out_dir})
+        worker.sock.settimeout(None)
+        msg = self._read_reply(worker, deadline)
+        for _stale in range(4):  # a step's code forged its reply: the real one arrives late
+            if not _is_stale(msg, step):
+                break
+            msg = self._read_reply(worker, deadline)
+        if msg.get("op") != "result" or msg.get("step") != step:
+            raise wire.ProtocolError(f"unexpected reply {wire.clean_text(str(msg.get('op')))[:40]!r}")
+        self._check_files()
+        return msg
+
+    def _step_result(
+        self, step: int, msg: dict[str, Any], started: float, since_ns: int, restart_note: str
+    ) -> ExecResult:
+        """The worker's claims, capped and cleaned, plus the images the host harvests itself."""
         stdout = cap_text(wire.clean_text(msg.get("stdout")), self.limits.max_output_bytes)
         stderr = cap_text(wire.clean_text(msg.get("stderr")), self.limits.max_output_bytes)
         processed = msg.get("processed_path")
-        lim = self.limits
-        budget = Budget(
-            pixels=min(lim.step_image_pixels, lim.question_image_pixels - self.image_pixels_used),
-            bytes=min(lim.step_image_bytes, lim.question_image_bytes - self.image_bytes_used),
-            limits_text=lim.budget_text(),
-        )
-        found = harvest(
-            HarvestRequest(
-                root_fd=root_fd,
-                out_root=self._out_root,
-                step=step,
-                step_dir=step_dir,
-                processed_path=processed if isinstance(processed, str) and len(processed) < 4096 else None,
-                stdout=stdout,
-                since_ns=since_ns,
-                images_dir=self.images_dir,
-                max_images=self.limits.max_images,
-                max_bytes=self.limits.max_image_bytes,
-                max_pixels=self.limits.max_image_pixels,
-                seen=self._seen,
-                budget=budget,
-                reported=self._reported,
-            )
-        )
-        self.image_pixels_used += budget.used_pixels
-        self.image_bytes_used += budget.used_bytes
+        found = self._harvest(step, processed if isinstance(processed, str) else None, stdout, since_ns)
         notes = ([restart_note] if restart_note else []) + found.notes
         if notes:
             stderr = (stderr + "\n" if stderr and not stderr.endswith("\n") else stderr) + "\n".join(notes)
@@ -348,6 +319,37 @@ class WorkerSandbox:
             crops=crop_report.from_worker(msg.get("crops")),
             notes=found.model_notes,
         )
+
+    def _harvest(self, step: int, processed: str | None, stdout: str, since_ns: int) -> Harvest:
+        """The step's new images, within what is left of the question's image budget."""
+        assert self._root_fd is not None
+        lim = self.limits
+        budget = Budget(
+            pixels=min(lim.step_image_pixels, lim.question_image_pixels - self.image_pixels_used),
+            bytes=min(lim.step_image_bytes, lim.question_image_bytes - self.image_bytes_used),
+            limits_text=lim.budget_text(),
+        )
+        found = harvest(
+            HarvestRequest(
+                root_fd=self._root_fd,
+                out_root=self._out_root,
+                step=step,
+                step_dir=".",
+                processed_path=processed if processed is not None and len(processed) < 4096 else None,
+                stdout=stdout,
+                since_ns=since_ns,
+                images_dir=self.images_dir,
+                max_images=lim.max_images,
+                max_bytes=lim.max_image_bytes,
+                max_pixels=lim.max_image_pixels,
+                seen=self._seen,
+                budget=budget,
+                reported=self._reported,
+            )
+        )
+        self.image_pixels_used += budget.used_pixels
+        self.image_bytes_used += budget.used_bytes
+        return found
 
     def _read_reply(self, worker: WorkerHandle, deadline: float) -> dict[str, Any]:
         """The worker's next frame; meanwhile, the jail's file count is checked every few ms."""
@@ -400,7 +402,8 @@ def _is_stale(msg: dict[str, Any], step: int) -> bool:
     return msg.get("op") == "result" and type(earlier) is int and 0 < earlier < step
 
 
-def _last_meaningful_line(text: str) -> str:
+def last_meaningful_line(text: str) -> str:
+    """The line of a launcher's or worker's output that says why it failed."""
     import re
 
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -412,12 +415,22 @@ def _last_meaningful_line(text: str) -> str:
 
 def _start_failure(worker: WorkerHandle, exc: Exception) -> str:
     worker.kill()
-    text = _last_meaningful_line(str(exc)) if "Traceback" in str(exc) else ""
-    launcher = _last_meaningful_line(worker.stderr_text())
+    text = last_meaningful_line(str(exc)) if "Traceback" in str(exc) else ""
+    launcher = last_meaningful_line(worker.stderr_text())
     parts = [p for p in (text, launcher) if p]
     if not parts:
         parts = [f"{exc} ({worker.exit_description()})"]
     return "; ".join(parts)
+
+
+def _failure(worker: WorkerHandle, exc: wire.ProtocolError | OSError) -> str:
+    """Kill a worker whose step failed on the wire; the error the model is told."""
+    worker.kill()
+    if isinstance(exc, wire.ProtocolError) and not isinstance(exc, wire.ConnectionClosed):
+        # it sent garbage: broken, or the step's code wrote to the worker's socket
+        detail = wire.clean_text(str(exc))[:200]
+        return f"the sandbox worker sent an invalid reply ({detail})"
+    return f"the sandbox process died ({_death_reason(worker, exc)})"
 
 
 def _death_reason(worker: WorkerHandle, exc: Exception) -> str:

@@ -219,7 +219,7 @@ def _upstream_globals() -> dict[str, Any]:
 
 
 def hello_frame(**extra: Any) -> dict[str, Any]:
-    """A worker's first frame: who it runs as, for the host to check (host/factory._check_hello)."""
+    """A worker's first frame: who it runs as, for the host to check (host/factory.check_hello)."""
     return {
         "op": "hello",
         "pid": os.getpid(),
