@@ -131,6 +131,12 @@ class Backend:
     def plan(self, spec: WorkerSpec) -> LaunchPlan:
         raise NotImplementedError
 
+    def _worker_command(self, spec: WorkerSpec, drop_to: tuple[int, int] | None) -> list[str]:
+        """`--` and the worker's command line, with the paths as the jail sees them."""
+        lay = L.runtime_layout()
+        cfg = self.worker_config(spec, tmp=L.JAIL_TMP, drop_to=drop_to)
+        return ["--", *_python_argv(lay.jail_path(lay.python), L.JAIL_CODE_ROOT, cfg, spec.tag)]
+
     @staticmethod
     def site_mounts(spec: WorkerSpec) -> list[tuple[str, str]]:
         """Read-only binds, in order, that hide every site-packages dir behind a view showing only
@@ -167,38 +173,17 @@ class NsjailBackend(Backend):
 
     def plan(self, spec: WorkerSpec) -> LaunchPlan:
         assert self.binary
+        argv = [self.binary, *_nsjail_limits(spec), *_nsjail_ids(), *self._mounts(spec)]
+        for key, value in _worker_env(L.JAIL_TMP, L.JAIL_OUTPUT_DIR).items():
+            argv += ["-E", f"{key}={value}"]
+        argv += self._worker_command(spec, drop_to=None)
+        return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"}, needs_pdeathsig=True)
+
+    def _mounts(self, spec: WorkerSpec) -> list[str]:
+        """The read-only runtime, the site views, the jail package, the input, two sized tmpfs, /dev."""
         lay = L.runtime_layout()
         lim = spec.limits
-        root = os.geteuid() == 0
-        argv = [
-            self.binary, "-Mo", "-q",
-            "--hostname", L.HOSTNAME,
-            "--cwd", L.JAIL_OUTPUT_DIR,
-            "--time_limit", "0",
-            "--nice_level", str(os.nice(0)),  # nsjail defaults to 19; keep ours (lowering it needs privilege)
-            "--iface_no_lo",
-            "--rlimit_as", str(lim.memory_mb),
-            # A zygote lives for a whole batch; each question's child sets RLIMIT_CPU on itself.
-            "--rlimit_cpu", "inf" if spec.zygote else str(lim.cpu_s),
-            "--rlimit_fsize", str(lim.file_size_mb),
-            "--rlimit_nofile", str(lim.nofile),
-            "--rlimit_nproc", str(lim.nproc),
-            "--rlimit_core", "0",
-        ]  # fmt: skip
-        if root:
-            ids = f"{L.JAIL_UID}:{L.JAIL_UID}"
-            argv += [
-                "--user",
-                ids,
-                "--user",
-                "0:0",
-                "--group",
-                f"{L.JAIL_GID}:{L.JAIL_GID}",
-                "--group",
-                "0:0",
-            ]
-        else:
-            argv += ["--user", str(L.JAIL_UID), "--group", str(L.JAIL_GID)]
+        argv: list[str] = []
         for d in (*lay.ro_dirs, *lay.ro_files):
             argv += ["-R", f"{_check_path(d)}:{_check_path(lay.jail_path(d))}"]
         for target, link in lay.symlinks:
@@ -214,11 +199,34 @@ class NsjailBackend(Backend):
         ]
         for dev in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"):
             argv += ["-B", dev]
-        for key, value in _worker_env(L.JAIL_TMP, L.JAIL_OUTPUT_DIR).items():
-            argv += ["-E", f"{key}={value}"]
-        cfg = self.worker_config(spec, tmp=L.JAIL_TMP, drop_to=None)
-        argv += ["--", *_python_argv(lay.jail_path(lay.python), L.JAIL_CODE_ROOT, cfg, spec.tag)]
-        return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"}, needs_pdeathsig=True)
+        return argv
+
+
+def _nsjail_limits(spec: WorkerSpec) -> list[str]:
+    lim = spec.limits
+    return [
+        "-Mo", "-q",
+        "--hostname", L.HOSTNAME,
+        "--cwd", L.JAIL_OUTPUT_DIR,
+        "--time_limit", "0",
+        "--nice_level", str(os.nice(0)),  # nsjail defaults to 19; keep ours (lowering it needs privilege)
+        "--iface_no_lo",
+        "--rlimit_as", str(lim.memory_mb),
+        # A zygote lives for a whole batch; each question's child sets RLIMIT_CPU on itself.
+        "--rlimit_cpu", "inf" if spec.zygote else str(lim.cpu_s),
+        "--rlimit_fsize", str(lim.file_size_mb),
+        "--rlimit_nofile", str(lim.nofile),
+        "--rlimit_nproc", str(lim.nproc),
+        "--rlimit_core", "0",
+    ]  # fmt: skip
+
+
+def _nsjail_ids() -> list[str]:
+    """The worker runs as 65534; as root, 0 -> 0 is mapped too (nsjail's own setup needs it)."""
+    if os.geteuid() == 0:
+        ids = f"{L.JAIL_UID}:{L.JAIL_UID}"
+        return ["--user", ids, "--user", "0:0", "--group", f"{L.JAIL_GID}:{L.JAIL_GID}", "--group", "0:0"]
+    return ["--user", str(L.JAIL_UID), "--group", str(L.JAIL_GID)]
 
 
 class BwrapBackend(Backend):
@@ -226,35 +234,22 @@ class BwrapBackend(Backend):
 
     def plan(self, spec: WorkerSpec) -> LaunchPlan:
         assert self.binary
-        lay = L.runtime_layout()
-        lim = spec.limits
-        root = os.geteuid() == 0
-        argv = [
-            self.binary,
-            "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-            # No --as-pid-1: bwrap's own init (same uid as bwrap) must be PID 1. When bwrap runs as
-            # root and the worker drops to 65534, bwrap can no longer signal the worker, so its
-            # die-with-parent SIGKILL would be refused; killing the namespace's init always works.
-            "--die-with-parent", "--new-session",
-            "--hostname", L.HOSTNAME,
-            "--clearenv",
-        ]  # fmt: skip
-        if spec.zygote:
-            # The zygote must be PID 1 so that nothing inside the jail can signal it. It re-arms
-            # its parent-death signal after dropping privileges (worker._die_with_parent), and
-            # when it dies the kernel kills everything else in the namespace.
-            argv.append("--as-pid-1")
-        if root:
-            argv += ["--cap-drop", "ALL"]
-            for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
-                argv += ["--cap-add", cap]
-            drop_to: tuple[int, int] | None = (L.JAIL_UID, L.JAIL_GID)
-        else:
-            argv += ["--unshare-user", "--uid", str(L.JAIL_UID), "--gid", str(L.JAIL_GID), "--disable-userns"]
-            drop_to = None
+        identity, drop_to = _bwrap_identity()
+        argv = [self.binary, *_bwrap_namespaces(spec), *identity]
         for key, value in _worker_env(L.JAIL_TMP, L.JAIL_OUTPUT_DIR).items():
             argv += ["--setenv", key, value]
-        argv += ["--dev", "/dev", "--proc", "/proc"]
+        argv += ["--dev", "/dev", "--proc", "/proc", *self._mounts(spec)]
+        # bwrap's /dev is a writable tmpfs of unlimited size (owned by the jail's user when bwrap
+        # runs unprivileged): make it read-only too; the device nodes are bind mounts of their own.
+        argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", L.JAIL_OUTPUT_DIR]
+        argv += self._worker_command(spec, drop_to)
+        return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"})
+
+    def _mounts(self, spec: WorkerSpec) -> list[str]:
+        """The read-only runtime, the site views, the jail package, the input, two sized tmpfs."""
+        lay = L.runtime_layout()
+        lim = spec.limits
+        argv: list[str] = []
         # bwrap run as root creates missing parents as 0700; the worker (uid 65534) must get through.
         mounted = [lay.jail_path(d) for d in (*lay.ro_dirs, *lay.ro_files)]
         for parent in _ancestors([*mounted, lay.jail_package_dir, L.JAIL_INPUT_DIR]):
@@ -269,12 +264,35 @@ class BwrapBackend(Backend):
         argv += ["--ro-bind", str(spec.stage.input_dir), L.JAIL_INPUT_DIR]
         argv += ["--size", str(lim.tmp_mb * MiB), "--perms", "1777", "--tmpfs", L.JAIL_TMP]
         argv += ["--size", str(lim.output_mb * MiB), "--perms", "0777", "--tmpfs", L.JAIL_OUTPUT_DIR]
-        # bwrap's /dev is a writable tmpfs of unlimited size (owned by the jail's user when bwrap
-        # runs unprivileged): make it read-only too; the device nodes are bind mounts of their own.
-        argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", L.JAIL_OUTPUT_DIR]
-        cfg = self.worker_config(spec, tmp=L.JAIL_TMP, drop_to=drop_to)
-        argv += ["--", *_python_argv(lay.jail_path(lay.python), L.JAIL_CODE_ROOT, cfg, spec.tag)]
-        return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"})
+        return argv
+
+
+def _bwrap_namespaces(spec: WorkerSpec) -> list[str]:
+    argv = [
+        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+        # No --as-pid-1: bwrap's own init (same uid as bwrap) must be PID 1. When bwrap runs as
+        # root and the worker drops to 65534, bwrap can no longer signal the worker, so its
+        # die-with-parent SIGKILL would be refused; killing the namespace's init always works.
+        "--die-with-parent", "--new-session",
+        "--hostname", L.HOSTNAME,
+        "--clearenv",
+    ]  # fmt: skip
+    if spec.zygote:
+        # The zygote must be PID 1 so that nothing inside the jail can signal it. It re-arms
+        # its parent-death signal after dropping privileges (startup.die_with_parent), and
+        # when it dies the kernel kills everything else in the namespace.
+        argv.append("--as-pid-1")
+    return argv
+
+
+def _bwrap_identity() -> tuple[list[str], tuple[int, int] | None]:
+    """bwrap's user options, and the ids the worker drops to itself (as root: no user namespace)."""
+    if os.geteuid() == 0:
+        argv = ["--cap-drop", "ALL"]
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
+            argv += ["--cap-add", cap]
+        return argv, (L.JAIL_UID, L.JAIL_GID)
+    return ["--unshare-user", "--uid", str(L.JAIL_UID), "--gid", str(L.JAIL_GID), "--disable-userns"], None
 
 
 class PlainBackend(Backend):
