@@ -93,6 +93,11 @@ class Budget:
             raise BudgetExceeded(f"{n / 1e6:.1f} MB would exceed the image budget ({_left(self)} left)")
         self.used_bytes += n
 
+    def refund(self, pixels: int, size: int) -> None:
+        """Give back what was taken for an image that was not stored after all."""
+        self.used_pixels -= pixels
+        self.used_bytes -= size
+
 
 def _left(b: Budget) -> str:
     return f"{max(0, b.pixels - b.used_pixels) / 1e6:.1f} MP, {max(0, b.bytes - b.used_bytes) / 1e6:.1f} MB"
@@ -174,22 +179,27 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget
     The pixel count (from the header) is checked against `max_pixels` and the budget before
     anything is decoded, the decoded size against the budget before anything is written. The file
     is compressed in the background (step_images.py): until then the engine takes the decoded pixels."""
-    from PIL import Image
-
     from thyme_cli import step_images
+
+    out, pixels, size = _decode(data, max_pixels, budget)
+    try:
+        dest = step_images.reserve(dest_dir, base)
+    except OSError as exc:
+        if budget is not None:
+            budget.refund(pixels, size)
+        raise Rejected(f"could not be stored on the host ({exc.strerror or exc})") from None
+    step_images.submit(out, dest)
+    return dest
+
+
+def _decode(data: bytes, max_pixels: int, budget: Budget | None) -> tuple[Image.Image, int, int]:
+    """The picture in a PNG mode, its pixel count and stored size (both taken from the budget)."""
+    from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data), formats=list(DECODE_FORMATS))
-        except Image.DecompressionBombError as exc:  # Pillow's own (larger) guard fired first
-            raise Rejected(f"larger than the {max_pixels} pixel limit ({exc})") from None
-        except Exception as exc:
-            raise Rejected(f"not a readable image ({type(exc).__name__})") from None
+        im = _open_header(data, max_pixels)
         width, height = im.size
-        if width <= 0 or height <= 0 or width * height > max_pixels:
-            im.close()
-            raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
         size = width * height * _stored_bands(im)  # what the decoded, stored pixels will take
         if budget is not None:
             budget.take_pixels(width * height)
@@ -197,21 +207,28 @@ def reencode_png(data: bytes, dest_dir: Path, base: str, max_pixels: int, budget
         try:
             im.seek(0)
             im.load()
-            out = _png_mode(im)
+            return _png_mode(im), width * height, size
         except Exception as exc:
             if budget is not None:
-                budget.used_pixels -= width * height
-                budget.used_bytes -= size
+                budget.refund(width * height, size)
             raise Rejected(f"could not decode the image ({type(exc).__name__}: {exc})") from None
+
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only, from the format allow-list, and refuse an image over the pixel limit."""
+    from PIL import Image
+
     try:
-        dest = step_images.reserve(dest_dir, base)
-    except OSError as exc:
-        if budget is not None:
-            budget.used_bytes -= size
-            budget.used_pixels -= width * height
-        raise Rejected(f"could not be stored on the host ({exc.strerror or exc})") from None
-    step_images.submit(out, dest)
-    return dest
+        im = Image.open(io.BytesIO(data), formats=list(DECODE_FORMATS))
+    except Image.DecompressionBombError as exc:  # Pillow's own (larger) guard fired first
+        raise Rejected(f"larger than the {max_pixels} pixel limit ({exc})") from None
+    except Exception as exc:
+        raise Rejected(f"not a readable image ({type(exc).__name__})") from None
+    width, height = im.size
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        im.close()
+        raise Rejected(f"{width}x{height} is larger than the {max_pixels} pixel limit")
+    return im
 
 
 def _stored_bands(im: Image.Image) -> int:
@@ -269,53 +286,16 @@ def _step_listing(req: HarvestRequest) -> list[str]:
 
 
 def harvest(req: HarvestRequest) -> Harvest:
+    """The step's new images, read beneath the root fd and re-encoded, with notes on the rest."""
     result = Harvest()
-    candidates: list[str] = []
-    if req.processed_path:
-        candidates.append(req.processed_path)
-    candidates += printed_paths(req.stdout, req.out_root)
-    candidates += _step_listing(req)
     seen: set[tuple[int, int]] = set()
-    seen_paths: set[str] = set()
     over_count = 0
-    for path in candidates:
-        normal = posixpath.normpath(path)
-        if normal in seen_paths:
-            continue
-        seen_paths.add(normal)
-        parts = relative_parts(normal, req.out_root)
-        if parts is None:
-            continue  # not in the output directory: not a new image
-        display = "/".join(parts)
-        in_step_dir = len(parts) >= 2 and parts[0] == req.step_dir
-        try:
-            fd = open_beneath(req.root_fd, parts)
-        except Rejected as why:
-            if why.st is None:  # it does not exist (or cannot be reached): say so once per question
-                _note_once(result, req, f"[thyme: skipped {display}: {why}]")
-            elif _is_new(req, why.st, in_step_dir):
-                req.seen[(why.st.st_dev, why.st.st_ino)] = (why.st.st_mtime_ns, why.st.st_size)
-                result.notes.append(f"[thyme: skipped {display}: {why}]")
+    for parts in _candidates(req):
+        fd = _open_candidate(req, result, parts)
+        if fd is None:
             continue
         try:
-            st = os.fstat(fd)
-            key, signature = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
-            if not _is_new(req, st, in_step_dir) or key in seen:
-                continue
-            seen.add(key)
-            if len(result.images) >= req.max_images:
-                over_count += 1
-                req.seen[key] = signature
-                continue
-            req.seen[key] = signature  # refused or taken, it is reported in this step only
-            data = read_capped(fd, req.max_bytes)
-            base = f"step{req.step}-{safe_stem(parts[-1])}"
-            result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels, req.budget))
-        except BudgetExceeded:
-            assert req.budget is not None
-            req.budget.skipped += 1
-        except Rejected as why:
-            result.notes.append(f"[thyme: skipped {display}: {why}]")
+            over_count += _take_image(req, result, fd, parts, seen)
         finally:
             os.close(fd)
     if over_count:
@@ -328,6 +308,66 @@ def harvest(req: HarvestRequest) -> Harvest:
         )
     result.notes += result.model_notes
     return result
+
+
+def _candidates(req: HarvestRequest) -> list[list[str]]:
+    """Paths below the output root, once each: processed_path, printed paths, the step's listing."""
+    paths: list[str] = []
+    if req.processed_path:
+        paths.append(req.processed_path)
+    paths += printed_paths(req.stdout, req.out_root)
+    paths += _step_listing(req)
+    seen_paths: set[str] = set()
+    found: list[list[str]] = []
+    for path in paths:
+        normal = posixpath.normpath(path)
+        if normal in seen_paths:
+            continue
+        seen_paths.add(normal)
+        parts = relative_parts(normal, req.out_root)
+        if parts is not None:  # else not in the output directory: not a new image
+            found.append(parts)
+    return found
+
+
+def _open_candidate(req: HarvestRequest, result: Harvest, parts: list[str]) -> int | None:
+    """An fd of the candidate, or None (with a note when the refusal is news)."""
+    display = "/".join(parts)
+    try:
+        return open_beneath(req.root_fd, parts)
+    except Rejected as why:
+        if why.st is None:  # it does not exist (or cannot be reached): say so once per question
+            _note_once(result, req, f"[thyme: skipped {display}: {why}]")
+        elif _is_new(req, why.st, _in_step_dir(req, parts)):
+            req.seen[(why.st.st_dev, why.st.st_ino)] = (why.st.st_mtime_ns, why.st.st_size)
+            result.notes.append(f"[thyme: skipped {display}: {why}]")
+        return None
+
+
+def _take_image(req: HarvestRequest, result: Harvest, fd: int, parts: list[str], seen: set[tuple[int, int]]) -> int:
+    """Read and re-encode a new image into result.images; returns 1 when it is over the count."""
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if not _is_new(req, st, _in_step_dir(req, parts)) or key in seen:
+            return 0
+        seen.add(key)
+        req.seen[key] = (st.st_mtime_ns, st.st_size)  # refused or taken, it is reported in this step only
+        if len(result.images) >= req.max_images:
+            return 1
+        data = read_capped(fd, req.max_bytes)
+        base = f"step{req.step}-{safe_stem(parts[-1])}"
+        result.images.append(reencode_png(data, req.images_dir, base, req.max_pixels, req.budget))
+    except BudgetExceeded:
+        assert req.budget is not None
+        req.budget.skipped += 1
+    except Rejected as why:
+        result.notes.append(f"[thyme: skipped {'/'.join(parts)}: {why}]")
+    return 0
+
+
+def _in_step_dir(req: HarvestRequest, parts: list[str]) -> bool:
+    return len(parts) >= 2 and parts[0] == req.step_dir
 
 
 def _is_new(req: HarvestRequest, st: os.stat_result, in_step_dir: bool) -> bool:

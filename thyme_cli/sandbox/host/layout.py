@@ -79,7 +79,32 @@ def _is_install_path(entry: str, prefixes: list[str]) -> bool:
 
 @functools.cache
 def runtime_layout() -> RuntimeLayout:
+    """The host paths the jail needs for our interpreter, computed once per process."""
     python = os.path.realpath(sys.executable)
+    ro_dirs, symlinks = _system_lib_dirs()
+    _add_prefix_lib_dirs(ro_dirs)
+    sys_path, ro_files = _add_sys_path(ro_dirs)
+    if not _covered(python, ro_dirs):
+        ro_files.append(python)
+    package_dir = str(Path(__file__).resolve().parent.parent / "jail")  # only the jail package goes in
+    # Drop dirs nested inside others (fewer mounts, same view).
+    ro_dirs = [d for d in ro_dirs if not _covered(d, [o for o in ro_dirs if o != d])]
+    needed = needed_site_entries()
+    site_dirs = [(site_dir, tuple(sorted(needed.get(site_dir, ())))) for site_dir in _site_dirs(ro_dirs)]
+    return RuntimeLayout(
+        python=python,
+        ro_dirs=tuple(ro_dirs),
+        ro_files=tuple(ro_files),
+        symlinks=tuple(symlinks),
+        sys_path=tuple(sys_path),
+        package_dir=package_dir,
+        code_root_host=str(Path(package_dir).parent.parent.parent),
+        site_dirs=tuple(site_dirs),
+    )
+
+
+def _system_lib_dirs() -> tuple[list[str], list[tuple[str, str]]]:
+    """The system library dirs to bind, and those that are symlinks (recreated as links inside)."""
     ro_dirs: list[str] = []
     symlinks: list[tuple[str, str]] = []
     for d in SYSTEM_LIB_DIRS:
@@ -87,11 +112,21 @@ def runtime_layout() -> RuntimeLayout:
             symlinks.append((os.readlink(d), d))
         elif os.path.isdir(d):
             ro_dirs.append(d)
+    return ro_dirs, symlinks
+
+
+def _add_prefix_lib_dirs(ro_dirs: list[str]) -> None:
+    """The base Python's and the venv's lib dirs (stdlib, libpython), unless already covered."""
     for prefix in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
         for sub in ("lib", "lib64"):
             p = os.path.join(prefix, sub)
             if os.path.isdir(p) and not os.path.islink(p) and not _covered(p, ro_dirs):
                 ro_dirs.append(p)
+
+
+def _add_sys_path(ro_dirs: list[str]) -> tuple[list[str], list[str]]:
+    """The worker's sys.path: our own entries that belong to the installation; binds the dirs
+    among them (into `ro_dirs`) and returns (sys_path, files to bind such as a zipped stdlib)."""
     sys_path: list[str] = []
     ro_files: list[str] = []
     install_dirs = [
@@ -112,25 +147,7 @@ def runtime_layout() -> RuntimeLayout:
                 ro_dirs.append(real)
         elif not _covered(real, ro_dirs):
             ro_files.append(real)  # a zipped stdlib or egg
-    if not _covered(python, ro_dirs):
-        ro_files.append(python)
-    package_dir = str(Path(__file__).resolve().parent.parent / "jail")  # only the jail package goes in
-    # Drop dirs nested inside others (fewer mounts, same view).
-    ro_dirs = [d for d in ro_dirs if not _covered(d, [o for o in ro_dirs if o != d])]
-    needed = needed_site_entries()
-    site_dirs = []
-    for site_dir in _site_dirs(ro_dirs):
-        site_dirs.append((site_dir, tuple(sorted(needed.get(site_dir, ())))))
-    return RuntimeLayout(
-        python=python,
-        ro_dirs=tuple(ro_dirs),
-        ro_files=tuple(ro_files),
-        symlinks=tuple(symlinks),
-        sys_path=tuple(sys_path),
-        package_dir=package_dir,
-        code_root_host=str(Path(package_dir).parent.parent.parent),
-        site_dirs=tuple(site_dirs),
-    )
+    return sys_path, ro_files
 
 
 def _site_dirs(ro_dirs: list[str]) -> list[str]:
