@@ -1,16 +1,7 @@
 """The three ways to start a worker: nsjail, bubblewrap, or no isolation at all.
 
-Each backend turns a WorkerSpec into a LaunchPlan. Both jails get the same view (see layout.py):
-a read-only root with only the runtime bound in, the input image read-only at
-/mnt/data/input/<name>, a size-limited tmpfs at /mnt/data/output and at /tmp, a fresh /proc
-and minimal /dev, new user/pid/net/ipc/uts/mount namespaces, a cleared environment, uid 65534.
-
-Running as root needs care (both tools would otherwise map the jail's uid to the host's root):
-- nsjail maps inside 65534 -> outside 65534 (and 0 -> 0 so its own setup can still reach
-  root-only parents such as /root/.pyenv), then runs the worker as 65534;
-- bwrap as root cannot map uids the same way, so it runs without a user namespace, keeps only
-  CAP_SETUID/SETGID/SETPCAP, and the worker drops to 65534 (bounding set, groups, ids) before it
-  does anything else.
+Each backend turns a WorkerSpec into a LaunchPlan; both jails give the same view (layout.py). As
+root, neither may map the jail's uid to the host's root (docs/sandbox.md, "Design notes").
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Choosing a backend (by really starting it) and opening one sandbox per question.
 
-A backend "works" only if a jail with the real configuration starts here and our Python runs in
-it, has dropped its privileges and loaded its seccomp filter: the probe starts the worker in probe
-mode (no heavy imports, ~30 ms) and waits for its hello. Results are cached per process.
-`none` is never chosen automatically: no isolation happens only when the user asks for it.
+A backend "works" only if a jail with the real configuration starts here and our Python in it has
+dropped its privileges and loaded seccomp. `none` is never chosen automatically.
 """
 
 from __future__ import annotations

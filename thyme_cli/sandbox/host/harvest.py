@@ -1,13 +1,8 @@
 """Reading the images a step produced, safely, on the host.
 
-The jail's output directory is attacker-controlled: a `result.png` may be a symlink to
-~/.ssh/id_rsa, a FIFO that blocks a naive open(), a 2 GB file, or a decompression bomb. So:
-every path is resolved one component at a time from the directory fd the worker handed over
-before any model code ran (O_NOFOLLOW on each, so nothing leads outside); only regular files
-(lstat, then O_NOFOLLOW|O_NONBLOCK and fstat again) up to a size cap are read; the bytes are
-decoded by Pillow from memory with an explicit pixel limit and a short format allow-list; and
-the picture is re-encoded by us as a compressed PNG into the host's images_dir (in the background:
-step_images.py) before anyone else sees it.
+The jail's output directory is attacker-controlled: paths are resolved beneath the worker's
+directory fd without following links, only capped regular files are read, and every image is
+decoded under pixel limits and budgets and re-encoded by us (docs/sandbox.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """Starting and stopping one worker process tree, whatever launcher is in front of it.
 
-The worker talks over a Unix socket pair that is its stdin AND stdout (so it can pass the host an
-fd of its output directory). Launchers run in a session of their own; killing that process group
-with SIGKILL takes the jail down with it: bwrap's --die-with-parent, nsjail's child death signal
-and the PID namespace (its init dies, everything in it dies) finish the job. Launchers that cannot
-follow their parent's death on their own (nsjail, the unjailed worker) are started through
-`setpriv --pdeathsig KILL`, or a prctl in the child where setpriv is missing.
-
-Note: the kernel delivers the parent-death signal when the THREAD that started the process exits,
-so a sandbox should be opened by a thread that outlives it (the main thread, typically).
+SIGKILL to the launcher's process group takes the whole jail down. The parent-death signal fires
+when the THREAD that started the jail exits: open a sandbox from a thread that outlives it.
 """
 
 from __future__ import annotations

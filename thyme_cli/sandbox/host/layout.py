@@ -1,12 +1,7 @@
 """What the jail's filesystem looks like, and which host paths it needs to run our Python.
 
-Only these are visible inside, all read-only: the system library dirs (libc & co), the base
-Python's lib dir (stdlib, libpython), the interpreter binary itself, thyme's jail package, and
-of the site-packages dirs only what the worker imports: numpy, Pillow, OpenCV, matplotlib and
-their dependencies (every site-packages/dist-packages dir inside those mounts is replaced by a view
-holding just those entries, see `site_views`). Not other packages (or the keys and test data they
-ship), not the venv's bin/, not $HOME, not /tmp, not /etc, not /usr/bin (so no shell). The
-interpreter runs with -I -S and gets sys.path explicitly, so no pyvenv.cfg, .pth file or PYTHON* variable is involved.
+All read-only: the system libraries, the Python installation, thyme's jail package, and of the
+site-packages dirs only what the worker imports. No $HOME, host /tmp, /etc or shell.
 """
 
 from __future__ import annotations

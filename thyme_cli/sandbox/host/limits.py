@@ -1,9 +1,7 @@
 """Resource limits for one question's sandbox, with defaults sized for Thyme's image code.
 
-Memory is an address-space limit (RLIMIT_AS) per process: the way to stop memory bombs that works
-without root or cgroups. It has to leave room for the ~0.5 GB of address space numpy + cv2 + PIL
-reserve at import, and for float copies of large (8K) benchmark images. Tmpfs sizes are RAM too,
-but are not counted by RLIMIT_AS, so keep them modest.
+Memory is RLIMIT_AS per process (no root or cgroups needed); tmpfs sizes are RAM it does not count,
+so keep them modest.
 """
 
 from __future__ import annotations

@@ -1,25 +1,7 @@
 """Many questions in a row without a jail boot each: a pool of jailed fork servers ("zygotes").
 
-`thyme batch` opens one SandboxPool. Each jail holds a zygote (zygote.py) that imported numpy, PIL
-and cv2 once; every question gets a FRESH child forked from it (no variable, module state or
-random state carries over), with its own socket to the host. A jail serves ONE question at a time:
-
-- a question takes a jail at its first step (or wait_ready) and gives it back when it closes;
-- giving it back makes the zygote kill every other process in the jail and empty /tmp and the
-  output directory, then fork the next question's child in advance; the next question only gets
-  the jail once the zygote has confirmed that clean-up, and only then does the host put that
-  question's input image into the jail (and removes it when the question gives the jail back);
-- a question that needs a jail while all are taken (prefetch and `--jobs`) gets a new one, so the
-  pool holds as many jails as questions run at the same time (one for a plain `thyme batch`).
-
-A step that times out or kills its child is handled as by WorkerSandbox (RESTART_NOTE, state
-lost): the question hands its jail back (clean-up kills the child and whatever it started) and
-takes one again for its next step. A jail whose zygote died, or whose clean-up did not succeed,
-is killed and replaced. SandboxPool.open returns a WorkerSandbox, so the agent loop, the
-repairs, the harvesting and the limits are exactly those of a one-question sandbox.
-
-THYME_SANDBOX_POOL=0, the `none` backend, or a zygote that cannot start here give a pool that
-simply opens a one-jail-per-question sandbox for every question (open_sandbox).
+A jail serves ONE question at a time, and a question gets it only after the zygote has confirmed
+that the last one's processes and files are gone (docs/sandbox.md, "the sandbox pool").
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Upstream Thyme's crop-box rule, as a pure function: the model was trained with exactly this.
 
-Upstream (`CropCoordinateTransformer._clamp_coordinates` in swift/trainers/sandbox.py) orders the
-corners, clamps them to the image, and, when a side is shorter than 64 px, extends it from its
-top-left corner (`x2 = x1 + 64`), shifting it back inside the image only when it overflows. Not
-centred. Floats throughout; callers round with Python's round() as upstream does.
+Order the corners, clamp to the image, extend a side under 64 px from its top-left corner
+(shifted back only when it overflows). Floats; callers round as upstream does.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Where the model looked: every crop of the input image, recorded inside the jail.
 
-Runs in the jail (stdlib here; PIL, numpy and cv2 are the modules the worker already preloaded).
-The input image is marked where the code gets it (``Image.open(image_path)``, ``cv2.imread``,
-``np.array(img)``), each marked image carries its offset and scale in input-image pixels, and
-every crop of a marked image (PIL ``crop``, numpy slicing, an OpenCV ROI, which is numpy slicing)
-is logged with its box mapped back to the input image. What the crop returns is marked too, so a
-crop of a crop is placed correctly; geometry-keeping steps (convert, copy, filter, cvtColor) keep
-the mark and resize scales it. The worker sends the step's boxes to the host with its result.
-
-Nothing the code sees changes: the same objects come back (a marked array is an ndarray subclass
-whose repr is numpy's own).
+PIL, numpy and cv2 are patched once per process to mark the input image and log crops of it in
+input-image pixels; the objects the code gets back are unchanged (docs/sandbox.md, "Design notes").
 """
 
 from __future__ import annotations

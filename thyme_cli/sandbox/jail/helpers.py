@@ -1,12 +1,7 @@
 """Runtime halves of the crop repairs (the names repair.py rewrites call sites to).
 
-`__thyme_crop__` crops exactly as Pillow does: upstream Thyme fixes only LITERAL boxes, at rewrite
-time (repair_upstream.LiteralBoxFixer), and a computed box must run as it runs there (an area
-outside the image comes back black). It stays a hook so that crops can be observed.
-
-`__thyme_slice__` applies upstream's slice rule (boxrule.py) to a literal slice of the input
-image's pixels; repair_upstream.ImageSliceFixer only routes such slices here. The numpy import is
-lazy, so this file stays importable anywhere.
+`__thyme_crop__` crops exactly as Pillow does (a hook, so crops can be observed); `__thyme_slice__`
+applies upstream's slice rule (boxrule.py). numpy is imported lazily: importable anywhere.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """Thyme's code repairs, as pure functions: the model was trained with these applied, so we apply them.
 
-Stdlib only: the worker runs them INSIDE the jail (parsing hostile code and checking whether a path
-exists both belong there), and the unit tests run them on the host. The AST is compiled directly,
-so line numbers in tracebacks still match the model's code.
-
-Repairs, in order:
-1. indentation (first line aligned to the second, dedent, tabs, re-indent by block structure);
-2. `image_path = "<not a real file>"` -> the true input path;
-3. `/mnt/data/temp_processed_images/...` -> the question's output folder (subdirectories created);
-4. `cv.`/`cv3.`/`cv4.`/`CV.` -> `cv2.` (and `import cv3/cv4` -> cv2);
-5. literal crop boxes, `:.Nf}` format specs and numpy slices of the input image, exactly as
-   upstream Thyme rewrites them (repair_upstream.py, boxrule.py);
-6. `x.crop(box)` -> `__thyme_crop__(x, box)`, which crops exactly as Pillow does (a hook, no change).
+Stdlib only: they run inside the jail (and on the host in the unit tests). The AST is compiled
+directly, so traceback line numbers still match the model's code. The list: docs/sandbox.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """The AST rewrites that reproduce upstream Thyme's code semantics (stdlib only: runs in the jail).
 
-- literal crop boxes: upstream's `CropCoordinateTransformer` (cases 1 and 2) with its names and
-  its clamp/extend rule (boxrule.py), against the INPUT image's size, at rewrite time; computed
-  boxes are never touched;
-- `:.Nf}` -> `:.8f}` in string literals and f-string format specs (upstream's `re.sub` on the code);
-- numpy slices of the input image: upstream's slice rule is dead code (it tests `ast.Index`, gone
-  since Python 3.9); we apply it, but only to `name = arr[a:b, c:d]` with literal bounds where
-  `arr` provably holds the input image's pixels or a crop of them (tracked through the code:
-  `cv2.imread(image_path)`, `np.array(Image.open(image_path))`, `cvtColor`, `.copy()`, slices),
-  never to any other array. The bounds are fixed at run time against the array's real shape.
+Literal crop boxes, `:.Nf}` specs, and literal numpy slices of arrays that provably hold the input
+image's pixels (upstream's dead slice rule, applied only where it was meant to); computed boxes are
+never touched. See docs/sandbox.md, "Fidelity to upstream Thyme".
 """
 
 from __future__ import annotations

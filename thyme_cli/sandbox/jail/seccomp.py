@@ -1,11 +1,7 @@
-"""A small seccomp-bpf deny-list, assembled by hand and installed by the worker before model code.
+"""A small seccomp-bpf deny-list, assembled by hand and installed before any model code runs.
 
-Stdlib only (ctypes): it runs inside the jail. Namespaces already isolate the worker; this filter
-removes kernel attack surface the model's code never needs and closes the gaps the launchers leave
-open: nested user namespaces (nsjail allows them; bwrap run as root cannot use --disable-userns),
-mount, ptrace, bpf, io_uring, keyrings, perf, userfaultfd, module loading, and sockets other than
-AF_UNIX. Denied calls fail with EPERM (clone3 with ENOSYS so libc falls back to clone, whose flags
-a classic BPF filter can inspect). A foreign architecture (e.g. x32 on x86_64) kills the process.
+Stdlib only (ctypes): it runs inside the jail. Denied calls fail with EPERM, clone3 with ENOSYS; a
+foreign architecture kills the process. Why each call is denied: docs/sandbox.md, "Design notes".
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The jailed worker: one Python per question, PIL/cv2/numpy imported once, code steps over a socket.
+"""The jailed worker: one Python per question, code steps over a socket, one namespace for all steps.
 
-After the common start-up (main.py, startup.py: privileges dropped if asked, inherited fds closed,
-fd 0 at /dev/null and fds 1/2 at capture files, the libraries imported, hard rlimits, the seccomp
-filter, the host handed an fd of the output directory), `serve` runs code steps in ONE namespace,
-so variables persist between the steps of a question (as Thyme was trained).
-
-Everything here is trusted code that runs before the model's; after the first step nothing this
-process says can be trusted, so the host re-checks whatever it is told.
+Everything here runs before the model's code; after the first step nothing this process says can
+be trusted, so the host re-checks whatever it is told.
 """
 
 from __future__ import annotations

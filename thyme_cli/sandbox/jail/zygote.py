@@ -1,33 +1,7 @@
 """The jailed fork server ("zygote") behind SandboxPool: one jail, a fresh child per question.
 
-Runs inside the jail (stdlib only, plus the worker). The worker's start-up (drop privileges, close
-inherited fds, import numpy/PIL/cv2, rlimits, seccomp) runs once; then, instead of serving code
-steps, the process serves its control socket (the host's end of its stdin/stdout):
-
-    spawn  + one fd (SCM_RIGHTS)  fork a question child that talks to the host over that fd
-    reset                         kill every other process in the jail, empty /tmp and the output dir
-    status {pid}                  the exit status of a child (for "the sandbox process died (...)")
-
-The isolation between questions rests on these invariants, all checked here or by the host:
-
-- The zygote is PID 1 of the jail's PID namespace. The kernel drops every signal sent to a
-  namespace's init from inside it unless init has a handler for it, and the zygote has none
-  (SIGKILL and SIGSTOP can have none): kill(-1), kill(1, SIGKILL) from a question do nothing to it.
-  A kill(-1) BY the zygote reaches every other process in the jail and nothing outside it.
-- The host gives a jail to ONE question at a time, and only after a `reset` confirmed that every
-  other process is gone (the zygote has no children left: every process in the namespace is its
-  descendant) and that /tmp and the output dir are empty. A question can therefore never see or
-  signal another question's processes, files or input image, whatever it leaves behind.
-- Nothing a question does reaches the zygote: it is not dumpable (so /proc/1/mem, fd, environ,
-  maps are closed to uid 65534 without CAP_SYS_PTRACE, and ptrace is refused by seccomp anyway),
-  has no writable shared mapping a child could inherit, never reads anything but the host's
-  control socket, and never holds question data (a child learns its image path from the host
-  over its own socket, after the fork).
-- SysV IPC objects and POSIX message queues would outlive their creator in the jail's IPC
-  namespace, so a second seccomp filter refuses to create them (EPERM).
-- Each child resets what fork would otherwise share: its own capture files, signal
-  dispositions, RLIMIT_CPU (per process, so a fresh child starts at zero), numpy's global random
-  state (Python's `random` reseeds itself at fork).
+It must stay PID 1 of its jail, single-threaded, non-dumpable and free of question data: the
+isolation between the questions of a jail rests on it (docs/sandbox.md, "the sandbox pool").
 """
 
 from __future__ import annotations
