@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thyme_cli.errors import UsageError
+
 MiB = 1024 * 1024
+
+
+def step_timeout(timeout_s: float) -> float:
+    """The step timeout as given by the caller, checked: a non-positive one is a usage error."""
+    if timeout_s <= 0:
+        raise UsageError(f"sandbox timeout must be positive, got {timeout_s}")
+    return float(timeout_s)
 
 
 @dataclass(frozen=True)

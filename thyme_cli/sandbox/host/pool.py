@@ -26,7 +26,7 @@ from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, Worke
 from thyme_cli.sandbox.host.closing import Closing
 from thyme_cli.sandbox.host.factory import check_hello, open_sandbox, select_backend
 from thyme_cli.sandbox.host.launch import Launched, close_fds
-from thyme_cli.sandbox.host.limits import Limits
+from thyme_cli.sandbox.host.limits import Limits, step_timeout
 from thyme_cli.sandbox.host.session import STAGE_PREFIX, WorkerSandbox, last_meaningful_line, remove_stage
 from thyme_cli.sandbox.jail import wire
 
@@ -373,11 +373,9 @@ class SandboxPool(Closing):
     """Jails with warm zygotes; `open` gives each question a fresh forked child. Thread-safe."""
 
     def __init__(self, backend: Backend, *, timeout_s: float, limits: Limits) -> None:
-        if timeout_s <= 0:
-            raise UsageError(f"sandbox timeout must be positive, got {timeout_s}")
+        self.timeout_s = step_timeout(timeout_s)
         self._backend = backend
         self.backend: str = backend.name
-        self.timeout_s = float(timeout_s)
         self.limits = limits
         self.pooled = True
         self._lock = threading.Lock()
@@ -496,8 +494,7 @@ def open_pool(
     open_sandbox when no backend starts."""
     lim = limits or Limits()
     lim.validate()
-    if timeout_s <= 0:
-        raise UsageError(f"sandbox timeout must be positive, got {timeout_s}")
+    step_timeout(timeout_s)
     chosen = select_backend(backend)
     if not chosen.jailed:
         return PerQuestionPool(chosen.name, timeout_s=timeout_s, limits=lim, reason="no jail: nothing to share")

@@ -25,7 +25,7 @@ from thyme_cli.sandbox.host.closing import Closing
 from thyme_cli.sandbox.host.harvest import Budget, Harvest, HarvestRequest, harvest
 from thyme_cli.sandbox.host.launch import Launched, close_fds
 from thyme_cli.sandbox.host.layout import safe_image_name
-from thyme_cli.sandbox.host.limits import Limits
+from thyme_cli.sandbox.host.limits import Limits, step_timeout
 from thyme_cli.sandbox.jail import wire
 from thyme_cli.sandbox.jail.worker import TRUNCATION_NOTE
 
@@ -134,11 +134,9 @@ class WorkerSandbox(Closing):
     """The Sandbox the agent loop uses (see base.Sandbox)."""
 
     def __init__(self, backend: Backend, *, image: Path, images_dir: Path, timeout_s: float, limits: Limits) -> None:
-        if timeout_s <= 0:
-            raise UsageError(f"sandbox timeout must be positive, got {timeout_s}")
+        self.timeout_s = step_timeout(timeout_s)
         self._backend = backend
         self.backend: str = backend.name
-        self.timeout_s = float(timeout_s)
         self.limits = limits
         self.images_dir = Path(images_dir)
         self.tag = uuid.uuid4().hex[:16]

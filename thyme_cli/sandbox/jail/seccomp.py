@@ -106,16 +106,21 @@ def _arch(machine: str | None = None) -> _Arch:
 Insn = tuple[int, int, int, int]
 
 
-def build_program(machine: str | None = None) -> list[Insn]:
-    """The filter as (code, jt, jf, k) instructions; every jump is a short forward skip."""
-    arch = _arch(machine)
-    eperm = _RET_ERRNO | errno.EPERM
-    prog: list[Insn] = [
+def _arch_prologue(arch: _Arch) -> list[Insn]:
+    """Kill a process calling in from a foreign architecture, then load the syscall number."""
+    return [
         (_LD_W_ABS, 0, 0, _OFF_ARCH),
         (_JEQ_K, 1, 0, arch.audit),
         (_RET_K, 0, 0, _RET_KILL_PROCESS),
         (_LD_W_ABS, 0, 0, _OFF_NR),
     ]
+
+
+def build_program(machine: str | None = None) -> list[Insn]:
+    """The filter as (code, jt, jf, k) instructions; every jump is a short forward skip."""
+    arch = _arch(machine)
+    eperm = _RET_ERRNO | errno.EPERM
+    prog = _arch_prologue(arch)
     if arch.x32_bit:
         prog += [(_JGE_K, 0, 1, 0x40000000), (_RET_K, 0, 0, eperm)]
     for name in _DENIED_NAMES:
@@ -193,12 +198,7 @@ def install_ipc_filter() -> None:
     arch = _arch()
     machine = "x86_64" if arch is _X86_64 else "aarch64"
     eperm = _RET_ERRNO | errno.EPERM
-    prog: list[Insn] = [
-        (_LD_W_ABS, 0, 0, _OFF_ARCH),
-        (_JEQ_K, 1, 0, arch.audit),
-        (_RET_K, 0, 0, _RET_KILL_PROCESS),
-        (_LD_W_ABS, 0, 0, _OFF_NR),
-    ]
+    prog = _arch_prologue(arch)
     for number in _IPC_CREATE[machine].values():
         prog += [(_JEQ_K, 0, 1, number), (_RET_K, 0, 0, eperm)]
     prog.append((_RET_K, 0, 0, _RET_ALLOW))
