@@ -24,6 +24,7 @@ BOOTSTRAP = (
 
 
 def main(raw_config: str) -> NoReturn:
+    """Confine, import, lock down (rlimits, seccomp), say hello; then serve as a worker or a zygote."""
     started = time.monotonic()
     sock: socket.socket | None = None
     try:
