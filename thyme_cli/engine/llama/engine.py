@@ -577,10 +577,7 @@ class LlamaConversation:
                 stop = scanner.feed(text) if text else None
                 push(token, text, not utf8.pending)
                 tokens.append(token)
-                if text:
-                    out.append(text)
-                    if on_text is not None:
-                        on_text(text)
+                _emit(text, out, on_text)
                 if stop is not None:
                     reason = stop
                     break
@@ -621,10 +618,7 @@ class LlamaConversation:
                 chain = code_chain if scanner.in_code else prose_chain
                 following = self._step_together(rounds, token, text, logprob, None if last else chain)
                 tokens.append(token)
-                if text:
-                    out.append(text)
-                    if on_text is not None:
-                        on_text(text)
+                _emit(text, out, on_text)
                 if stop is not None:
                     reason = stop
                     break
@@ -792,6 +786,14 @@ class LlamaConversation:
         if self._closed:
             raise EngineError("this conversation was closed (the engine opened a new one)")
         self._engine._check()
+
+
+def _emit(text: str, out: list[str], on_text: Callable[[str], None] | None) -> None:
+    """Collect a generated piece of text and stream it to ON_TEXT (an empty piece is a split character)."""
+    if text:
+        out.append(text)
+        if on_text is not None:
+            on_text(text)
 
 
 if TYPE_CHECKING:
