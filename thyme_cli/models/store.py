@@ -1,9 +1,7 @@
 """Model files on this machine: what is installed, the default model, removal, disk-space checks.
 
-Hub models live in the standard Hugging Face cache (shared with every other HF tool); user-registered
-local pairs stay where the user keeps them; converted models (``needs_conversion``) live in
-``<data dir>/models/<name>/`` (made by convert/pipeline.py, which pull.py runs for them). Checking
-what is installed reads the cache layout directly and never touches the network or imports
+Hub models live in the Hugging Face cache, local pairs where the user keeps them, converted models
+in ``<data dir>/models/<name>/``. Checking what is installed never touches the network or imports
 huggingface_hub, so ``thyme models list`` stays fast.
 """
 

@@ -1,15 +1,9 @@
 """The live context of one question: what is in the KV cache, and how to extend it.
 
-``LiveContext`` keeps a record of everything evaluated so far (its text with IMAGE_MARKERs, its
-token/image stream, the KV position and cell count) as a list of marks, one after each
-evaluated unit (a fed suffix or a generated token). ``sync(target)`` makes the context hold a
-newly rendered conversation: if ``target`` extends the evaluated text only the new tail is
-tokenized (libmtmd) and evaluated; if it diverges, the KV cells past the last mark inside the
-common prefix are removed and evaluation resumes from there. The context is never silently
-wrong: text and KV move together, and a failure halfway marks the context broken.
-
-Positions and cells differ for M-RoPE models (an image advances the position by max(grid)
-but fills n_tokens cells), so both are tracked: positions for decoding, cells for capacity.
+``LiveContext`` records everything evaluated (text, token/image stream, KV position and cells) as
+marks; ``sync`` evaluates only the new tail of a rendered conversation, or rolls back to the common
+prefix first. Text and KV move together; a failure halfway marks the context broken
+(docs/engine.md, "One live context per question").
 """
 
 from __future__ import annotations

