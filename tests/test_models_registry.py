@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thyme_cli.errors import ConfigError
-from thyme_cli.models.registry import remove_user_model
+from thyme_cli.models.registry import remove_user_model, upsert_user_model
 
 NAMES = st.from_regex(r"[a-z][a-z0-9._-]{0,12}", fullmatch=True)
 
@@ -56,3 +56,18 @@ def test_an_unknown_entry_is_an_error(tmp_path: Path) -> None:
     config.write_text(_entry("a", "x"))
     with pytest.raises(ConfigError, match=r"no \[models\.b\] entry"):
         remove_user_model("b", config)
+
+
+def test_updating_an_entry_keeps_comments_and_other_entries(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    text = "# top comment\n" + _entry("a", "about a") + _entry("b", "about b").replace("\n\n", "  # mine\n\n", 1)
+    config.write_text(text)
+    upsert_user_model("b", {"model_file": "q.gguf"}, config)
+    upsert_user_model("c", {"repo": "org/c", "model_file": "m.gguf", "mmproj_file": "p.gguf"}, config)
+    after = config.read_text()
+    for kept in ("# top comment", "# about a", "# about b", "# mine", 'repo = "org/a"'):
+        assert kept in after
+    parsed = tomllib.loads(after)["models"]
+    assert parsed["b"] == {"repo": "org/b", "model_file": "q.gguf", "mmproj_file": "p.gguf"}
+    assert list(parsed) == ["a", "b", "c"]
+    assert config.with_name("config.toml.bak").read_text() == text

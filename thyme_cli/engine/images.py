@@ -1,11 +1,8 @@
 """Image sizing and loading: show the model images the way it was trained to see them.
 
-Qwen2-VL / Qwen2.5-VL (Thyme) / Qwen3-VL were trained with Hugging Face's ``smart_resize``:
-both sides rounded to a multiple of ``factor`` (patch size x spatial merge: 28 px for
-Qwen2.5-VL, 32 for Qwen3-VL), the area kept within [min_pixels, max_pixels]. libmtmd applies
-its own rule otherwise, so the engine resizes first (PIL bicubic, like the HF processor) and
-sets mtmd's token limits so it keeps that grid. Other projectors get the decoded pixels as they
-are and mtmd sizes them itself.
+Qwen-VL projectors get images resized with Hugging Face's ``smart_resize`` (and mtmd's token limits
+set so it keeps that grid); other projectors get the decoded pixels and mtmd sizes them itself
+(docs/engine.md, "Image sizing").
 """
 
 from __future__ import annotations

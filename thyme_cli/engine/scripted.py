@@ -1,16 +1,8 @@
 """A scripted engine: replays prepared model replies through the real loop, sandbox and CLI.
 
-It stands in for a model where no real weights exist (tests, demos, `thyme replay`-style checks)
-and behaves like a live engine where it matters: generation stops at the first ``</code>`` or
-``</answer>`` (or closing ```python fence, for the generic protocol) exactly as llama.cpp would, and
-a further ``generate`` of the same turn goes on with the rest of that reply, text streams in small
-chunks, every fed image must have its marker, and each question gets a fresh conversation. The
-script is a JSON list of reply strings (one per ``generate`` call), or an object ``{"replies": [...]}``.
-
-Benchmarks need different answers per item, so an object may also route by question:
-``{"routes": [{"match": "text", "replies": [...]}, ...], "replies": [...]}``. At the first
-``generate`` the first route whose ``match`` occurs in the user text fed so far is taken;
-``replies`` covers every other question.
+It stands in for a model where no real weights exist (tests, demos, `thyme replay`-style checks) and
+stops, streams and checks image markers as a live engine does. The script format (a list of replies,
+or replies routed by question) is in docs/engine.md ("The scripted engine").
 """
 
 from __future__ import annotations

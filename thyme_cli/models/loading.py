@@ -6,7 +6,7 @@ The local engine (llama.cpp), a remote OpenAI-compatible server, or a scripted e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -19,7 +19,11 @@ from thyme_cli.models.spec import PROTOCOLS, ModelSpec, PromptProtocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from thyme_cli.engine.remote.chat import RemoteSampling
+    from thyme_cli.engine.remote.engine import RemoteConfig
+    from thyme_cli.engine.remote.http import RemoteClient
     from thyme_cli.engine.remote.probe import ServerCaps
+    from thyme_cli.engine.settings import EngineOptions
 
 
 @dataclass
@@ -57,30 +61,50 @@ class LoadedModel:
 def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool, interactive: bool) -> LoadedModel:
     """Resolve the model name, make sure its files are here (asking to download), load the engine."""
     if settings.script is not None:
-        from thyme_cli.engine.scripted import ScriptedEngine
-
-        spec = (
-            registry.get(settings.name)
-            if settings.name
-            else ModelSpec(name="scripted", protocol="thyme", model_path=settings.script, mmproj_path=settings.script)
-        )
-        return LoadedModel(ScriptedEngine.from_file(settings.script), spec)
+        return _load_scripted(registry, settings, settings.script)
     if settings.backend == "openai":
         return load_remote(registry, settings)
     from thyme_cli.models.pull import ensure_model
+
+    spec = _local_spec(registry, settings)
+    files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
+    from thyme_cli.engine.llama.engine import LlamaEngine  # after the download: llama.cpp takes a while to import
+    from thyme_cli.engine.settings import SamplingOptions
+
+    sampling = SamplingOptions(
+        temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed
+    )
+    engine = LlamaEngine.load(files.model, files.mmproj, options=_engine_options(spec, settings), sampling=sampling)
+    return LoadedModel(engine, spec)
+
+
+def _load_scripted(registry: Registry, settings: ModelSettings, script: Path) -> LoadedModel:
+    """A scripted engine (tests, `thyme replay`), under the named model's spec or a stand-in one."""
+    from thyme_cli.engine.scripted import ScriptedEngine
+
+    spec = (
+        registry.get(settings.name)
+        if settings.name
+        else ModelSpec(name="scripted", protocol="thyme", model_path=script, mmproj_path=script)
+    )
+    return LoadedModel(ScriptedEngine.from_file(script), spec)
+
+
+def _local_spec(registry: Registry, settings: ModelSettings) -> ModelSpec:
+    """The registry entry of --model (or the default model), with --protocol applied."""
     from thyme_cli.models.store import preferred_default
 
     spec = registry.get(settings.name or preferred_default(registry))
     if settings.protocol is not None:  # e.g. --model hf.co/ORG/REPO:QUANT --protocol thyme
-        from dataclasses import replace
-
         if settings.protocol not in PROTOCOLS:
             raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
         spec = replace(spec, protocol="thyme" if settings.protocol == "thyme" else "generic")
+    return spec
 
-    files = ensure_model(spec, assume_yes=assume_yes, interactive=interactive)
-    from thyme_cli.engine.llama.engine import LlamaEngine
-    from thyme_cli.engine.settings import EngineOptions, SamplingOptions
+
+def _engine_options(spec: ModelSpec, settings: ModelSettings) -> EngineOptions:
+    """The llama.cpp engine's options: the entry's, overridden by the flags."""
+    from thyme_cli.engine.settings import EngineOptions
 
     extra = {"image_min_tokens": settings.min_image_tokens} if settings.min_image_tokens else {}
     options = EngineOptions.from_spec(
@@ -95,14 +119,8 @@ def load_model(registry: Registry, settings: ModelSettings, *, assume_yes: bool,
         **extra,
     )
     if settings.n_seq > 1:  # each sequence gets the context one question would have
-        from dataclasses import replace as _replace
-
-        options = _replace(options, n_seq=settings.n_seq, n_ctx=options.n_ctx * settings.n_seq)
-    sampling = SamplingOptions(
-        temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, seed=settings.seed
-    )
-    engine = LlamaEngine.load(files.model, files.mmproj, options=options, sampling=sampling)
-    return LoadedModel(engine, spec)
+        options = replace(options, n_seq=settings.n_seq, n_ctx=options.n_ctx * settings.n_seq)
+    return options
 
 
 # ---- a model on an OpenAI-compatible server (--backend openai) -----------------------------------
@@ -117,9 +135,7 @@ _LOCAL_ONLY = (
 
 def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     """Connect, pick the served model, measure what the server can do; clear one-line errors."""
-    from thyme_cli.engine.remote.chat import RemoteSampling
     from thyme_cli.engine.remote.engine import RemoteConfig, RemoteEngine, check_sampling
-    from thyme_cli.engine.remote.http import RemoteClient
     from thyme_cli.engine.remote.probe import find_api_root, pick_model, probe_caps
     from thyme_cli.ui.console import warn
 
@@ -130,13 +146,7 @@ def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     for attr, flag in _LOCAL_ONLY:
         if getattr(settings, attr) is not None:
             warn(f"{flag} has no effect with --backend openai (the server decides)")
-    client = RemoteClient(
-        config.base_url,
-        api_key=config.api_key,
-        timeout_s=config.timeout_s,
-        policy=config.policy,
-        on_retry=_retry_warner(warn),
-    )
+    client = _remote_client(config, warn)
     try:
         model = pick_model(find_api_root(client), settings.api_model, client.shown_url)
         caps = probe_caps(client, model)
@@ -146,17 +156,37 @@ def load_remote(registry: Registry, settings: ModelSettings) -> LoadedModel:
     notes = _caps_notes(caps, settings.temperature)
     for note in notes:
         warn(note)
-    sampling = RemoteSampling(
+    host = urlsplit(client.base_url).hostname or "server"
+    sampling = _remote_sampling(settings, entry)
+    engine = RemoteEngine(client, model, caps, sampling, config.extra_body, name=f"openai:{model}@{host}")
+    spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})", protocol=protocol)
+    return LoadedModel(engine, spec, notes)
+
+
+def _remote_client(config: RemoteConfig, warn: Callable[[str], None]) -> RemoteClient:
+    """The HTTP client of the server (its retries are reported as warnings)."""
+    from thyme_cli.engine.remote.http import RemoteClient
+
+    return RemoteClient(
+        config.base_url,
+        api_key=config.api_key,
+        timeout_s=config.timeout_s,
+        policy=config.policy,
+        on_retry=_retry_warner(warn),
+    )
+
+
+def _remote_sampling(settings: ModelSettings, entry: ModelSpec | None) -> RemoteSampling:
+    """Sampling flags as the server gets them; the image token cap falls back to the registry entry's."""
+    from thyme_cli.engine.remote.chat import RemoteSampling
+
+    return RemoteSampling(
         temperature=settings.temperature,
         top_p=settings.top_p,
         top_k=settings.top_k,
         seed=settings.seed,
         max_image_tokens=settings.max_image_tokens or (entry.image_max_tokens if entry else None),
     )
-    host = urlsplit(client.base_url).hostname or "server"
-    engine = RemoteEngine(client, model, caps, sampling, config.extra_body, name=f"openai:{model}@{host}")
-    spec = ModelSpec(name=model, description=f"{model} served at {client.shown_url} ({caps.detail})", protocol=protocol)
-    return LoadedModel(engine, spec, notes)
 
 
 def _retry_warner(warn: Callable[[str], None]) -> Callable[[str], None]:

@@ -6,16 +6,15 @@ terminal and never downloads behind a script's back. What is installed is store.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thyme_cli import paths
-from thyme_cli.errors import DiskSpaceError, DownloadError, ThymeError, UsageError
+from thyme_cli.errors import DownloadError, ThymeError, UsageError
 from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.models.registry import load_registry
 from thyme_cli.models.spec import ModelSpec
-from thyme_cli.models.store import ModelFiles, approx_size, fits, installed_files, nearest_existing
+from thyme_cli.models.store import ModelFiles, approx_size, installed_files, require_free_space
 from thyme_cli.ui.console import confirm, human_size
 
 if TYPE_CHECKING:
@@ -120,13 +119,15 @@ def check_disk_space(spec: ModelSpec, remotes: list[RemoteFile]) -> None:
     if need == 0:
         return
     cache = hub_cache.hub_cache_dir()
-    free = shutil.disk_usage(nearest_existing(cache)).free
-    if not fits(need, free):
-        raise DiskSpaceError(
+    require_free_space(
+        cache,
+        need,
+        lambda free: (
             f"not enough disk space for {spec.name}: {human_size(need)} to download into {cache}, "
-            f"{human_size(free)} free",
-            hint="free some space, or set HF_HOME (or HF_HUB_CACHE) to a folder on a bigger disk",
-        )
+            f"{human_size(free)} free"
+        ),
+        hint="free some space, or set HF_HOME (or HF_HUB_CACHE) to a folder on a bigger disk",
+    )
 
 
 def ensure_model(spec: ModelSpec, *, assume_yes: bool, interactive: bool) -> ModelFiles:

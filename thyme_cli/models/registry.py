@@ -11,11 +11,16 @@ import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from thyme_cli import paths
 from thyme_cli.errors import ConfigError, ModelNotFound, UsageError
 from thyme_cli.models.spec import PROTOCOLS, ModelSpec
+
+if TYPE_CHECKING:
+    from tomlkit.container import Container
+    from tomlkit.items import Item, Key, Table
+    from tomlkit.toml_document import TOMLDocument
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "description": (str,),
@@ -153,42 +158,24 @@ def load_registry(config_path: Path | None = None) -> Registry:
     return Registry(models=models, default_model=default, config_path=config_path, user_default=user_default or None)
 
 
-def _toml_string(value: str) -> str:
-    """A TOML basic string (JSON string escaping is valid TOML)."""
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _toml_value(value: str | int | float | bool | Path) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return _toml_string(str(value))
-
-
 def upsert_user_model(
     name: str, values: dict[str, str | int | float | bool | Path], config_path: Path | None = None
 ) -> Path:
     """Set VALUES in the user's [models.NAME] table, creating it if needed (a built-in entry is overridden).
 
-    An existing table is merged with VALUES and rewritten at the end of the file (through
-    remove_user_model, so the old file is kept as .bak); other tables and comments stay as they are.
+    An existing entry is updated where it stands (the old file is kept as .bak); a new one is added
+    after the other entries. Other tables and comments stay as they are (tomlkit keeps the file's style).
     """
     config_path = config_path or paths.config_file()
-    merged: dict[str, str | int | float | bool | Path] = {}
-    if config_path.exists():
-        existing = _read_toml(config_path, "config file").get("models", {})
-        table = existing.get(name) if isinstance(existing, dict) else None
-        if isinstance(table, dict):
-            merged.update({k: v for k, v in table.items() if isinstance(v, str | int | float | bool)})
-            remove_user_model(name, config_path)
-    merged.update(values)
-    lines = ["", f"[models.{_toml_string(name)}]", *(f"{k} = {_toml_value(v)}" for k, v in merged.items()), ""]
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    with config_path.open("a", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    doc = _read_document(config_path)
+    models = _models_table(doc, config_path)
+    entry = models.get(name)
+    if isinstance(entry, dict):
+        for key, value in values.items():
+            entry[key] = _toml_item(value)
+    else:
+        models.append(_entry_key(name), _new_entry(values))
+    _write_document(config_path, doc, backup=isinstance(entry, dict))
     load_registry(config_path).get(name)  # what we wrote must read back; a ConfigError names the problem
     return config_path
 
@@ -205,11 +192,32 @@ def add_local_model(
     chat_format: str | None = None,
     chat_template: Path | None = None,
 ) -> Path:
-    """Register a local GGUF pair in the user's config file by appending a table (comments survive)."""
+    """Register a local GGUF pair in the user's config file as a new table (comments survive)."""
     config_path = config_path or paths.config_file()
-    registry = load_registry(config_path)
+    _check_new_local_model(name, model_path, mmproj_path, protocol, load_registry(config_path))
+    values: dict[str, str | int | float | bool | Path] = {
+        "description": description,
+        "model_path": model_path.resolve(),
+        "mmproj_path": mmproj_path.resolve(),
+        "protocol": protocol,
+        "n_ctx": n_ctx,
+    }
+    if chat_format:
+        values["chat_format"] = chat_format
+    if chat_template is not None:
+        if not chat_template.is_file():
+            raise UsageError(f"--chat-template {chat_template}: no such file")
+        values["chat_template"] = chat_template.resolve()
+    doc = _read_document(config_path)
+    _models_table(doc, config_path).append(_entry_key(name), _new_entry(values))
+    _write_document(config_path, doc, backup=False)
+    return config_path
+
+
+def _check_new_local_model(name: str, model_path: Path, mmproj_path: Path, protocol: str, registry: Registry) -> None:
+    """`thyme models add` refuses a taken name, an unknown protocol and files that are no GGUF."""
     if name in registry.models:
-        where = "built in" if registry.models[name].source == "builtin" else f"in {config_path}"
+        where = "built in" if registry.models[name].source == "builtin" else f"in {registry.config_path}"
         raise UsageError(f"a model named {name!r} already exists ({where})", hint="choose another name")
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
@@ -219,45 +227,6 @@ def add_local_model(
         with path.open("rb") as f:
             if f.read(4) != b"GGUF":
                 raise UsageError(f"{label} {path}: not a GGUF file")
-    lines = [
-        "",
-        f"[models.{_toml_string(name)}]",
-        f"description = {_toml_string(description)}",
-        f"model_path = {_toml_string(str(model_path.resolve()))}",
-        f"mmproj_path = {_toml_string(str(mmproj_path.resolve()))}",
-        f"protocol = {_toml_string(protocol)}",
-        f"n_ctx = {n_ctx}",
-    ]
-    if chat_format:
-        lines.append(f"chat_format = {_toml_string(chat_format)}")
-    if chat_template is not None:
-        if not chat_template.is_file():
-            raise UsageError(f"--chat-template {chat_template}: no such file")
-        lines.append(f"chat_template = {_toml_string(str(chat_template.resolve()))}")
-    lines.append("")
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    with config_path.open("a", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    return config_path
-
-
-def _header_names(line: str) -> list[str] | None:
-    """The dotted key of a `[table]` header line as a list of names, or None if LINE is no header."""
-    stripped = line.strip()
-    if not stripped.startswith("[") or stripped.startswith("[["):
-        return None
-    body = stripped[1:].split("]", 1)[0]
-    try:
-        parsed = tomllib.loads(f"[{body}]\n")
-    except tomllib.TOMLDecodeError:
-        return None
-    names: list[str] = []
-    node: Any = parsed
-    while isinstance(node, dict) and len(node) == 1:
-        key = next(iter(node))
-        names.append(key)
-        node = node[key]
-    return names
 
 
 def remove_user_model(name: str, config_path: Path | None = None) -> Path:
@@ -268,48 +237,152 @@ def remove_user_model(name: str, config_path: Path | None = None) -> Path:
     before it is written (atomically, with a .bak copy of the old file), so a file we cannot edit
     safely is left untouched and the user is told to edit it by hand.
     """
+    import tomlkit
+    from tomlkit.items import Table
+
     config_path = config_path or paths.config_file()
-    text = config_path.read_text(encoding="utf-8")
     before = _read_toml(config_path, "config file")
-    kept: list[str] = []
-    span: list[str] = []  # lines of the table being removed, held until we know where it ends
-    skipping = False
-    for line in [*text.splitlines(keepends=True), None]:
-        header = _header_names(line) if line is not None else None
-        if (header is not None or line is None) and span:
-            # Comments and blank lines at the end of the removed table introduce what follows: keep them.
-            tail = len(span)
-            while tail > 0 and (not span[tail - 1].strip() or span[tail - 1].lstrip().startswith("#")):
-                tail -= 1
-            kept.extend(span[tail:])
-            span = []
-        if line is None:
-            break
-        if header is not None:
-            skipping = header[:2] == ["models", name]
-        (span if skipping else kept).append(line)
-    new_text = "".join(kept)
     models_before = before.get("models", {})
     if not isinstance(models_before, dict) or name not in models_before:
         raise ConfigError(f"{config_path} has no [models.{name}] entry")
-    try:
-        after: dict[str, Any] | None = tomllib.loads(new_text)
-    except tomllib.TOMLDecodeError:
-        after = None
-    rest_before = {k: v for k, v in before.items() if k != "models"}
+    doc = _read_document(config_path)
+    models = doc.get("models")
+    entry = models.get(name) if isinstance(models, Table) else None
+    if not isinstance(models, Table) or not isinstance(entry, Table):  # inline or dotted: not a table of its own
+        raise _cannot_remove(name, config_path)
+    _keep_trailing_comments(doc, entry)
+    del models[name]
+    new_text = tomlkit.dumps(doc)
+    after = _parsed_or_none(new_text)
     safe = (
         after is not None
         and after.get("models", {}) == {k: v for k, v in models_before.items() if k != name}
-        and {k: v for k, v in after.items() if k != "models"} == rest_before
+        and {k: v for k, v in after.items() if k != "models"} == {k: v for k, v in before.items() if k != "models"}
     )
     if not safe:
-        raise ConfigError(
-            f"cannot remove [models.{name}] from {config_path} automatically",
-            hint="edit the file by hand and delete that table",
-        )
-    backup = config_path.with_name(config_path.name + ".bak")
-    backup.write_text(text, encoding="utf-8")
+        raise _cannot_remove(name, config_path)
+    return _write_text(config_path, new_text, backup=True)
+
+
+# --- editing the user's config file (tomlkit: comments, order and formatting survive) -------------
+
+
+def _read_document(config_path: Path) -> TOMLDocument:
+    """The user's config file as a tomlkit document (an empty one when there is no file yet)."""
+    import tomlkit
+
+    if not config_path.exists():
+        return tomlkit.document()
+    _read_toml(config_path, "config file")  # a broken file is reported as load_registry reports it
+    return tomlkit.parse(config_path.read_text(encoding="utf-8"))
+
+
+def _models_table(doc: TOMLDocument, config_path: Path) -> Table:
+    """The document's [models] table, created (as a header-less super-table) when missing."""
+    import tomlkit
+    from tomlkit.items import Table
+
+    models = doc.get("models")
+    if models is None:
+        models = tomlkit.table(is_super_table=True)
+        doc.append("models", models)
+    if not isinstance(models, Table):
+        raise ConfigError(f"config file {config_path}: [models] must be a table")
+    return models
+
+
+def _entry_key(name: str) -> Key:
+    """NAME as a quoted key, so the header reads [models."NAME"] whatever characters it has."""
+    from tomlkit.items import KeyType, SingleKey
+
+    return SingleKey(name, KeyType.Basic)
+
+
+def _toml_item(value: str | int | float | bool | Path) -> Item:
+    import tomlkit
+
+    return tomlkit.item(str(value) if isinstance(value, Path) else value)
+
+
+def _new_entry(values: dict[str, str | int | float | bool | Path]) -> Table:
+    """A [models.NAME] table of VALUES (tomlkit sets it off from what comes before with a blank line)."""
+    import tomlkit
+
+    table = tomlkit.table()
+    for key, value in values.items():
+        table.append(key, _toml_item(value))
+    return table
+
+
+def _keep_trailing_comments(doc: TOMLDocument, entry: Table) -> None:
+    """Comments and blank lines at the end of ENTRY introduce what follows it: move them in front of
+    the next table's header (or to the end of the file) so that deleting ENTRY keeps them."""
+    from tomlkit.items import Comment, Table, Whitespace
+
+    last = entry
+    while last.value.body and isinstance(last.value.body[-1][1], Table):
+        last = last.value.body[-1][1]
+    body = last.value.body
+    tail = len(body)
+    while tail > 0 and body[tail - 1][0] is None and isinstance(body[tail - 1][1], Comment | Whitespace):
+        tail -= 1
+    trailing = [item for _, item in body[tail:]]
+    if not trailing:
+        return
+    following = _table_after(doc, entry)
+    if following is not None:
+        following.trivia.indent = "".join(item.as_string() for item in trailing) + following.trivia.indent
+    else:
+        for item in trailing:
+            doc.body.append((None, item))
+
+
+def _table_after(doc: TOMLDocument, entry: Table) -> Table | None:
+    """The first table with a header of its own that the file has after ENTRY and its sub-tables."""
+    from tomlkit.items import AoT, Table
+
+    order: list[tuple[Table, int]] = []  # every table in file order, with the number of its sub-tables
+
+    def walk(container: Container) -> None:
+        for _, item in container.body:
+            for table in item.body if isinstance(item, AoT) else [item] if isinstance(item, Table) else []:
+                at = len(order)
+                order.append((table, 0))
+                walk(table.value)
+                order[at] = (table, len(order) - at - 1)
+
+    walk(doc)
+    at = next(i for i, (table, _) in enumerate(order) if table is entry)
+    return next((t for t, _ in order[at + 1 + order[at][1] :] if not t.is_super_table()), None)
+
+
+def _parsed_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _cannot_remove(name: str, config_path: Path) -> ConfigError:
+    return ConfigError(
+        f"cannot remove [models.{name}] from {config_path} automatically",
+        hint="edit the file by hand and delete that table",
+    )
+
+
+def _write_document(config_path: Path, doc: TOMLDocument, *, backup: bool) -> Path:
+    import tomlkit
+
+    return _write_text(config_path, tomlkit.dumps(doc), backup=backup)
+
+
+def _write_text(config_path: Path, text: str, *, backup: bool) -> Path:
+    """Write TEXT over the config file atomically; with BACKUP the old file is kept as .bak first."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    if backup:
+        backup_path = config_path.with_name(config_path.name + ".bak")
+        backup_path.write_text(config_path.read_text(encoding="utf-8"), encoding="utf-8")
     tmp = config_path.with_name(config_path.name + ".tmp")
-    tmp.write_text(new_text, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(config_path)
     return config_path

@@ -1,9 +1,7 @@
 """Model files on this machine: what is installed, the default model, removal, disk-space checks.
 
-Hub models live in the standard Hugging Face cache (shared with every other HF tool); user-registered
-local pairs stay where the user keeps them; converted models (``needs_conversion``) live in
-``<data dir>/models/<name>/`` (made by convert/pipeline.py, which pull.py runs for them). Checking
-what is installed reads the cache layout directly and never touches the network or imports
+Hub models live in the Hugging Face cache, local pairs where the user keeps them, converted models
+in ``<data dir>/models/<name>/``. Checking what is installed never touches the network or imports
 huggingface_hub, so ``thyme models list`` stays fast.
 """
 
@@ -11,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from thyme_cli import paths
+from thyme_cli.errors import DiskSpaceError
 from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.models.registry import Registry, builtin_names, load_registry, remove_user_model
 from thyme_cli.models.spec import ModelSpec
@@ -135,6 +135,14 @@ def nearest_existing(path: Path) -> Path:
 def fits(need: int, free: int) -> bool:
     """Whether NEED bytes fit in FREE while leaving a margin (64 MB, or 2% of NEED if more)."""
     return free >= need + max(DISK_MARGIN_MIN, need // 50)
+
+
+def require_free_space(folder: Path, need: int, shortage: Callable[[int], str], *, hint: str) -> None:
+    """Refuse before writing NEED bytes under FOLDER when its disk cannot hold them (see fits); the
+    DiskSpaceError's message is SHORTAGE(free bytes)."""
+    free = shutil.disk_usage(nearest_existing(folder)).free
+    if not fits(need, free):
+        raise DiskSpaceError(shortage(free), hint=hint)
 
 
 def preferred_default(registry: Registry) -> str:

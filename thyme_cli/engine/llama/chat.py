@@ -1,14 +1,8 @@
 """Chat formats: turn a list of messages into the exact prompt text the model was trained on.
 
-The engine never re-tokenizes history. After each feed it renders the WHOLE conversation,
-compares it with the text already in the context and evaluates only the new tail (or, if an
-earlier part rendered differently, rolls the context back to the common prefix). So a chat
-format only has to render; it need not know about incremental evaluation.
-
-Two renderers: ``ChatMLRenderer`` (Qwen2.5-VL / Thyme, written out in Python: the format is
-fixed and it lets the engine run without jinja2) and ``TemplateRenderer`` (the GGUF's own Jinja
-chat template, for Qwen3-VL, Gemma 3, SmolVLM and the rest). Images appear in the text as
-``IMAGE_MARKER``; libmtmd adds each model's own image delimiters around it.
+The engine renders the WHOLE conversation after each feed and evaluates only what changed, so a
+format only renders. ``ChatMLRenderer`` writes Qwen2.5-VL / Thyme's ChatML in Python;
+``TemplateRenderer`` runs the GGUF's Jinja template (docs/engine.md, "Prompt formats").
 """
 
 from __future__ import annotations

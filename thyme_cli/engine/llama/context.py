@@ -1,15 +1,9 @@
 """The live context of one question: what is in the KV cache, and how to extend it.
 
-``LiveContext`` keeps a record of everything evaluated so far (its text with IMAGE_MARKERs, its
-token/image stream, the KV position and cell count) as a list of marks, one after each
-evaluated unit (a fed suffix or a generated token). ``sync(target)`` makes the context hold a
-newly rendered conversation: if ``target`` extends the evaluated text only the new tail is
-tokenized (libmtmd) and evaluated; if it diverges, the KV cells past the last mark inside the
-common prefix are removed and evaluation resumes from there. The context is never silently
-wrong: text and KV move together, and a failure halfway marks the context broken.
-
-Positions and cells differ for M-RoPE models (an image advances the position by max(grid)
-but fills n_tokens cells), so both are tracked: positions for decoding, cells for capacity.
+``LiveContext`` records everything evaluated (text, token/image stream, KV position and cells) as
+marks; ``sync`` evaluates only the new tail of a rendered conversation, or rolls back to the common
+prefix first. Text and KV move together; a failure halfway marks the context broken
+(docs/engine.md, "One live context per question").
 """
 
 from __future__ import annotations
@@ -255,34 +249,13 @@ class LiveContext:
         return index, joint[self.marks[index][_STREAM] - m[_STREAM] :]
 
     def apply(self, plan: SyncPlan) -> None:
+        """Evaluate the plan's suffix (rolling back to its mark first where it says so) and mark the
+        places a later append or question may resume from."""
         if not plan.suffix:
             return
-        base = self.marks[plan.mark_index] if plan.rolls_back else self.marks[-1]
-        native, c = self.native, self.counters
-        add_special = (
-            base[_POS] == 0 and native.add_bos and not (native.bos_text and plan.suffix.startswith(native.bos_text))
-        )
+        c = self.counters
         t0, encode0 = time.perf_counter(), c.image_encode_s
-        # Resuming right after an image (a question sharing an earlier one's image): libmtmd puts
-        # the model's end-of-image tokens at the start of the text after an image, so the suffix is
-        # tokenized behind a tiny probe image and the probe's chunks are dropped. The text then
-        # becomes exactly the chunk a lone question evaluates there (same tokens, same batches).
-        after_image = base[_STREAM] > 0 and not isinstance(self.stream[base[_STREAM] - 1], int)
-        text, images = plan.suffix, list(plan.images)
-        if after_image:
-            text, images = IMAGE_MARKER + text, [self._probe_image(), *images]
-        with native.tokenize_multimodal(text, images, add_special=add_special) as all_chunks:
-            chunks = all_chunks
-            if after_image:
-                first = next(i for i, ch in enumerate(all_chunks) if ch.image)
-                chunks = all_chunks[first + 1 :]
-            n_new = sum(c.n_tokens for c in chunks)
-            self._check_room(base[_CELLS], n_new, plan.images)
-            self.broken = True  # until the whole suffix is in
-            if plan.rolls_back:
-                self._cut(plan.mark_index)
-            chars0 = self._chars
-            after_images = self._evaluate(chunks, plan.images)
+        chars0, after_images = self._evaluate_suffix(plan)
         # Prefill: everything but the vision encoder (tokenizing, image preprocessing, decoding).
         c.prefill_s += time.perf_counter() - t0 - (c.image_encode_s - encode0)
         # A mark right after each image and the control tokens the projector puts after it (e.g.
@@ -300,6 +273,33 @@ class LiveContext:
         if self.logits_valid:
             self._save_logits()
         self.broken = False
+
+    def _evaluate_suffix(self, plan: SyncPlan) -> tuple[int, list[tuple[int, int, int, int]]]:
+        """Tokenize and evaluate the suffix; returns the text length it starts at and _evaluate's
+        places after each image. The context stays ``broken`` until apply has marked the end."""
+        base = self.marks[plan.mark_index] if plan.rolls_back else self.marks[-1]
+        native = self.native
+        add_special = (
+            base[_POS] == 0 and native.add_bos and not (native.bos_text and plan.suffix.startswith(native.bos_text))
+        )
+        # Resuming right after an image (a question sharing an earlier one's image): libmtmd puts
+        # the model's end-of-image tokens at the start of the text after an image, so the suffix is
+        # tokenized behind a tiny probe image and the probe's chunks are dropped. The text then
+        # becomes exactly the chunk a lone question evaluates there (same tokens, same batches).
+        after_image = base[_STREAM] > 0 and not isinstance(self.stream[base[_STREAM] - 1], int)
+        text, images = plan.suffix, list(plan.images)
+        if after_image:
+            text, images = IMAGE_MARKER + text, [self._probe_image(), *images]
+        with native.tokenize_multimodal(text, images, add_special=add_special) as all_chunks:
+            chunks = all_chunks
+            if after_image:
+                first = next(i for i, ch in enumerate(all_chunks) if ch.image)
+                chunks = all_chunks[first + 1 :]
+            self._check_room(base[_CELLS], sum(c.n_tokens for c in chunks), plan.images)
+            self.broken = True  # until the whole suffix is in
+            if plan.rolls_back:
+                self._cut(plan.mark_index)
+            return self._chars, self._evaluate(chunks, plan.images)
 
     def _save_logits(self) -> None:
         if self.keep_logits:
@@ -351,59 +351,73 @@ class LiveContext:
     def _evaluate(self, chunks: Sequence[Chunk], images: Sequence[PreparedImage]) -> list[tuple[int, int, int, int]]:
         """Evaluate the chunks; returns (stream length, position, cells, images) right after each
         image and the control tokens that follow it."""
-        native, c, progress = self.native, self.counters, self.progress
         it = iter(images)
         after: list[tuple[int, int, int, int]] = []
         total, done = sum(ch.n_tokens for ch in chunks), 0
         for chunk in chunks:
-            if not chunk.image:
+            if chunk.image:
+                self._evaluate_image(chunk, next(it), done, total)
+                after.append((len(self.stream), self.pos, self.cells, len(self.images)))
+            else:
                 if after and after[-1][0] == len(self.stream):  # the text chunk right after an image
                     lead = 0
-                    while lead < len(chunk.tokens) and native.is_control(chunk.tokens[lead]):
+                    while lead < len(chunk.tokens) and self.native.is_control(chunk.tokens[lead]):
                         lead += 1
                     after[-1] = (len(self.stream) + lead, self.pos + lead, self.cells + lead, after[-1][3])
-                if chunk.tokens:
-                    on_batch = None
-                    if progress is not None:
-
-                        def on_batch(n: int, base: int = done) -> None:
-                            progress("prefill", base + n, total)
-
-                    native.decode_tokens(chunk.tokens, self.pos, on_batch, self.seq)
-                    done += chunk.n_tokens
-                    self.pos += chunk.n_tokens
-                    self.cells += chunk.n_tokens
-                    self.stream.extend(chunk.tokens)
-                    c.tokens_evaluated += chunk.n_tokens
-                    self.logits_valid = True
-                continue
-            image = next(it)
-            self._check_grid(image, chunk)
-            embd = self._embeddings.get(image)
-            if embd is None or embd.size != chunk.n_tokens * native.n_embd_inp:
-                if progress is not None:
-                    progress("encode", 0, chunk.n_tokens)
-                t0 = time.perf_counter()
-                if self.encode_guard is not None:  # other sequences decode meanwhile
-                    with self.encode_guard():
-                        embd = native.encode_image(chunk).copy()
-                else:
-                    embd = native.encode_image(chunk)
-                c.image_encode_s += time.perf_counter() - t0
-                c.images_encoded += 1
-                if self.keep_embeddings:
-                    embd = self._embeddings[image] = embd.copy()
-            self.pos = native.decode_image(chunk, embd, self.pos, self.seq)
-            done += chunk.n_tokens
-            if progress is not None:
-                progress("prefill", done, total)
-            self.cells += chunk.n_tokens
-            c.tokens_evaluated += chunk.n_tokens
-            self.images.append(image)
-            self.stream.append(image)
-            self.logits_valid = False  # image decodes produce no logits
-            after.append((len(self.stream), self.pos, self.cells, len(self.images)))
+                self._evaluate_text(chunk, done, total)
+            done += chunk.n_tokens  # a text chunk's n_tokens is len(tokens)
         return after
+
+    def _evaluate_text(self, chunk: Chunk, done: int, total: int) -> None:
+        """Decode a text chunk in batches, reporting prefill progress after each."""
+        if not chunk.tokens:
+            return
+        progress = self.progress
+        on_batch = None
+        if progress is not None:
+
+            def on_batch(n: int) -> None:
+                progress("prefill", done + n, total)
+
+        self.native.decode_tokens(chunk.tokens, self.pos, on_batch, self.seq)
+        self.pos += chunk.n_tokens
+        self.cells += chunk.n_tokens
+        self.stream.extend(chunk.tokens)
+        self.counters.tokens_evaluated += chunk.n_tokens
+        self.logits_valid = True
+
+    def _evaluate_image(self, chunk: Chunk, image: PreparedImage, done: int, total: int) -> None:
+        """Decode an image chunk from its embeddings (kept ones reused); image decodes leave no logits."""
+        self._check_grid(image, chunk)
+        embd = self._image_embeddings(chunk, image)
+        self.pos = self.native.decode_image(chunk, embd, self.pos, self.seq)
+        if self.progress is not None:
+            self.progress("prefill", done + chunk.n_tokens, total)
+        self.cells += chunk.n_tokens
+        self.counters.tokens_evaluated += chunk.n_tokens
+        self.images.append(image)
+        self.stream.append(image)
+        self.logits_valid = False  # image decodes produce no logits
+
+    def _image_embeddings(self, chunk: Chunk, image: PreparedImage) -> np.ndarray:
+        """The image's embeddings: kept ones when they fit this chunk, else encoded now."""
+        native, c = self.native, self.counters
+        embd = self._embeddings.get(image)
+        if embd is not None and embd.size == chunk.n_tokens * native.n_embd_inp:
+            return embd
+        if self.progress is not None:
+            self.progress("encode", 0, chunk.n_tokens)
+        t0 = time.perf_counter()
+        if self.encode_guard is not None:  # other sequences decode meanwhile
+            with self.encode_guard():
+                embd = native.encode_image(chunk).copy()
+        else:
+            embd = native.encode_image(chunk)
+        c.image_encode_s += time.perf_counter() - t0
+        c.images_encoded += 1
+        if self.keep_embeddings:
+            embd = self._embeddings[image] = embd.copy()
+        return embd
 
     def _check_grid(self, image: PreparedImage, chunk: Chunk) -> None:
         """mtmd must keep the smart_resize grid; if it resized again, the model sees another image."""
@@ -542,21 +556,10 @@ class LiveContext:
         The next question on the same engine usually starts with the same system prompt, and often
         with the same image; keeping their KV cells saves evaluating (and encoding) them again.
         """
-        if self.broken or self.prefix_mark is None or self.prefix_mark >= len(self.marks):
-            return None
-        m = self.marks[self.prefix_mark]
-        if not m[_CLEAN] or m[_CELLS] == 0:
-            return None
-        self.native.seq_rm(m[_POS], self.seq)  # this conversation's own record stays as it was, for its readers
-        return SharedPrefix(
-            self.text[: m[_CHARS]],
-            self.marks[: self.prefix_mark + 1],
-            self.stream[: m[_STREAM]],
-            m[_POS],
-            m[_CELLS],
-            logits_valid=False,
-            images=self.images[: m[_IMAGES]],
-        )
+        prefix = self.snapshot_prefix()
+        if prefix is not None:  # this conversation's own record stays as it was, for its readers
+            self.native.seq_rm(prefix.pos, self.seq)
+        return prefix
 
     def adopt(self, prefix: SharedPrefix) -> None:
         """Start from what the previous question left in the KV cache (see detach_prefix)."""

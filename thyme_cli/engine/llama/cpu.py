@@ -1,12 +1,8 @@
 """CPU thread defaults: how many threads decode, and how many evaluate prompts and images.
 
-Decoding one token reads every weight once, so it is bound by memory bandwidth; one thread per
-physical core reaches that bound, and a second hardware thread on the same core only adds
-contention (llama.cpp's own tools default to the physical core count for the same reason).
-Prompt batches and the vision encoder are compute-bound matrix products and use every CPU this
-process may run on. The old rule, half the logical CPUs for decoding, left one of two cores idle
-on a 2-core machine without hyper-threading. ``benchmarks/scale_bench.py`` measures each
-setting against these defaults (``defaults_over_best_decode`` in its JSON).
+Decoding is bound by memory bandwidth (one thread per physical core); prompt batches and the vision
+encoder are compute-bound (every usable CPU). The measurements are in docs/engine.md ("CPU defaults
+(measured)").
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
-"""Does llama.cpp's fast CPU path for quantized weights run on this CPU? Asked once, in a child.
+"""Does llama.cpp's fast CPU path for quantized weights (extra buffer types) run on this CPU?
 
-llama.cpp moves quantized weights into "extra buffer types" at load time (the AMX buffer on Xeons
-that list AMX, repacked Q4_0 layouts elsewhere) when ``llama_model_params.use_extra_bufts`` is
-true, its default. Some machines list AMX in /proc/cpuinfo but fault on its tile instructions
-(cloud VMs whose hypervisor does not enable the AMX state): every Q4_K_M / Q8_0 / Q4_0 model then
-dies with SIGILL on its first prompt. A dying process cannot report anything, so the question is
-asked in a child process: it writes a tiny model whose matrices are Q4_0, Q8_0, Q4_K and Q6_K
-(written here, so no dev package is needed), loads it WITH extra buffer types and evaluates a
-prompt-sized batch plus a few single tokens. If the child dies by a signal, models load without
-extra buffer types. The answer is cached per (llama.cpp library build, CPU flags) under the user
-cache dir; ``THYME_EXTRA_BUFTS=0|1`` overrides it either way.
-
-After a crash the child runs twice more: without extra buffer types (the fix), and with only the
-CPU_REPACK buffer type given to its Q4_0 / Q4_K layer matrices (``repack_ok``): where that runs,
-the engine keeps those repacked layouts (faster decoding) and leaves out only what crashed.
+Asked once per llama.cpp build and CPU, in a child process that loads a tiny quantized model: if the
+child dies by a signal, models load without extra buffer types (or with only CPU_REPACK for the Q4
+layers where that runs). See docs/engine.md ("Quantized models on CPUs whose fast path crashes").
 
 ``python -m thyme_cli.engine.llama.cpu_probe child MODEL extra|plain|repack`` is the child.
 """
@@ -268,24 +257,27 @@ def repack_overrides(names: list[str]) -> Any:
     import ctypes
     import re
 
-    import llama_cpp
-
     if not names:
         return None
-    lib = Path(llama_cpp.__file__).parent / "lib"
-    try:
-        ggml = ctypes.CDLL(str(next(lib.glob("libggml.so*"))))
-        base = ctypes.CDLL(str(next(lib.glob("libggml-base.so*"))))
-    except (StopIteration, OSError):
+    repack = _cpu_repack_buffer_type()
+    if repack is None:
         return None
-    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    base.ggml_backend_buft_name.restype = ctypes.c_char_p
-    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+
+    class Override(ctypes.Structure):
+        _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+    pattern = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+    return (Override * 2)(Override(pattern.encode(), repack), Override(None, None))
+
+
+def _cpu_repack_buffer_type() -> int | None:
+    """The CPU backend's CPU_REPACK buffer type (a ggml pointer), or None where this build lacks it."""
+    import ctypes
+
+    libraries = _ggml_libraries()
+    if libraries is None:
+        return None
+    ggml, base = libraries
     dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
     if not dev:
         return None
@@ -301,14 +293,30 @@ def repack_overrides(names: list[str]) -> Any:
         if base.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
             repack = bufts[i]
         i += 1
-    if repack is None:
+    return repack
+
+
+def _ggml_libraries() -> tuple[Any, Any] | None:
+    """libggml and libggml-base of the installed llama_cpp, typed for the calls above (None if absent)."""
+    import ctypes
+
+    import llama_cpp
+
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    try:
+        ggml = ctypes.CDLL(str(next(lib.glob("libggml.so*"))))
+        base = ctypes.CDLL(str(next(lib.glob("libggml-base.so*"))))
+    except (StopIteration, OSError):
         return None
-
-    class Override(ctypes.Structure):
-        _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
-
-    pattern = "^(" + "|".join(re.escape(n) for n in names) + ")$"
-    return (Override * 2)(Override(pattern.encode(), repack), Override(None, None))
+    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    return ggml, base
 
 
 # --- the probe model: a tiny `llama` GGUF with quantized matrices, written without the gguf package ---
@@ -340,10 +348,17 @@ def _quantized(rng: random.Random, qtype: int, rows: int, cols: int) -> bytes:
     return bytes(data)
 
 
+_Tensor = tuple[str, tuple[int, ...], int, bytes]  # name, dims, ggml type, data
+
+
 def write_probe_model(path: Path, seed: int = 0) -> Path:
     """A 3-layer `llama` model (no vocabulary: the probe feeds token ids) of about 1 MB."""
-    rng = random.Random(seed)
-    tensors: list[tuple[str, tuple[int, ...], int, bytes]] = []
+    return _write_gguf(path, _probe_metadata(), _probe_tensors(random.Random(seed)))
+
+
+def _probe_tensors(rng: random.Random) -> list[_Tensor]:
+    """The probe's weights: every quantized type the fast CPU paths handle, in attention and FFN matrices."""
+    tensors: list[_Tensor] = []
 
     def f32(name: str, n: int) -> None:
         tensors.append((name, (n,), _F32, struct.pack(f"<{n}f", *([1.0] * n))))
@@ -363,8 +378,12 @@ def write_probe_model(path: Path, seed: int = 0) -> Path:
         mat(p + "ffn_gate.weight", _N_EMBD, _N_FF, ffn)
         mat(p + "ffn_up.weight", _N_EMBD, _N_FF, ffn)
         mat(p + "ffn_down.weight", _N_FF, _N_EMBD, ffn)
+    return tensors
 
-    kvs = [
+
+def _probe_metadata() -> list[bytes]:
+    """The GGUF key/value pairs of the probe's `llama` architecture."""
+    return [
         _kv("general.architecture", "llama"),
         _kv("general.name", "thyme-cpu-probe"),
         _kv("general.alignment", 32),
@@ -379,6 +398,10 @@ def write_probe_model(path: Path, seed: int = 0) -> Path:
         _kv("llama.rope.dimension_count", _N_EMBD // _N_HEAD),
         _kv("tokenizer.ggml.model", "none"),
     ]
+
+
+def _write_gguf(path: Path, kvs: list[bytes], tensors: list[_Tensor]) -> Path:
+    """A GGUF v3 file: header, metadata, tensor infos, then the 32-byte aligned tensor data."""
     infos = bytearray()
     blobs = bytearray()
     for name, dims, qtype, data in tensors:
@@ -396,9 +419,35 @@ def write_probe_model(path: Path, seed: int = 0) -> Path:
 # --- the child -------------------------------------------------------------------------------------
 
 
+class _ProbeFailed(Exception):
+    """A step of the child that failed without a crash (its message is printed)."""
+
+
 def _child(model_path: str, mode: str) -> int:
+    """Load the probe model as MODE says and decode with it; a crash here is the answer the parent wants."""
+    import llama_cpp
+
+    callback = _silence_llama()  # referenced until the end: llama.cpp keeps calling it
+    llama_cpp.llama_backend_init()
+    try:
+        model = _load_probe_model(model_path, mode)
+        ctx = _probe_context(model)
+        batch = llama_cpp.llama_batch_init(_PROMPT_TOKENS, 0, 1)
+        _decode_probe_prompt(ctx, batch)
+    except _ProbeFailed as e:
+        print(e)
+        return 1
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+    print(json.dumps({"ok": True, "mode": mode}))
+    del callback
+    return 0
+
+
+def _silence_llama() -> Any:
+    """Install a log callback that drops llama.cpp's messages; the caller keeps it alive."""
     import ctypes
-    import math
 
     import llama_cpp
 
@@ -407,7 +456,15 @@ def _child(model_path: str, mode: str) -> int:
 
     callback = llama_cpp.llama_log_callback(_quiet)
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
+    return callback
+
+
+def _load_probe_model(model_path: str, mode: str) -> Any:
+    """CPU-only load with extra buffer types (extra), without (plain), or CPU_REPACK for Q4 layers (repack)."""
+    import ctypes
+
+    import llama_cpp
+
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = 0
     mp.use_extra_bufts = mode == "extra"
@@ -417,22 +474,34 @@ def _child(model_path: str, mode: str) -> int:
 
         overrides = repack_overrides(repack_tensor_names(read_tensor_types(Path(model_path))))
         if overrides is None:
-            print("this llama.cpp build has no CPU_REPACK buffer type")
-            return 1
+            raise _ProbeFailed("this llama.cpp build has no CPU_REPACK buffer type")
         mp.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), mp)
     if not model:
-        print("llama.cpp could not load the probe model")
-        return 1
+        raise _ProbeFailed("llama.cpp could not load the probe model")
+    return model
+
+
+def _probe_context(model: Any) -> Any:
+    """A small context with up to four threads (enough to reach the threaded kernels)."""
+    import llama_cpp
+
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx = 256
     cp.n_batch = cp.n_ubatch = 128
     cp.n_threads = cp.n_threads_batch = max(1, min(4, os.cpu_count() or 1))
     ctx = llama_cpp.llama_init_from_model(model, cp)
     if not ctx:
-        print("llama.cpp could not create a context for the probe model")
-        return 1
-    batch = llama_cpp.llama_batch_init(_PROMPT_TOKENS, 0, 1)
+        raise _ProbeFailed("llama.cpp could not create a context for the probe model")
+    return ctx
+
+
+def _decode_probe_prompt(ctx: Any, batch: Any) -> None:
+    """A prompt-sized batch (matrix kernels), then single tokens (vector kernels); logits must be finite."""
+    import math
+
+    import llama_cpp
+
     tokens = [(7 * i + 3) % _N_VOCAB for i in range(_PROMPT_TOKENS + 4)]
     for i in range(_PROMPT_TOKENS):
         batch.token[i], batch.pos[i], batch.n_seq_id[i] = tokens[i], i, 1
@@ -447,17 +516,10 @@ def _child(model_path: str, mode: str) -> int:
         batch.n_tokens = 1
         rc = llama_cpp.llama_decode(ctx, batch)
     if rc != 0:
-        print(f"llama_decode failed with code {rc}")
-        return 1
+        raise _ProbeFailed(f"llama_decode failed with code {rc}")
     logits = llama_cpp.llama_get_logits_ith(ctx, -1)
     if not all(math.isfinite(logits[i]) for i in range(_N_VOCAB)):
-        print("the probe model's logits are not finite")
-        return 1
-    llama_cpp.llama_batch_free(batch)
-    llama_cpp.llama_free(ctx)
-    llama_cpp.llama_model_free(model)
-    print(json.dumps({"ok": True, "mode": mode}))
-    return 0
+        raise _ProbeFailed("the probe model's logits are not finite")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,8 @@
 """The llama.cpp engine: one loaded model pair, one live multimodal context per question.
 
-``LlamaEngine.load`` loads a GGUF language model and its mmproj once; ``open()`` starts a
-question by clearing the KV cache (the only place it is cleared). A ``LlamaConversation``
-renders its messages with the model's chat format after every feed and evaluates only the new
-tail through libmtmd, so earlier images are never encoded again and earlier text never
-re-evaluated. ``generate`` samples token by token with adaptive temperature (greedy inside
-``<code>``) and stops at ``</code>``, ``</answer>``, end of turn or the token budget.
+``LlamaEngine.load`` loads the GGUF pair once; ``open()`` starts a question (the only place the KV
+cache is cleared). A ``LlamaConversation`` evaluates only what each feed adds and generates with
+adaptive temperature until a stop; the design is in docs/engine.md.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -526,6 +523,16 @@ class LlamaConversation:
         feed closes the turn in the model's own format).
         """
         self._check()
+        budget = self._token_budget(max_tokens)
+        samplers = self._samplers
+        if self._retry_warm:  # a retried turn must differ from the failed one: sample it warm
+            samplers, self._retry_warm = self._warm_retry_samplers(), False
+        if self._engine._rounds is not None:
+            return self._generate_together(self._engine._rounds, samplers, budget, on_text)
+        return self._generate_alone(samplers, budget, on_text)
+
+    def _token_budget(self, max_tokens: int) -> int:
+        """How many tokens this generate may keep: max_tokens, or less where the context is nearly full."""
         if self._open is None:
             raise EngineError("generate needs an open assistant turn: call feed_user first")
         if max_tokens < 1:
@@ -542,13 +549,11 @@ class LlamaConversation:
                 f"the context is full ({live.n_ctx} tokens)",
                 hint="raise --ctx, use fewer or smaller images, or lower --max-image-tokens",
             )
-        budget = min(max_tokens, room)
-        samplers = self._samplers
-        if self._retry_warm:  # a retried turn must differ from the failed one: sample it warm
-            samplers, self._retry_warm = self._warm_retry_samplers(), False
-        if self._engine._rounds is not None:
-            return self._generate_together(self._engine._rounds, samplers, budget, on_text)
-        native, scanner, utf8 = self._native, self._scanner, self._utf8
+        return min(max_tokens, room)
+
+    def _generate_alone(self, samplers: AtsSamplers, budget: int, on_text: Callable[[str], None] | None) -> Generation:
+        """generate() for the only sequence: sample from the context's logits, evaluate, repeat."""
+        native, scanner, utf8, live = self._native, self._scanner, self._utf8, self._live
         code_chain, prose_chain, shared = samplers.code, samplers.prose, samplers.shared_history
         sample, piece, is_eog, push = native.sample, native.piece, native.is_eog, live.push_token
         decode = utf8.decode
@@ -569,10 +574,7 @@ class LlamaConversation:
                 stop = scanner.feed(text) if text else None
                 push(token, text, not utf8.pending)
                 tokens.append(token)
-                if text:
-                    out.append(text)
-                    if on_text is not None:
-                        on_text(text)
+                _emit(text, out, on_text)
                 if stop is not None:
                     reason = stop
                     break
@@ -594,25 +596,14 @@ class LlamaConversation:
     ) -> Generation:
         """generate() for one of several sequences: the first token is drawn from the logits this
         sequence's last feed left (a saved copy), every later one in a shared step (StepRounds)."""
-        live, scanner, utf8, native = self._live, self._scanner, self._utf8, self._native
-        assert self._open is not None
-        with self._engine.lock:
-            if live.saved_logits is None:
-                live.refresh_logits()
-            logits = live.saved_logits
-        assert logits is not None
+        scanner, utf8, native, seq = self._scanner, self._utf8, self._native, self._live.seq
+        token, logprob = self._first_token_together(samplers)
         code_chain, prose_chain, shared = samplers.code, samplers.prose, samplers.shared_history
-        chain = code_chain if scanner.in_code else prose_chain
-        token = sample_from_logits(chain, logits)
-        logprob = token_logprob(logits, token)
-        if shared:
-            samplers.accept_other(chain, token)
-        live.saved_logits = None  # used: the next generate without a feed evaluates the last token again
         out: list[str] = []
         tokens: list[int] = []
         reason: GenerationStopReason = "max_tokens"
         t0 = time.perf_counter()
-        rounds.enter(live.seq)
+        rounds.enter(seq)
         try:
             while True:
                 if native.is_eog(token):
@@ -622,17 +613,9 @@ class LlamaConversation:
                 stop = scanner.feed(text) if text else None
                 last = stop is not None or len(tokens) + 1 >= budget
                 chain = code_chain if scanner.in_code else prose_chain
-                live.broken = True  # until the step is in
-                following = rounds.decode(live.seq, token, live.pos, None if last else chain)
-                live.broken = False
-                live.push_token(token, text, not utf8.pending, evaluated=True)
+                following = self._step_together(rounds, token, text, logprob, None if last else chain)
                 tokens.append(token)
-                self._counters.logprob_sum += logprob
-                self._counters.logprob_tokens += 1
-                if text:
-                    out.append(text)
-                    if on_text is not None:
-                        on_text(text)
+                _emit(text, out, on_text)
                 if stop is not None:
                     reason = stop
                     break
@@ -642,9 +625,40 @@ class LlamaConversation:
                 if shared:
                     samplers.accept_other(chain, token)
         finally:
-            rounds.leave(live.seq)
+            rounds.leave(seq)
             self._end_generation(tokens, out, t0)
         return Generation(text="".join(out), stop_reason=reason, n_tokens=len(tokens))
+
+    def _first_token_together(self, samplers: AtsSamplers) -> tuple[int, float]:
+        """The first token (and its log-probability) from the logits this sequence's last feed saved."""
+        live = self._live
+        assert self._open is not None
+        with self._engine.lock:
+            if live.saved_logits is None:
+                live.refresh_logits()
+            logits = live.saved_logits
+        assert logits is not None
+        chain = samplers.code if self._scanner.in_code else samplers.prose
+        token = sample_from_logits(chain, logits)
+        logprob = token_logprob(logits, token)
+        if samplers.shared_history:
+            samplers.accept_other(chain, token)
+        live.saved_logits = None  # used: the next generate without a feed evaluates the last token again
+        return token, logprob
+
+    def _step_together(
+        self, rounds: StepRounds, token: int, text: str, logprob: float, chain: Any
+    ) -> tuple[int, float] | None:
+        """Evaluate TOKEN in the shared step and keep it; the step samples the next one with CHAIN
+        (None: this is the last token)."""
+        live = self._live
+        live.broken = True  # until the step is in
+        following = rounds.decode(live.seq, token, live.pos, chain)
+        live.broken = False
+        live.push_token(token, text, not self._utf8.pending, evaluated=True)
+        self._counters.logprob_sum += logprob
+        self._counters.logprob_tokens += 1
+        return following
 
     # --- retrying a turn (--on-error retry) ---------------------------------------------------------
 
@@ -769,6 +783,14 @@ class LlamaConversation:
         if self._closed:
             raise EngineError("this conversation was closed (the engine opened a new one)")
         self._engine._check()
+
+
+def _emit(text: str, out: list[str], on_text: Callable[[str], None] | None) -> None:
+    """Collect a generated piece of text and stream it to ON_TEXT (an empty piece is a split character)."""
+    if text:
+        out.append(text)
+        if on_text is not None:
+            on_text(text)
 
 
 if TYPE_CHECKING:

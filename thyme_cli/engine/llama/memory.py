@@ -1,11 +1,8 @@
 """Will this model fit? An estimate from the GGUF headers, checked before anything loads.
 
-On a CPU, llama.cpp maps the whole language model and reads the projector into memory, then
-allocates the KV cache for the full context. When that is more than the machine has, the load
-ends with the kernel's OOM killer or endless swapping, minutes later. The estimate here is
-weights (file sizes) + KV cache for n_ctx + a fixed allowance for compute buffers (+ the
-attention scores of a prompt batch at a full context when flash attention is off), and the
-check refuses with one line when it exceeds the machine's physical memory (or its cgroup limit).
+Weights + KV cache for n_ctx + compute buffers, against the machine's physical memory (or cgroup
+limit): a load that cannot fit is refused in one line instead of meeting the OOM killer minutes
+later (docs/engine.md, "Options").
 """
 
 from __future__ import annotations

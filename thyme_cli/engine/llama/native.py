@@ -38,6 +38,12 @@ _ALL_LAYERS = 0x7FFFFFFF
 _NO_CALLBACK = mtmd.mtmd_helper_post_decode_callback()
 # ggml type ids of the KV cache types EngineOptions offers.
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+# --flash-attn on / off / auto (None) as llama.cpp's flash attention types.
+_FLASH_TYPES = {
+    None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 _CTX_HINT = "raise --ctx, use fewer or smaller images, or lower --max-image-tokens"
 
 
@@ -201,11 +207,21 @@ class Native:
     # --- loading -----------------------------------------------------------------------------
 
     def _load(self, model_path: Path, mmproj_path: Path, options: EngineOptions) -> None:
+        """Model, then context, then projector, then the reusable batch; each step raises EngineError."""
         self.gpu = bool(llama_cpp.llama_supports_gpu_offload())
         layers = options.n_gpu_layers
         if layers is None:
             layers = -1 if self.gpu else 0
         self.n_gpu_layers = layers
+        self._load_model(model_path, mmproj_path, options)
+        self._create_context(options)
+        self._load_projector(model_path, mmproj_path, options)
+        self._init_batch()
+        self._read_model_texts()
+
+    def _load_model(self, model_path: Path, mmproj_path: Path, options: EngineOptions) -> None:
+        """Load the weights (CPU repacking as the probe decided) and check the projector fits them."""
+        layers = self.n_gpu_layers
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = _ALL_LAYERS if layers < 0 else layers
         mp.use_mmap = options.use_mmap
@@ -234,16 +250,14 @@ class Native:
                 hint="use the mmproj file published with this model",
             )
 
+    def _create_context(self, options: EngineOptions) -> None:
+        """The llama context: threads, batch size, sequences, flash attention and KV cache type."""
         cpu = cpu_defaults()  # one thread per physical core decodes; every CPU runs batches (engine/cpu.py)
         threads = options.n_threads or cpu.decode_threads
         threads_batch = options.n_threads or cpu.batch_threads
-        flash_types = {
-            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }
-        self.flash_attn = options.flash_attn if options.flash_attn is not None else (None if layers else False)
-        flash = flash_types[self.flash_attn]
+        self.flash_attn = (
+            options.flash_attn if options.flash_attn is not None else (None if self.n_gpu_layers else False)
+        )
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = options.n_ctx
         cp.n_batch = cp.n_ubatch = min(options.n_batch, options.n_ctx)
@@ -252,7 +266,7 @@ class Native:
             cp.kv_unified = True
         cp.n_threads = threads
         cp.n_threads_batch = threads_batch
-        cp.flash_attn_type = flash
+        cp.flash_attn_type = _FLASH_TYPES[self.flash_attn]
         cp.type_k = cp.type_v = _GGML_TYPES[options.kv_cache_type]
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -267,13 +281,15 @@ class Native:
         self.n_threads_batch = threads_batch
         self.n_seq_max = options.n_seq
 
+    def _load_projector(self, model_path: Path, mmproj_path: Path, options: EngineOptions) -> None:
+        """The libmtmd context of the mmproj file, which must take images."""
         pp = mtmd.mtmd_context_params_default()
-        pp.use_gpu = options.mmproj_gpu if options.mmproj_gpu is not None else (self.gpu and layers != 0)
+        pp.use_gpu = options.mmproj_gpu if options.mmproj_gpu is not None else (self.gpu and self.n_gpu_layers != 0)
         pp.print_timings = False
-        pp.n_threads = threads_batch
+        pp.n_threads = self.n_threads_batch
         self._marker = IMAGE_MARKER.encode()
         pp.media_marker = self._marker
-        pp.flash_attn_type = flash_types[options.mmproj_flash_attn]
+        pp.flash_attn_type = _FLASH_TYPES[options.mmproj_flash_attn]
         pp.warmup = options.mmproj_warmup if options.mmproj_warmup is not None else bool(pp.use_gpu)
         lo, hi = self._limits
         if lo is not None:
@@ -291,6 +307,8 @@ class Native:
             raise EngineError(f"projector {mmproj_path.name} does not take images")
         self.use_mrope = bool(mtmd.mtmd_decode_use_mrope(self.mtmd_ctx))
 
+    def _init_batch(self) -> None:
+        """One batch reused by every decode, with numpy views of its token, position and logits arrays."""
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._batch_seq = 0
         b = self._batch
@@ -302,6 +320,9 @@ class Native:
         self._out = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+
+    def _read_model_texts(self) -> None:
+        """BOS/EOS texts, the embedded chat template and the model's description."""
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))

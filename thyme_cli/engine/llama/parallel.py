@@ -1,15 +1,8 @@
 """Several sequences of one llama.cpp context, decoded together: one llama_decode per step.
 
-On a CPU, decoding one token is bound by memory bandwidth (every weight is read once per step),
-so a step that carries one token for each of N sequences costs little more than a step for one.
-This module is the engine-level building block for that: ``fork`` shares an evaluated prefix
-with other sequences (in the unified KV cache a copy is only a tag on the cells, no data moves),
-``step`` evaluates one token per live sequence in one batch, and ``sample`` draws each
-sequence's next token from its own row of logits with its own sampler chain.
-
-The context must be created with ``EngineOptions(n_seq=N)``. Wiring it into ``batch --jobs``
-and ``--samples`` (one agent loop per sequence) is not done yet; ``benchmarks/reuse_bench.py``
-measures what it gains on the real-shape model.
+A CPU decode step is bound by memory bandwidth, so one token for each of N sequences costs little
+more than one token. ``fork`` shares an evaluated prefix, ``step`` evaluates one token per live
+sequence, ``sample`` draws each from its own logits (docs/engine.md, "Never paying twice").
 """
 
 from __future__ import annotations

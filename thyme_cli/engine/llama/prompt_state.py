@@ -1,14 +1,8 @@
 """The evaluated system prompt, saved on disk so the next `thyme ask` process need not evaluate it.
 
-llama.cpp's sequence-state API copies one sequence's KV cells out of a context and back into
-another. A file is keyed by everything that changes those cells: the model and projector files
-(path, size, modification time), the context settings, the prompt text and the llama.cpp
-version. A file whose key, length or checksum does not match is deleted and the prompt is
-evaluated again (and saved again). The directory is kept under a size bound (oldest used
-first out); `thyme runs gc` empties it and `thyme models rm` drops a model's files.
-
-File layout: MAGIC, a 4-byte little-endian header length, a JSON header (key, tokens, data
-length and sha256), then the state bytes.
+One file per (model files, context settings, prompt, llama.cpp version), checked on load and
+deleted when it does not match; the directory is size-bounded. Key, layout and bounds are in
+docs/engine.md ("Never paying twice").
 """
 
 from __future__ import annotations

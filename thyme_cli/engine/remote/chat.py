@@ -1,15 +1,8 @@
 """One question's conversation with a remote server: the history lives here, the server is stateless.
 
-Every ``generate`` sends the whole history as chat messages; an open assistant turn goes as a
-final assistant message that the server continues (see remote_probe). The history is only ever
-appended to, so consecutive requests share their prefix and the server's prefix cache (vLLM,
-SGLang, llama-server) keeps a Thyme turn linear in cost.
-
-Adaptive temperature sampling takes two requests per code step: prose at the user's temperature
-until ``<code>``, then temperature 0 until ``</code>``. Stop strings are found here, in the
-stream, rather than by the server: servers strip the stop string and do not say which one hit,
-while the protocol needs to know (and the text must keep it). The stream is closed as soon as a
-stop string shows up, which aborts the rest of that request.
+Every ``generate`` sends the whole (append-only) history, so the server's prefix cache keeps a turn
+linear in cost; adaptive temperature sampling takes two requests per code step, and stop strings are
+found here in the stream (docs/remote.md, "How the protocol maps onto the chat API").
 """
 
 from __future__ import annotations

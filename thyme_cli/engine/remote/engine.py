@@ -1,15 +1,8 @@
 """The same Thyme loop against an OpenAI-compatible server (vLLM, SGLang, llama-server).
 
-``--backend openai --base-url URL [--api-model NAME]``. The server holds the weights; thyme keeps
-each question's history, runs the code in its own sandbox and sends images as data URIs. One
-engine serves any number of conversations at once (``thyme batch --jobs N``). Connecting to a server
-and choosing its model is models/loading.py (`load_remote`).
-
-Settings from the environment (never printed): THYME_API_KEY, else OPENAI_API_KEY. Tuning:
-THYME_API_TIMEOUT (seconds without a byte from the server, default 600), THYME_API_RETRIES
-(attempts per request, default 6), THYME_API_RETRY_BUDGET (seconds of waiting per request,
-default 120), THYME_API_EXTRA_BODY (a JSON object merged into every chat request, e.g.
-``{"repetition_penalty": 1.05}``; it cannot override the fields the protocol owns).
+The server holds the weights; thyme keeps each question's history, runs the code in its own sandbox
+and sends images as data URIs; one engine serves many conversations at once. Connecting and choosing
+the model is models/loading.py (`load_remote`); the THYME_API_* settings are in docs/remote.md.
 """
 
 from __future__ import annotations

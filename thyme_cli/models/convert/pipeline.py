@@ -1,19 +1,7 @@
 """Qwen2.5-VL safetensors (Thyme-RL or any fine-tune) -> a quantized GGUF pair thyme can run.
 
-The pipeline, one numbered phase each, every phase's output recorded in a small state file so an
-interrupted run resumes after the last finished phase:
-
-1. download   the Hub snapshot into the HF cache (resumable, verified), or check a local folder
-2. text       the language model to GGUF with llama.cpp's converter (16-bit, or the final F16/BF16/F32)
-3. mmproj     the vision projector to GGUF (f16, q8_0 or f32)
-4. quantize   the language model with llama.cpp's quantizer (Q4_K_M by default)
-5. verify     the pair loads together in llama.cpp, decodes text and encodes an image
-6. install    both files move to ``<data dir>/models/NAME/``; intermediates (and the download,
-              unless kept) are deleted
-
-Free disk is checked before anything is written. The converter runs in its own environment
-(convert_env); quantize and verify run in child processes (convert_native), so a crash in native
-code becomes one clear line.
+Six phases (download, text, mmproj, quantize, verify, install), each recorded in a state file so an
+interrupted run resumes after the last finished one; docs/convert.md ("What happens") has the table.
 """
 
 from __future__ import annotations
@@ -25,7 +13,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -562,6 +550,26 @@ def convert_new(
     name = check_name(name or default_name(repo, folder))
     if new.protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+    _check_name_is_free(name)
+    req = ConvertRequest(
+        name=name,
+        repo=repo,
+        revision=revision,
+        source_dir=folder,
+        quant=normalize_quant(quant),
+        mmproj_type=normalize_mmproj_type(mmproj_type),
+        keep_download=keep_download,
+        pre_tokenizer=pre_tokenizer,
+        resume_command="",
+    )
+    req = replace(req, resume_command=_convert_command(source, req, new))
+    result = convert(req, progress=progress)
+    upsert_user_model(name, _new_model_entry(req, new, result.commit))
+    return load_registry().get(name), result.files
+
+
+def _check_name_is_free(name: str) -> None:
+    """A new model may not take a registered name (a needs_conversion one is converted by `pull`)."""
     registry = load_registry()
     if name in registry.models:
         existing = registry.models[name]
@@ -571,29 +579,27 @@ def convert_new(
             else "choose another --name"
         )
         raise UsageError(f"a model named {name!r} already exists", hint=hint)
-    quant, mmproj_type = normalize_quant(quant), normalize_mmproj_type(mmproj_type)
+
+
+def _convert_command(source: str, req: ConvertRequest, new: NewModel) -> str:
+    """The `thyme models convert` command that resumes REQ: SOURCE and every option not at its default."""
     given = {
-        "--name": name,
-        "--revision": revision if repo and revision != "main" else None,
-        "--quant": quant if quant != DEFAULT_QUANT else None,
-        "--mmproj-type": mmproj_type if mmproj_type != DEFAULT_MMPROJ else None,
-        "--pre-tokenizer": pre_tokenizer,
+        "--name": req.name,
+        "--revision": req.revision if req.repo and req.revision != "main" else None,
+        "--quant": req.quant if req.quant != DEFAULT_QUANT else None,
+        "--mmproj-type": req.mmproj_type if req.mmproj_type != DEFAULT_MMPROJ else None,
+        "--pre-tokenizer": req.pre_tokenizer,
         "--protocol": new.protocol if new.protocol != "generic" else None,
         "--ctx": str(new.n_ctx) if new.n_ctx != NewModel.n_ctx else None,
     }
     words = ["thyme", "models", "convert", source, *(w for k, v in given.items() if v for w in (k, v))]
-    req = ConvertRequest(
-        name=name,
-        repo=repo,
-        revision=revision,
-        source_dir=folder,
-        quant=quant,
-        mmproj_type=mmproj_type,
-        keep_download=keep_download,
-        pre_tokenizer=pre_tokenizer,
-        resume_command=shlex.join([*words, *(["--keep-download"] if keep_download else [])]),
-    )
-    result = convert(req, progress=progress)
+    return shlex.join([*words, *(["--keep-download"] if req.keep_download else [])])
+
+
+def _new_model_entry(
+    req: ConvertRequest, new: NewModel, commit: str | None
+) -> dict[str, str | int | float | bool | Path]:
+    """The user's [models.NAME] entry of a converted model: where it came from, so `pull` can redo it."""
     values: dict[str, str | int | float | bool | Path] = {
         "description": new.description or f"converted from {req.source_label} ({req.quant})",
         "model_file": req.model_file,
@@ -604,10 +610,9 @@ def convert_new(
         "image_min_tokens": 4,
         "image_max_tokens": 3072,
     }
-    if repo:
-        values.update(repo=repo, revision=result.commit or revision)
+    if req.repo:
+        values.update(repo=req.repo, revision=commit or req.revision)
     else:
-        assert folder is not None
-        values["source_dir"] = folder
-    upsert_user_model(name, values)
-    return load_registry().get(name), result.files
+        assert req.source_dir is not None
+        values["source_dir"] = req.source_dir
+    return values

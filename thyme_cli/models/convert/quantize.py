@@ -1,10 +1,8 @@
 """Quantize a GGUF and check that a converted pair loads, with llama.cpp, in a child process.
 
-``python -m thyme_cli.models.convert.quantize quantize IN OUT TYPE`` and ``... verify MODEL MMPROJ`` run in
-thyme's own environment (llama-cpp-python), but in a process of their own: llama.cpp aborts the
-whole process on some malformed files (GGML_ASSERT), and a conversion must end in one clear line,
-not a dead CLI. Results and progress go to stdout as ``@@thyme {json}`` lines (see convert_worker);
-llama.cpp's own log goes to stderr, which the parent keeps in the phase's log file.
+``python -m thyme_cli.models.convert.quantize quantize IN OUT TYPE`` / ``... verify MODEL MMPROJ``:
+llama.cpp aborts the whole process on some malformed files, and a conversion must end in one clear
+line. Results go to stdout as ``@@thyme {json}`` lines, llama.cpp's log to stderr (the phase's log).
 """
 
 from __future__ import annotations

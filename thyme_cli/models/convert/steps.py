@@ -13,7 +13,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from thyme_cli.errors import ThymeError
 from thyme_cli.models.convert.worker import EVENT_PREFIX
@@ -50,8 +50,6 @@ def run_step(
 ) -> list[Event]:
     """Run CMD to the end; return its events, or raise ConversionError('<what> failed: ...')."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    events: list[Event] = []
-    tail: list[str] = []
     with log_path.open("w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -68,32 +66,44 @@ def run_step(
             )
         except OSError as e:
             raise ConversionError(f"{what} failed: cannot start {cmd[0]}: {e.strerror}", hint=hint) from None
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                tail = [*tail[-40:], line]
-                if line.startswith(EVENT_PREFIX):
-                    try:
-                        event = json.loads(line[len(EVENT_PREFIX) :])
-                    except ValueError:
-                        continue
-                    events.append(event)
-                    if on_event is not None:
-                        on_event(event)
-            rc = proc.wait()
-        except BaseException:  # Ctrl-C reaches the child too; do not leave it running on any exit
-            proc.kill()
-            proc.wait()
-            raise
+        events, tail, rc = _follow(proc, log, on_event)
     if rc == 0 and not any(e.get("event") == "error" for e in events):
         return events
+    where = f"the full log is in {log_path}"
+    raise ConversionError(f"{what} failed: {_reason(events, tail, rc)}", hint=f"{hint}; {where}" if hint else where)
+
+
+def _follow(
+    proc: subprocess.Popen[str], log: TextIO, on_event: Callable[[Event], None] | None
+) -> tuple[list[Event], list[str], int]:
+    """Copy the child's output into LOG until it exits; returns its events, its last lines and its exit status."""
+    assert proc.stdout is not None
+    events: list[Event] = []
+    tail: list[str] = []
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            tail = [*tail[-40:], line]
+            if line.startswith(EVENT_PREFIX):
+                try:
+                    event = json.loads(line[len(EVENT_PREFIX) :])
+                except ValueError:
+                    continue
+                events.append(event)
+                if on_event is not None:
+                    on_event(event)
+        return events, tail, proc.wait()
+    except BaseException:  # Ctrl-C reaches the child too; do not leave it running on any exit
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _reason(events: list[Event], tail: list[str], rc: int) -> str:
+    """Why a step failed: its own error event, else the signal or exit status and its last log line."""
     error = next((e for e in reversed(events) if e.get("event") == "error"), None)
     if error is not None and error.get("message"):
-        reason = str(error["message"])
-    elif rc < 0:
-        reason = f"the process was killed by signal {-rc}" + (f" after: {_last_line(tail)}" if _last_line(tail) else "")
-    else:
-        reason = _last_line(tail) or f"exit status {rc}"
-    where = f"the full log is in {log_path}"
-    raise ConversionError(f"{what} failed: {reason}", hint=f"{hint}; {where}" if hint else where)
+        return str(error["message"])
+    if rc < 0:
+        return f"the process was killed by signal {-rc}" + (f" after: {_last_line(tail)}" if _last_line(tail) else "")
+    return _last_line(tail) or f"exit status {rc}"

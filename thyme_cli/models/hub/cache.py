@@ -1,17 +1,8 @@
 """The Hugging Face cache layout, read and written with the standard library only.
 
-``thyme models list`` must say what is installed without importing huggingface_hub (it costs
-startup time), and our own resumable downloads must land exactly where huggingface_hub looks, so
-the documented layout lives here, in one place::
-
-    <HF_HUB_CACHE>/models--org--name/
-        blobs/<etag>                      the file bytes (etag = sha256 for LFS files)
-        blobs/<etag>.incomplete           a partial download (ours; kept across calls to resume)
-        refs/<revision>                   the 40-hex commit a branch or tag pointed to
-        snapshots/<commit>/<filename>  -> ../../blobs/<etag>   (relative symlink)
-    <HF_HUB_CACHE>/.locks/models--org--name/<etag>.lock
-
-The environment is read at call time (huggingface_hub reads it once, at import).
+``thyme models list`` says what is installed without importing huggingface_hub, and our resumable
+downloads land where huggingface_hub looks (the layout is in docs/models.md). The environment is read
+at call time (huggingface_hub reads it once, at import).
 """
 
 from __future__ import annotations

@@ -76,6 +76,15 @@ def http_status_error(status: int, target: Target) -> DownloadError:
 
 def translate(error: BaseException, target: Target) -> DownloadError:
     """The DownloadError a user should see for ERROR raised while fetching TARGET."""
+    for explain in (_hub_error, _network_error):
+        explained = explain(error, target)
+        if explained is not None:
+            return explained
+    return DownloadError(f"download of {target.repo}/{target.filename} failed: {type(error).__name__}: {error}")
+
+
+def _hub_error(error: BaseException, target: Target) -> DownloadError | None:
+    """What huggingface_hub's own error types say (gated, missing repo / revision / file, HTTP status)."""
     from huggingface_hub import errors as hf
 
     repo, endpoint = target.repo, target.endpoint
@@ -108,6 +117,12 @@ def translate(error: BaseException, target: Target) -> DownloadError:
         )
     if isinstance(error, hf.HfHubHTTPError) and error.response is not None:
         return http_status_error(error.response.status_code, target)
+    return None
+
+
+def _network_error(error: BaseException, target: Target) -> DownloadError | None:
+    """A connection that failed, timed out or broke on the way."""
+    endpoint = target.endpoint
     if isinstance(error, connect_errors()):
         return DownloadError(
             f"cannot reach the Hugging Face Hub at {endpoint} ({_reason(error)})",
@@ -120,7 +135,7 @@ def translate(error: BaseException, target: Target) -> DownloadError:
         )
     if isinstance(error, network_errors()):
         return DownloadError(f"network error talking to {endpoint}: {_reason(error)}", hint="try again")
-    return DownloadError(f"download of {repo}/{target.filename} failed: {type(error).__name__}: {error}")
+    return None
 
 
 def _reason(error: BaseException) -> str:

