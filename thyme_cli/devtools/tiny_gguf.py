@@ -113,21 +113,40 @@ def write_text_model(
     writer.add_name("tiny-qwen2vl")
     n_vocab = _add_vocab(writer, gguf, chat_template)
     head_dim = n_embd // n_head
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_sections(_mrope_sections(head_dim))
+    text = TextShape(n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv, 10000.0, _mrope_sections(head_dim))
+    add_text_header(writer, text)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     _add_text_tensors(
         writer, w, n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, kv_dim=n_head_kv * head_dim, n_ff=n_ff
     )
     _finish(writer)
     return path
+
+
+@dataclass(frozen=True)
+class TextShape:
+    """What a `qwen2vl` language model's header states (real_shape_gguf.py writes the same header)."""
+
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    rope_base: float
+    rope_sections: list[int]
+
+
+def add_text_header(writer: Any, text: TextShape) -> None:
+    writer.add_context_length(text.n_ctx_train)
+    writer.add_embedding_length(text.n_embd)
+    writer.add_block_count(text.n_layer)
+    writer.add_feed_forward_length(text.n_ff)
+    writer.add_head_count(text.n_head)
+    writer.add_head_count_kv(text.n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(text.rope_base)
+    writer.add_rope_dimension_sections(text.rope_sections)
 
 
 def _mrope_sections(head_dim: int) -> list[int]:
@@ -161,7 +180,7 @@ def _add_text_tensors(
 
 
 @dataclass(frozen=True)
-class _Tower:
+class ClipTower:
     """A vision tower's shape: what the clip header states and the tensors follow."""
 
     proj_dim: int
@@ -171,13 +190,12 @@ class _Tower:
     v_ff: int
     v_layers: int
     v_heads: int
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
-def _clip_writer(path: Path, projector_type: str, tower: _Tower) -> Any:
-    """A clip GGUF writer with the header every projector shares (what follows is the projector's own)."""
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), "clip")
+def add_clip_header(writer: Any, projector_type: str, tower: ClipTower) -> None:
+    """The header every clip projector shares (real_shape_gguf.py's too); what follows is the projector's own."""
     writer.add_clip_has_vision_encoder(True)
     writer.add_clip_projector_type(projector_type)
     writer.add_vision_projection_dim(tower.proj_dim)
@@ -188,8 +206,15 @@ def _clip_writer(path: Path, projector_type: str, tower: _Tower) -> Any:
     writer.add_vision_block_count(tower.v_layers)
     writer.add_vision_head_count(tower.v_heads)
     writer.add_vision_attention_layernorm_eps(1e-6)
-    writer.add_vision_image_mean([0.5, 0.5, 0.5])
-    writer.add_vision_image_std([0.5, 0.5, 0.5])
+    writer.add_vision_image_mean(list(tower.image_mean))
+    writer.add_vision_image_std(list(tower.image_std))
+
+
+def _clip_writer(path: Path, projector_type: str, tower: ClipTower) -> Any:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "clip")
+    add_clip_header(writer, projector_type, tower)
     return writer
 
 
@@ -215,7 +240,7 @@ def write_qwen25vl_projector(
     import gguf
 
     w = _Weights(seed, std)
-    writer = _clip_writer(path, "qwen2.5vl_merger", _Tower(proj_dim, 560, patch, v_embd, v_ff, v_layers, v_heads))
+    writer = _clip_writer(path, "qwen2.5vl_merger", ClipTower(proj_dim, 560, patch, v_embd, v_ff, v_layers, v_heads))
     writer.add_vision_use_silu(True)
     writer.add_vision_n_wa_pattern(2)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
@@ -259,7 +284,7 @@ def write_gemma3_projector(
     import gguf
 
     w = _Weights(seed, std)
-    tower = _Tower(proj_dim, image_size, patch, v_embd, v_ff, v_layers, v_heads)
+    tower = ClipTower(proj_dim, image_size, patch, v_embd, v_ff, v_layers, v_heads)
     writer = _clip_writer(path, "gemma3", tower)
     writer.add_vision_use_gelu(True)
     writer.add_vision_projector_scale_factor(merge)
@@ -277,7 +302,7 @@ def write_gemma3_projector(
     return path
 
 
-def _add_siglip_block(writer: Any, w: _Weights, p: str, tower: _Tower) -> None:
+def _add_siglip_block(writer: Any, w: _Weights, p: str, tower: ClipTower) -> None:
     """One SigLIP encoder block: biased layer norms, attention and a two-matrix MLP."""
     v_embd, v_ff = tower.v_embd, tower.v_ff
     for norm in ("ln1", "ln2"):
