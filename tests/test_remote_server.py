@@ -23,6 +23,7 @@ from tests.conftest import RunThyme
 from tests.test_remote_support import (
     CROP_CODE,
     LlamaServer,
+    clear_outside_keys,
     code_grammar,
     extra_body_env,
     free_port,
@@ -41,15 +42,7 @@ SECRET = "sk-thyme-test-S3CRET-9f8e7d"
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in (
-        "THYME_API_KEY",
-        "OPENAI_API_KEY",
-        "THYME_BASE_URL",
-        "THYME_BACKEND",
-        "THYME_API_MODEL",
-        "THYME_API_EXTRA_BODY",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    clear_outside_keys(monkeypatch)
 
 
 @pytest.fixture(scope="module")
