@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from tests.conftest import RunThyme
 from tests.test_remote_support import CROP_CODE, ServerProcess, clear_outside_keys, code_grammar, photos
+from tests.test_remote_support import photo as photo  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote.engine import RemoteEngine
 from thyme_cli.models.loading import ModelSettings, load_remote
@@ -108,13 +108,6 @@ def server(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> Ite
     srv = LlamaServerBin(binary, tiny_pair, tmp_path_factory.mktemp("llama-server") / "server.log", KEY).start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
-    return path
 
 
 def _env(server: LlamaServerBin, grammar: str | None = None, **extra: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from tests.test_remote_support import (
     free_port,
     start_server,
 )
+from tests.test_remote_support import photo as photo  # a fixture
 from tests.test_remote_support import prefill_pair as prefill_pair  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote.engine import RemoteEngine
@@ -64,13 +65,6 @@ def key_server(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) ->
     server = start_server(tiny_pair, "qwen2.5-vl", tmp_path_factory.mktemp("key-server"), api_key=SECRET)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
-    return path
 
 
 def _load(server: LlamaServer, **kw: object) -> RemoteEngine:

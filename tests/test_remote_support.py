@@ -193,6 +193,14 @@ def prefill_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     return write_tiny_pair(tmp_path_factory.mktemp("prefill-model"), prefix="prefill", chat_template=PREFILL_TEMPLATE)
 
 
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    """A small green PNG to ask about."""
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
+    return path
+
+
 def start_server(pair: TinyPair, chat_format: str, where: Path, api_key: str | None = None) -> LlamaServer:
     pytest.importorskip("uvicorn", reason="the llama-cpp-python[server] extra is not installed")
     return LlamaServer(pair, chat_format, where / f"server-{chat_format}.log", api_key=api_key).start()
