@@ -138,7 +138,7 @@ class TextShape:
 
 
 def add_text_header(writer: Any, text: TextShape) -> None:
-    """The language model's dimensions and rope, in the order llama.cpp's converter writes them."""
+    """The language model's dimensions and rope sections (their order is part of the file's bytes)."""
     writer.add_context_length(text.n_ctx_train)
     writer.add_embedding_length(text.n_embd)
     writer.add_block_count(text.n_layer)
