@@ -42,25 +42,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_common import add_model, write_photo  # this folder, as the script's
+
 from thyme_cli.devtools.real_shape_gguf import SHAPES, ensure_pair
 
 QUESTIONS = ["What does the sign next to the door say?", "What colour is the door?"]
-
-
-def write_photo(path: Path, size: tuple[int, int]) -> None:
-    """A noisy photo-like JPEG (its content does not change the cost)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 200 // w + 30, y * 180 // h + 40, (x + y) * 160 // (w + h) + 50], axis=-1)
-    img = Image.fromarray(np.clip(base + rng.integers(-25, 25, base.shape), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((int(w * 0.75), int(h * 0.35), int(w * 0.9), int(h * 0.95)), fill=(90, 60, 40))
-    draw.text((int(w * 0.66), int(h * 0.6)), "OPEN\n9-5", fill=(10, 10, 10))
-    img.save(path, "JPEG", quality=90)
 
 
 def phase_ask(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,27 +138,11 @@ def batch_items_per_min(pair: Any, home: Path, args: argparse.Namespace) -> dict
     with --jobs 1 and --jobs 4: items per minute, each run in its own process."""
     env = {**os.environ, "THYME_HOME": str(home)}
     cli = [sys.executable, "-m", "thyme_cli.cli"]
-    subprocess.run(
-        [
-            *cli,
-            "models",
-            "add",
-            "bench",
-            "--model",
-            str(pair.model),
-            "--mmproj",
-            str(pair.mmproj),
-            "--protocol",
-            "thyme",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    add_model(cli, env, "bench", pair)
     photos = home / "photos"
     photos.mkdir(exist_ok=True)
     for i in range(args.batch_items):
-        write_photo(photos / f"p{i}.jpg", (1600 - 40 * i, 1200))
+        write_photo(photos / f"p{i}.jpg", (1600 - 40 * i, 1200), sign=False)
     out: dict[str, float] = {}
     for jobs in (1, 4):
         cmd = [
@@ -210,23 +180,7 @@ def samples_wall(pair: Any, home: Path, args: argparse.Namespace) -> dict[str, f
     16, temperature 1), each in its own process with no saved prompt state: wall seconds."""
     env = {**os.environ, "THYME_HOME": str(home), "THYME_PROMPT_STATE_MB": "0"}
     cli = [sys.executable, "-m", "thyme_cli.cli"]
-    subprocess.run(
-        [
-            *cli,
-            "models",
-            "add",
-            "bench-s",
-            "--model",
-            str(pair.model),
-            "--mmproj",
-            str(pair.mmproj),
-            "--protocol",
-            "thyme",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    add_model(cli, env, "bench-s", pair)
     out: dict[str, float] = {}
     for n in (1, 4):
         cmd = [
@@ -319,7 +273,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="thyme-reuse-") as tmp:
         home = Path(tmp)
         photo = home / "photo.jpg"
-        write_photo(photo, (1600, 1200))
+        write_photo(photo, (1600, 1200), sign=False)
         common = [
             "--model",
             str(pair.model),

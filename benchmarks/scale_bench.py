@@ -42,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_common import write_photo  # noqa: E402  (this folder, as the script's)
 
 from thyme_cli.devtools.real_shape_gguf import SHAPES, ensure_pair, weight_bytes  # noqa: E402
 from thyme_cli.engine.base import IMAGE_MARKER  # noqa: E402
@@ -103,21 +105,6 @@ class Parts:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def write_photo(path: Path, size: tuple[int, int]) -> None:
-    """A noisy photo-like JPEG with a sign left of a door (content does not change the cost)."""
-    w, h = size
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 200 // w + 30, y * 180 // h + 40, (x + y) * 160 // (w + h) + 50], axis=-1)
-    noisy = np.clip(base + rng.integers(-25, 25, base.shape), 0, 255).astype(np.uint8)
-    img = Image.fromarray(noisy)
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((int(w * 0.75), int(h * 0.35), int(w * 0.9), int(h * 0.95)), fill=(90, 60, 40))
-    draw.rectangle((int(w * 0.65), int(h * 0.58), int(w * 0.73), int(h * 0.68)), fill=(235, 235, 220))
-    draw.text((int(w * 0.66), int(h * 0.6)), "OPEN\n9-5", fill=(10, 10, 10))
-    img.save(path, "JPEG", quality=90)
 
 
 def drop_page_cache(paths: list[Path]) -> bool:

@@ -21,6 +21,7 @@ writes for each state its input_ids, the M-RoPE positions of `get_rope_index` an
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -36,75 +37,29 @@ def _import(name: str) -> Any:
 
 
 def build(out: Path, data: Path, seed: int = 0) -> None:
-    torch = _import("torch")
     tf = _import("transformers")
+    tiny = _convert_tiny()
     out.mkdir(parents=True, exist_ok=True)
     for name in (*TOKENIZER_FILES, "preprocessor_config.json", "generation_config.json"):
         shutil.copyfile(data / name, out / name)
     tok = tf.AutoTokenizer.from_pretrained(out)
-    ids = {
-        t: tok.convert_tokens_to_ids(t)
-        for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
-    torch.manual_seed(seed)
-    text = dict(
-        vocab_size=VOCAB_ROWS,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-6,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        rope_theta=1000000.0,
-        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        use_sliding_window=False,
-        sliding_window=8192,
-        max_window_layers=2,
-    )
-    vision = dict(
-        depth=4,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        in_channels=3,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        out_hidden_size=64,
-        fullatt_block_indexes=[1, 3],
-        hidden_act="silu",
-        tokens_per_second=2,
-    )
-    config = tf.Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        tie_word_embeddings=False,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.1 if "visual" in name else 0.2)
-            elif "norm" in name and name.endswith("weight"):
-                p.uniform_(0.8, 1.2)
-            else:
-                p.normal_(0.0, 0.05)
-    model.save_pretrained(out, safe_serialization=True)
-    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    saved.setdefault("architectures", ["Qwen2_5_VLForConditionalGeneration"])
-    (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
+    special = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    token_ids = tiny.config_token_ids(ids)
+    config = tiny.qwen25vl_config(vocab=VOCAB_ROWS, hidden=64, context=8192, token_ids=token_ids, tie=False)
+    tiny.save_checkpoint(tiny.random_qwen25vl(config, seed), out)
     print(json.dumps({"out": str(out), "special_ids": ids}))
+
+
+def _convert_tiny() -> Any:
+    """thyme's tiny Qwen2.5-VL builder (thyme_cli/models/convert/tiny.py), loaded by its path: this script
+    runs in the converter's interpreter, without thyme installed."""
+    path = Path(__file__).resolve().parents[1] / "thyme_cli" / "models" / "convert" / "tiny.py"
+    spec = importlib.util.spec_from_file_location("_thyme_convert_tiny", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _messages(req: dict[str, Any], state: int) -> tuple[list[dict[str, Any]], bool, int]:

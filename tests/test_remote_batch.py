@@ -23,6 +23,7 @@ from tests.conftest import RunThyme
 from tests.test_remote_support import (
     CROP_CODE,
     LlamaServer,
+    clear_outside_keys,
     code_grammar,
     extra_body_env,
     photos,
@@ -36,8 +37,7 @@ N_ITEMS = 8
 
 @pytest.fixture
 def server(tiny_pair: TinyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LlamaServer]:
-    for var in ("THYME_API_KEY", "OPENAI_API_KEY", "THYME_BASE_URL", "THYME_API_EXTRA_BODY"):
-        monkeypatch.delenv(var, raising=False)
+    clear_outside_keys(monkeypatch)
     srv = start_server(tiny_pair, "qwen2.5-vl", tmp_path)
     yield srv
     srv.stop()

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from tests.conftest import RunThyme
-from tests.test_remote_support import CROP_CODE, code_grammar, free_port, photos
+from tests.test_remote_support import CROP_CODE, ServerProcess, clear_outside_keys, code_grammar, photos
+from tests.test_remote_support import photo as photo  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote.engine import RemoteEngine
 from thyme_cli.models.loading import ModelSettings, load_remote
@@ -52,15 +52,16 @@ def llama_server_binary() -> str | None:
     return str(found) if found.is_file() else shutil.which("llama-server")
 
 
-class LlamaServerBin:
-    def __init__(self, binary: str, pair: TinyPair, log: Path, api_key: str) -> None:
-        self.binary, self.pair, self.log, self.api_key = binary, pair, log, api_key
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+class LlamaServerBin(ServerProcess):
+    what = "llama-server"
+    poll_s = 0.2
+    stop_wait_s = 15.0
+    give_up = "kill"
+    api_key: str
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def __init__(self, binary: str, pair: TinyPair, log: Path, api_key: str) -> None:
+        super().__init__(log, api_key)
+        self.binary, self.pair = binary, pair
 
     def start(self, timeout: float = 120.0) -> LlamaServerBin:
         cmd = [
@@ -87,49 +88,13 @@ class LlamaServerBin:
             "--slots",
             "-v",
         ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited ({self.proc.returncode}); see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/models", headers=headers, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"llama-server did not answer within {timeout} s; see {self.log}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.launch(cmd, timeout)
+        return self
 
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in (
-        "THYME_API_KEY",
-        "OPENAI_API_KEY",
-        "THYME_BASE_URL",
-        "THYME_BACKEND",
-        "THYME_API_MODEL",
-        "THYME_API_EXTRA_BODY",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    clear_outside_keys(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +108,6 @@ def server(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> Ite
     srv = LlamaServerBin(binary, tiny_pair, tmp_path_factory.mktemp("llama-server") / "server.log", KEY).start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
-    return path
 
 
 def _env(server: LlamaServerBin, grammar: str | None = None, **extra: str) -> dict[str, str]:

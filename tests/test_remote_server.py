@@ -23,11 +23,13 @@ from tests.conftest import RunThyme
 from tests.test_remote_support import (
     CROP_CODE,
     LlamaServer,
+    clear_outside_keys,
     code_grammar,
     extra_body_env,
     free_port,
     start_server,
 )
+from tests.test_remote_support import photo as photo  # a fixture
 from tests.test_remote_support import prefill_pair as prefill_pair  # a fixture
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.remote.engine import RemoteEngine
@@ -41,15 +43,7 @@ SECRET = "sk-thyme-test-S3CRET-9f8e7d"
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in (
-        "THYME_API_KEY",
-        "OPENAI_API_KEY",
-        "THYME_BASE_URL",
-        "THYME_BACKEND",
-        "THYME_API_MODEL",
-        "THYME_API_EXTRA_BODY",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    clear_outside_keys(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +65,6 @@ def key_server(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) ->
     server = start_server(tiny_pair, "qwen2.5-vl", tmp_path_factory.mktemp("key-server"), api_key=SECRET)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
-    return path
 
 
 def _load(server: LlamaServer, **kw: object) -> RemoteEngine:

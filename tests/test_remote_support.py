@@ -46,10 +46,91 @@ CROP_CODE = (
 )
 
 
+OUTSIDE_KEYS = (
+    "THYME_API_KEY",
+    "OPENAI_API_KEY",
+    "THYME_BASE_URL",
+    "THYME_BACKEND",
+    "THYME_API_MODEL",
+    "THYME_API_EXTRA_BODY",
+)
+
+
+def clear_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote test sees only the server it starts: the caller's own API settings are unset."""
+    for var in OUTSIDE_KEYS:
+        monkeypatch.delenv(var, raising=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """An OpenAI-compatible server in its own process group on a loopback port: started, waited for
+    (GET /models), stopped, or SIGKILLed as a crash would. Subclasses say how to launch it."""
+
+    what = "the server"  # in the messages when it exits or does not answer
+    poll_s = 0.1
+    stop_wait_s = 10.0
+    kill_wait_s = 30.0
+    give_up = "stop"  # what a start that timed out does to the process: "stop" or "kill"
+
+    def __init__(self, log: Path, api_key: str | None) -> None:
+        self.log = log
+        self.api_key = api_key
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def launch(self, cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> None:
+        """Start ``cmd`` (its output to the log) and return once it answers; raise if it exits or times out."""
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.what} exited ({self.proc.returncode}); see {self.log}{self.exit_detail()}")
+            try:
+                if httpx.get(f"{self.url}/models", headers=headers, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(self.poll_s)
+        if self.give_up == "stop":
+            self.stop()
+        else:
+            self.kill()
+        raise RuntimeError(f"{self.what} did not answer within {timeout} s; see {self.log}")
+
+    def exit_detail(self) -> str:
+        """What to add to the message when the server exited on start."""
+        return ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would: no goodbye to the clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=self.kill_wait_s)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.stop_wait_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
 
 
 def gbnf_literal(text: str) -> str:
@@ -65,20 +146,15 @@ def extra_body_env(grammar: str) -> dict[str, str]:
     return {"THYME_API_EXTRA_BODY": json.dumps({"grammar": grammar})}
 
 
-class LlamaServer:
+class LlamaServer(ServerProcess):
     """``python -m llama_cpp.server`` for one GGUF pair, on a fixed loopback port."""
 
+    what = "llama_cpp.server"
+
     def __init__(self, pair: TinyPair, chat_format: str, log: Path, *, api_key: str | None = None) -> None:
+        super().__init__(log, api_key)
         self.pair = pair
         self.chat_format = chat_format
-        self.log = log
-        self.api_key = api_key
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 60.0) -> LlamaServer:
         args = [
@@ -108,45 +184,21 @@ class LlamaServer:
         ]
         if self.api_key:
             args += ["--api_key", self.api_key]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited ({self.proc.returncode}); see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/models", headers=headers, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not answer within {timeout} s; see {self.log}")
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no goodbye to the clients."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        self.launch(args, timeout)
+        return self
 
 
 @pytest.fixture(scope="module")
 def prefill_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     return write_tiny_pair(tmp_path_factory.mktemp("prefill-model"), prefix="prefill", chat_template=PREFILL_TEMPLATE)
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    """A small green PNG to ask about."""
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
+    return path
 
 
 def start_server(pair: TinyPair, chat_format: str, where: Path, api_key: str | None = None) -> LlamaServer:

@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunThyme
-from tests.test_remote_support import CROP_CODE, photos
+from tests.test_remote_support import CROP_CODE, clear_outside_keys, photos
+from tests.test_remote_support import photo as photo  # a fixture
 from tests.vllm_support import VllmServer, code_step_regex, find_test_vllm, regex_body, tiny_hf_model
 from thyme_cli.engine.remote.engine import RemoteEngine
 from thyme_cli.models.loading import ModelSettings, load_remote
@@ -39,15 +40,7 @@ IMAGE_IN_ASSISTANT = "</code><sandbox_output><|vision_start|><|image_pad|><|visi
 
 @pytest.fixture(autouse=True)
 def no_outside_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in (
-        "THYME_API_KEY",
-        "OPENAI_API_KEY",
-        "THYME_BASE_URL",
-        "THYME_BACKEND",
-        "THYME_API_MODEL",
-        "THYME_API_EXTRA_BODY",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    clear_outside_keys(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +50,6 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     server = VllmServer(env, model, tmp_path_factory.mktemp("vllm") / "vllm.log", api_key=KEY).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (160, 120), (20, 140, 60)).save(path)
-    return path
 
 
 def _env(server: VllmServer, pattern: str | None = None, **extra: str) -> dict[str, str]:

@@ -18,17 +18,15 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_remote_support import free_port
+from tests.test_remote_support import ServerProcess
 from thyme_cli.devtools import tiny_hf_qwen
+from thyme_cli.models.convert import tiny as convert_tiny
 from thyme_cli.models.serve import vllm_env
 
 TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "data" / "qwen2.5-vl"
@@ -65,7 +63,8 @@ def tiny_hf_model(env: vllm_env.VllmEnv) -> Path:
     if not (TOKENIZER_DIR / "vocab.json").is_file():
         pytest.skip(f"the Qwen2.5-VL tokenizer files are not at {TOKENIZER_DIR} (shared/data/qwen2.5-vl)")
     builder = Path(tiny_hf_qwen.__file__)
-    key = hashlib.sha256(builder.read_bytes()).hexdigest()[:12]
+    shared = Path(convert_tiny.__file__)  # the builder takes the model's shape and weights from it
+    key = hashlib.sha256(builder.read_bytes() + shared.read_bytes()).hexdigest()[:12]
     out = Path.home() / ".cache" / "thyme-test" / f"tiny-hf-qwen-{key}"
     if not (out / tiny_hf_qwen.DONE).is_file():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -88,19 +87,19 @@ def code_step_regex(code: str, think: str = "zoom") -> str:
     return re.escape(f"<think>{think}</think><code>\n```python\n{code}\n```\n</code>")
 
 
-class VllmServer:
+class VllmServer(ServerProcess):
     """``python -m vllm.entrypoints.openai.api_server`` for one checkpoint, on a fixed loopback port."""
+
+    what = "vLLM"
+    poll_s = 0.5
+    stop_wait_s = 30.0
+    kill_wait_s = 60.0  # the API server and the engine core
 
     def __init__(
         self, env: vllm_env.VllmEnv, model: Path, log: Path, *, api_key: str | None = None, name: str = "tiny"
     ) -> None:
-        self.env, self.model, self.log, self.api_key, self.name = env, model, log, api_key, name
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        super().__init__(log, api_key)
+        self.env, self.model, self.name = env, model, name
 
     def start(self, timeout: float = START_TIMEOUT_S) -> VllmServer:
         args = vllm_env.serve_args(
@@ -115,45 +114,11 @@ class VllmServer:
         cmd = self.env.server_cmd(
             *args, "--enable-log-requests", "--max-log-len", "100000", "--max-num-seqs", "8", "--dtype", "bfloat16"
         )
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**vllm_env.cpu_env(1, self.api_key), "VLLM_LOGGING_LEVEL": "DEBUG"},
-                start_new_session=True,
-            )
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited ({self.proc.returncode}); see {self.log}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/models", headers=headers, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"vLLM did not answer within {timeout} s; see {self.log}")
+        self.launch(cmd, timeout, env={**vllm_env.cpu_env(1, self.api_key), "VLLM_LOGGING_LEVEL": "DEBUG"})
+        return self
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group (API server and engine core), as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=60)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+    def exit_detail(self) -> str:
+        return f":\n{self.log_tail()}"
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

@@ -191,9 +191,7 @@ def run_batch(
     """Process every item not already in the journal; up to ``jobs`` at a time (items about the
     same image one after the other unless ``group_images`` is off: eval keeps its items' order)."""
     summary = BatchSummary(total=len(items))
-    todo = [item for item in items if item.id not in journal.done_ids]
-    if group_images:
-        todo = group_by_image(todo)
+    todo = _todo(items, journal, group_images)
     summary.skipped = len(items) - len(todo)
     started = time.perf_counter()
 
@@ -204,11 +202,7 @@ def run_batch(
 
     pool: Pool | None = None
     try:
-        if todo:
-            try:
-                pool = open_sandbox_pool(settings)
-            except ThymeError:
-                pool = None  # each item records why its sandbox cannot start, as without a pool
+        pool = _open_pool(settings) if todo else None
         if jobs <= 1:
             _run_in_turn(todo, model, settings, runs_root, finish, pool)
         else:
@@ -223,6 +217,20 @@ def run_batch(
             pool.close()
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _todo(items: list[Item], journal: Journal, group_images: bool) -> list[Item]:
+    """The items not already in the journal (from an earlier run), grouped by image when asked."""
+    todo = [item for item in items if item.id not in journal.done_ids]
+    return group_by_image(todo) if group_images else todo
+
+
+def _open_pool(settings: QuestionSettings) -> Pool | None:
+    """The batch's warm sandbox jail; None when it cannot start (each item then records why)."""
+    try:
+        return open_sandbox_pool(settings)
+    except ThymeError:
+        return None
 
 
 def _run_in_turn(

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thyme_cli.devtools.tiny_gguf import ClipTower, TextShape, add_clip_header, add_text_header
+
 # Bump when the files' content changes, so stale cached pairs are rebuilt.
 FORMAT_VERSION = 1
 DATA_DIR_ENV = "THYME_QWEN_DATA"
@@ -59,8 +61,8 @@ V_LAYERS, V_EMBD, V_HEADS, V_FF, PATCH, MERGE = 32, 1280, 16, 3420, 14, 2
 FULL_ATTENTION_EVERY = 8  # blocks 7, 15, 23, 31 ((i + 1) % 8 == 0)
 N_CTX_TRAIN = 128000
 ROPE_SECTIONS = [16, 24, 24, 0]
-IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
-IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # ggml block layouts: (values per block, bytes per block, byte offsets of the f16 scales to set).
 _Q4_K = (256, 144, (0, 2))  # d, dmin, scales[12], qs[128]
@@ -275,15 +277,10 @@ def write_text_model(
 
     def meta(writer: Any) -> None:
         writer.add_name(f"random-qwen2.5-vl-{shape.name}-shape")
-        writer.add_context_length(N_CTX_TRAIN)
-        writer.add_embedding_length(shape.n_embd)
-        writer.add_block_count(shape.n_layer)
-        writer.add_feed_forward_length(shape.n_ff)
-        writer.add_head_count(shape.n_head)
-        writer.add_head_count_kv(shape.n_head_kv)
-        writer.add_layer_norm_rms_eps(1e-6)
-        writer.add_rope_freq_base(1_000_000.0)
-        writer.add_rope_dimension_sections(ROPE_SECTIONS)
+        text = TextShape(
+            N_CTX_TRAIN, shape.n_embd, shape.n_layer, shape.n_ff, shape.n_head, shape.n_head_kv, 1e6, ROPE_SECTIONS
+        )
+        add_text_header(writer, text)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
         _tokenizer_meta(writer, data or data_dir(), shape.n_vocab)
 
@@ -299,18 +296,8 @@ def write_projector(
 
     def meta(writer: Any) -> None:
         writer.add_name(f"random-qwen2.5-vl-{shape.name}-shape-mmproj")
-        writer.add_clip_has_vision_encoder(True)
-        writer.add_clip_projector_type("qwen2.5vl_merger")
-        writer.add_vision_projection_dim(shape.n_embd)
-        writer.add_vision_image_size(560)
-        writer.add_vision_patch_size(PATCH)
-        writer.add_vision_embedding_length(V_EMBD)
-        writer.add_vision_feed_forward_length(V_FF)
-        writer.add_vision_block_count(V_LAYERS)
-        writer.add_vision_head_count(V_HEADS)
-        writer.add_vision_attention_layernorm_eps(1e-6)
-        writer.add_vision_image_mean(IMAGE_MEAN)
-        writer.add_vision_image_std(IMAGE_STD)
+        tower = ClipTower(shape.n_embd, 560, PATCH, V_EMBD, V_FF, V_LAYERS, V_HEADS, IMAGE_MEAN, IMAGE_STD)
+        add_clip_header(writer, "qwen2.5vl_merger", tower)
         writer.add_vision_use_silu(True)
         writer.add_vision_n_wa_pattern(FULL_ATTENTION_EVERY)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)

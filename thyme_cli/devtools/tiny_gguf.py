@@ -113,20 +113,54 @@ def write_text_model(
     writer.add_name("tiny-qwen2vl")
     n_vocab = _add_vocab(writer, gguf, chat_template)
     head_dim = n_embd // n_head
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
+    text = TextShape(n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv, 10000.0, _mrope_sections(head_dim))
+    add_text_header(writer, text)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_text_tensors(
+        writer, w, n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, kv_dim=n_head_kv * head_dim, n_ff=n_ff
+    )
+    _finish(writer)
+    return path
+
+
+@dataclass(frozen=True)
+class TextShape:
+    """What a `qwen2vl` language model's header states (real_shape_gguf.py writes the same header)."""
+
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    rope_base: float
+    rope_sections: list[int]
+
+
+def add_text_header(writer: Any, text: TextShape) -> None:
+    """The language model's dimensions and rope sections (their order is part of the file's bytes)."""
+    writer.add_context_length(text.n_ctx_train)
+    writer.add_embedding_length(text.n_embd)
+    writer.add_block_count(text.n_layer)
+    writer.add_feed_forward_length(text.n_ff)
+    writer.add_head_count(text.n_head)
+    writer.add_head_count_kv(text.n_head_kv)
     writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_freq_base(text.rope_base)
+    writer.add_rope_dimension_sections(text.rope_sections)
+
+
+def _mrope_sections(head_dim: int) -> list[int]:
+    """Temporal, height and width sections of head_dim / 2 (and an unused fourth), as Qwen2.5-VL splits them."""
     quarter = head_dim // 2
     sections = [quarter // 4, (quarter - quarter // 4) // 2]
     sections.append(quarter - sum(sections))
-    writer.add_rope_dimension_sections([*sections, 0])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    kv_dim = n_head_kv * head_dim
+    return [*sections, 0]
+
+
+def _add_text_tensors(
+    writer: Any, w: _Weights, *, n_vocab: int, n_embd: int, n_layer: int, kv_dim: int, n_ff: int
+) -> None:
     writer.add_tensor("token_embd.weight", w.rand(n_vocab, n_embd))
     writer.add_tensor("output_norm.weight", w.ones(n_embd))
     writer.add_tensor("output.weight", w.rand(n_vocab, n_embd))
@@ -144,8 +178,51 @@ def write_text_model(
         writer.add_tensor(p + "ffn_gate.weight", w.rand(n_ff, n_embd))
         writer.add_tensor(p + "ffn_up.weight", w.rand(n_ff, n_embd))
         writer.add_tensor(p + "ffn_down.weight", w.rand(n_embd, n_ff))
-    _finish(writer)
-    return path
+
+
+@dataclass(frozen=True)
+class ClipTower:
+    """A vision tower's shape: what the clip header states and the tensors follow."""
+
+    proj_dim: int
+    image_size: int
+    patch: int
+    v_embd: int
+    v_ff: int
+    v_layers: int
+    v_heads: int
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+def add_clip_header(writer: Any, projector_type: str, tower: ClipTower) -> None:
+    """The header every clip projector shares (real_shape_gguf.py's too); what follows is the projector's own."""
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type(projector_type)
+    writer.add_vision_projection_dim(tower.proj_dim)
+    writer.add_vision_image_size(tower.image_size)
+    writer.add_vision_patch_size(tower.patch)
+    writer.add_vision_embedding_length(tower.v_embd)
+    writer.add_vision_feed_forward_length(tower.v_ff)
+    writer.add_vision_block_count(tower.v_layers)
+    writer.add_vision_head_count(tower.v_heads)
+    writer.add_vision_attention_layernorm_eps(1e-6)
+    writer.add_vision_image_mean(list(tower.image_mean))
+    writer.add_vision_image_std(list(tower.image_std))
+
+
+def _clip_writer(path: Path, projector_type: str, tower: ClipTower) -> Any:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "clip")
+    add_clip_header(writer, projector_type, tower)
+    return writer
+
+
+def _add_vision_attention(writer: Any, w: _Weights, prefix: str, v_embd: int) -> None:
+    for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        writer.add_tensor(prefix + name + ".weight", w.rand(v_embd, v_embd))
+        writer.add_tensor(prefix + name + ".bias", w.rand(v_embd))
 
 
 def write_qwen25vl_projector(
@@ -164,19 +241,7 @@ def write_qwen25vl_projector(
     import gguf
 
     w = _Weights(seed, std)
-    writer = gguf.GGUFWriter(str(path), "clip")
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type("qwen2.5vl_merger")
-    writer.add_vision_projection_dim(proj_dim)
-    writer.add_vision_image_size(560)
-    writer.add_vision_patch_size(patch)
-    writer.add_vision_embedding_length(v_embd)
-    writer.add_vision_feed_forward_length(v_ff)
-    writer.add_vision_block_count(v_layers)
-    writer.add_vision_head_count(v_heads)
-    writer.add_vision_attention_layernorm_eps(1e-6)
-    writer.add_vision_image_mean([0.5, 0.5, 0.5])
-    writer.add_vision_image_std([0.5, 0.5, 0.5])
+    writer = _clip_writer(path, "qwen2.5vl_merger", ClipTower(proj_dim, 560, patch, v_embd, v_ff, v_layers, v_heads))
     writer.add_vision_use_silu(True)
     writer.add_vision_n_wa_pattern(2)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
@@ -187,9 +252,7 @@ def write_qwen25vl_projector(
         p = f"v.blk.{i}."
         writer.add_tensor(p + "ln1.weight", w.ones(v_embd))
         writer.add_tensor(p + "ln2.weight", w.ones(v_embd))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(p + name + ".weight", w.rand(v_embd, v_embd))
-            writer.add_tensor(p + name + ".bias", w.rand(v_embd))
+        _add_vision_attention(writer, w, p, v_embd)
         for name, shape in (("ffn_gate", (v_ff, v_embd)), ("ffn_up", (v_ff, v_embd)), ("ffn_down", (v_embd, v_ff))):
             writer.add_tensor(p + name + ".weight", w.rand(*shape))
             writer.add_tensor(p + name + ".bias", w.rand(shape[0]))
@@ -222,44 +285,35 @@ def write_gemma3_projector(
     import gguf
 
     w = _Weights(seed, std)
-    n_patches = (image_size // patch) ** 2
-    writer = gguf.GGUFWriter(str(path), "clip")
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type("gemma3")
-    writer.add_vision_projection_dim(proj_dim)
-    writer.add_vision_image_size(image_size)
-    writer.add_vision_patch_size(patch)
-    writer.add_vision_embedding_length(v_embd)
-    writer.add_vision_feed_forward_length(v_ff)
-    writer.add_vision_block_count(v_layers)
-    writer.add_vision_head_count(v_heads)
-    writer.add_vision_attention_layernorm_eps(1e-6)
-    writer.add_vision_image_mean([0.5, 0.5, 0.5])
-    writer.add_vision_image_std([0.5, 0.5, 0.5])
+    tower = ClipTower(proj_dim, image_size, patch, v_embd, v_ff, v_layers, v_heads)
+    writer = _clip_writer(path, "gemma3", tower)
     writer.add_vision_use_gelu(True)
     writer.add_vision_projector_scale_factor(merge)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tensor("v.patch_embd.weight", w.rand(v_embd, 3, patch, patch))
     writer.add_tensor("v.patch_embd.bias", w.rand(v_embd))
-    writer.add_tensor("v.position_embd.weight", w.rand(n_patches, v_embd))
+    writer.add_tensor("v.position_embd.weight", w.rand((image_size // patch) ** 2, v_embd))
     for i in range(v_layers):
-        p = f"v.blk.{i}."
-        for norm in ("ln1", "ln2"):
-            writer.add_tensor(p + norm + ".weight", w.ones(v_embd))
-            writer.add_tensor(p + norm + ".bias", w.rand(v_embd))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(p + name + ".weight", w.rand(v_embd, v_embd))
-            writer.add_tensor(p + name + ".bias", w.rand(v_embd))
-        writer.add_tensor(p + "ffn_up.weight", w.rand(v_ff, v_embd))
-        writer.add_tensor(p + "ffn_up.bias", w.rand(v_ff))
-        writer.add_tensor(p + "ffn_down.weight", w.rand(v_embd, v_ff))
-        writer.add_tensor(p + "ffn_down.bias", w.rand(v_embd))
+        _add_siglip_block(writer, w, f"v.blk.{i}.", tower)
     writer.add_tensor("v.post_ln.weight", w.ones(v_embd))
     writer.add_tensor("v.post_ln.bias", w.rand(v_embd))
     writer.add_tensor("mm.soft_emb_norm.weight", w.ones(v_embd))
     writer.add_tensor("mm.input_projection.weight", w.rand(v_embd, proj_dim))
     _finish(writer)
     return path
+
+
+def _add_siglip_block(writer: Any, w: _Weights, p: str, tower: ClipTower) -> None:
+    """One SigLIP encoder block: biased layer norms, attention and a two-matrix MLP."""
+    v_embd, v_ff = tower.v_embd, tower.v_ff
+    for norm in ("ln1", "ln2"):
+        writer.add_tensor(p + norm + ".weight", w.ones(v_embd))
+        writer.add_tensor(p + norm + ".bias", w.rand(v_embd))
+    _add_vision_attention(writer, w, p, v_embd)
+    writer.add_tensor(p + "ffn_up.weight", w.rand(v_ff, v_embd))
+    writer.add_tensor(p + "ffn_up.bias", w.rand(v_ff))
+    writer.add_tensor(p + "ffn_down.weight", w.rand(v_embd, v_ff))
+    writer.add_tensor(p + "ffn_down.bias", w.rand(v_embd))
 
 
 def _finish(writer: Any) -> None:
@@ -271,9 +325,21 @@ def _finish(writer: Any) -> None:
 
 def write_tiny_pair(out_dir: Path, *, prefix: str = "tiny", chat_template: str = CHATML_TEMPLATE) -> TinyPair:
     """Write a matching text model + projector pair into out_dir and return their paths."""
+    return _write_pair(out_dir, prefix, chat_template, width=64)
+
+
+def _write_pair(out_dir: Path, prefix: str, chat_template: str, *, width: int, quant: str | None = None) -> TinyPair:
+    """A text model ``width`` wide (4 heads, 2 KV heads, FFN twice as wide), quantized to ``quant``
+    when one is given, and a qwen2.5vl projector into the same width."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = write_text_model(out_dir / f"{prefix}-qwen2vl.gguf", chat_template=chat_template)
-    mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf")
+    name = f"{prefix}-qwen2vl.gguf" if quant is None else f"{prefix}-f32.gguf"
+    model = write_text_model(
+        out_dir / name, n_embd=width, n_head=4, n_head_kv=2, n_ff=2 * width, chat_template=chat_template
+    )
+    if quant is not None:
+        f32, model = model, quantize_gguf(model, out_dir / f"{prefix}-qwen2vl-{quant}.gguf", quant)
+        f32.unlink()
+    mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf", proj_dim=width)
     return TinyPair(model=model, mmproj=mmproj)
 
 
@@ -300,14 +366,7 @@ def write_quantized_pair(
 ) -> TinyPair:
     """A quantized tiny pair: every width a multiple of 256, so K-quants (Q4_K, Q6_K) apply to all
     the matrices and the suite runs llama.cpp's quantized CPU kernels (and their buffer types)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    f32 = write_text_model(
-        out_dir / f"{prefix}-f32.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512, chat_template=chat_template
-    )
-    model = quantize_gguf(f32, out_dir / f"{prefix}-qwen2vl-{quant}.gguf", quant)
-    f32.unlink()
-    mmproj = write_qwen25vl_projector(out_dir / f"{prefix}-mmproj-qwen25vl.gguf", proj_dim=256)
-    return TinyPair(model=model, mmproj=mmproj)
+    return _write_pair(out_dir, prefix, chat_template, width=256, quant=quant)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ Run with an interpreter that has torch and transformers (the vLLM environment ha
     python -I tiny_hf_qwen.py TOKENIZER_DIR OUT_DIR
 
 TOKENIZER_DIR holds vocab.json, merges.txt, tokenizer_config.json, chat_template.json and
-preprocessor_config.json (shared/data/qwen2.5-vl/). It imports nothing from thyme on purpose.
+preprocessor_config.json (shared/data/qwen2.5-vl/). It imports nothing from thyme on purpose: the model's
+shape and weights come from models/convert/tiny.py, loaded by its file path.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -29,9 +31,31 @@ DONE = "tiny-hf-qwen.json"
 
 def build(tokenizer_dir: Path, out: Path, *, seed: int = 0) -> None:
     torch: Any = importlib.import_module("torch")
-    transformers: Any = importlib.import_module("transformers")
-
+    tiny = _convert_tiny()
     out.mkdir(parents=True, exist_ok=True)
+    _copy_tokenizer(tokenizer_dir, out)
+    ref = json.loads((tokenizer_dir / "config.json").read_text(encoding="utf-8"))
+    token_ids = {k: ref[k] for k in ("bos_token_id", "eos_token_id", *tiny.MM_TOKEN_IDS)}
+    # head_dim 32 in the text model and the vision tower (vLLM's CPU kernels take 32, 64, ...).
+    config = tiny.qwen25vl_config(vocab=VOCAB, hidden=128, context=8192, token_ids=token_ids, tie=True)
+    model = tiny.random_qwen25vl(config, seed)
+    tiny.save_checkpoint(model.to(torch.bfloat16), out)
+    (out / DONE).write_text(json.dumps({"seed": seed, "vocab": VOCAB}), encoding="utf-8")
+
+
+def _convert_tiny() -> Any:
+    """The converter's tiny-model builder (models/convert/tiny.py), loaded by its path: this script runs
+    in another interpreter, without thyme installed."""
+    path = Path(__file__).resolve().parents[1] / "models" / "convert" / "tiny.py"
+    spec = importlib.util.spec_from_file_location("_thyme_convert_tiny", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
+    """The real tokenizer, with the VL chat template and a pixel cap fit for a tiny model."""
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, out / name)
     template = json.loads((tokenizer_dir / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
@@ -43,78 +67,6 @@ def build(tokenizer_dir: Path, out: Path, *, seed: int = 0) -> None:
     pre = json.loads((tokenizer_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
     pre["max_pixels"] = 28 * 28 * 1280  # a tiny model has no use for 16k-token images
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2), encoding="utf-8")
-
-    ref = json.loads((tokenizer_dir / "config.json").read_text(encoding="utf-8"))
-    ids = {
-        k: ref[k]
-        for k in (
-            "bos_token_id",
-            "eos_token_id",
-            "vision_start_token_id",
-            "vision_end_token_id",
-            "image_token_id",
-            "video_token_id",
-        )
-    }
-    text_config = {
-        "vocab_size": VOCAB,
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6,
-        "hidden_act": "silu",
-        "tie_word_embeddings": True,
-        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
-        "rope_theta": 1000000.0,  # head_dim/2 = 16
-        "bos_token_id": ids["bos_token_id"],
-        "eos_token_id": ids["eos_token_id"],
-        "pad_token_id": ids["bos_token_id"],
-        "use_sliding_window": False,
-        "sliding_window": 8192,
-        "max_window_layers": 2,
-    }
-    vision_config = {
-        "depth": 4,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 2,
-        "in_channels": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
-        "out_hidden_size": 128,
-        "fullatt_block_indexes": [1, 3],
-        "hidden_act": "silu",
-        "tokens_per_second": 2,
-    }
-    config = transformers.Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["image_token_id"],
-        video_token_id=ids["video_token_id"],
-        vision_start_token_id=ids["vision_start_token_id"],
-        vision_end_token_id=ids["vision_end_token_id"],
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # wider than the default init, so sampling at a temperature really varies
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.1 if "visual" in name else 0.2)
-            elif "norm" in name and name.endswith("weight"):
-                p.uniform_(0.8, 1.2)
-            else:
-                p.normal_(0.0, 0.05)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    cfg.setdefault("architectures", ["Qwen2_5_VLForConditionalGeneration"])
-    (out / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    (out / DONE).write_text(json.dumps({"seed": seed, "vocab": VOCAB}), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from thyme_cli.question.settings import QuestionSettings
 from thyme_cli.question.trace import Trace, write_trace
 
 if TYPE_CHECKING:
+    from thyme_cli.engine.base import Conversation
     from thyme_cli.engine.settings import SamplingOptions
     from thyme_cli.models.loading import LoadedModel
     from thyme_cli.sandbox.host.pool import PerQuestionPool, SandboxPool
@@ -88,43 +90,18 @@ def ask_one(
     current one runs); it is closed here either way.
     """
     if not question.strip():
-        if sandbox is not None:
-            sandbox.close()
+        _close(sandbox)
         raise UsageError("the question is empty")
     if settings.samples > 1:
-        if sandbox is not None:
-            sandbox.close()  # each trajectory opens its own
+        _close(sandbox)  # each trajectory opens its own
         from thyme_cli.question.samples import ask_samples
 
-        base = getattr(model.engine, "sampling", None)
-        return ask_samples(
-            model,
-            input_image,
-            question,
-            run_dir,
-            settings,
-            events,
-            n=settings.samples,
-            seed=getattr(base, "seed", 0),
-            ask_one=ask_one,
-        )
+        return ask_samples(model.engine, partial(ask_one, model, input_image, question), run_dir, settings, events)
     for note in input_image.notes:
         events.note(f"input image {note}")
     with sandbox or open_question_sandbox(input_image, run_dir, settings) as sandbox:
-        trace = Trace(
-            question=question,
-            image=input_image.path.name,
-            image_source=input_image.source,
-            image_size=(input_image.width, input_image.height),
-            model=model.spec.name,
-            protocol=model.spec.protocol,
-            sandbox=sandbox.backend,
-            notes=[f"input image {n}" for n in input_image.notes],
-        )
-        opener: Any = model.engine.open
-        conversation = opener(sampling) if sampling is not None else opener()  # a seed per --samples trajectory
-        if hasattr(conversation, "on_progress"):  # engines that can tell how a long feed is going
-            setattr(conversation, "on_progress", getattr(events, "progress", None))  # noqa: B010
+        trace = _new_trace(model, input_image, question, sandbox.backend)
+        conversation = _open_conversation(model, sampling, events)
         try:
             answer_question(conversation, sandbox, trace, input_image, run_dir, settings.agent, events)
         except ThymeError as e:
@@ -135,3 +112,30 @@ def ask_one(
             conversation.close()
             write_trace(trace, run_dir)
     return trace
+
+
+def _close(sandbox: WorkerSandbox | None) -> None:
+    if sandbox is not None:
+        sandbox.close()
+
+
+def _new_trace(model: LoadedModel, input_image: InputImage, question: str, backend: str) -> Trace:
+    return Trace(
+        question=question,
+        image=input_image.path.name,
+        image_source=input_image.source,
+        image_size=(input_image.width, input_image.height),
+        model=model.spec.name,
+        protocol=model.spec.protocol,
+        sandbox=backend,
+        notes=[f"input image {n}" for n in input_image.notes],
+    )
+
+
+def _open_conversation(model: LoadedModel, sampling: SamplingOptions | None, events: AgentEvents) -> Conversation:
+    """A fresh conversation (with a seed per --samples trajectory) that reports a long feed's progress."""
+    opener: Any = model.engine.open
+    conversation = opener(sampling) if sampling is not None else opener()
+    if hasattr(conversation, "on_progress"):  # engines that can tell how a long feed is going
+        setattr(conversation, "on_progress", getattr(events, "progress", None))  # noqa: B010
+    return conversation

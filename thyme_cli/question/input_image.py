@@ -52,50 +52,13 @@ def load_input_image(
 ) -> InputImage:
     """Validate, orient, maybe downscale and save the user's image as dest_dir/input.<ext>.
     With `link`, an image thyme does not change is linked, not copied (`link_or_copy`)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     name = label or (str(source) if isinstance(source, Path) else "-")
     if isinstance(source, Path):
-        if not source.exists():
-            raise UsageError(f"{name}: no such file")
-        if source.is_dir():
-            raise UsageError(f"{name} is a directory, not an image")
-        try:
-            with source.open("rb") as f:
-                head = f.read(1)
-        except PermissionError:
-            raise UsageError(f"{name}: permission denied") from None
-        except OSError as e:
-            raise UsageError(f"{name}: cannot read it ({e.strerror})") from None
-        if not head:
-            raise UsageError(f"{name} is empty, not an image")
-
-    fp: Path | io.BytesIO = source if isinstance(source, Path) else io.BytesIO(source)
+        _check_file(source, name)
     try:
-        # Pillow's own guard stays on (the process-wide setting is shared with the sandbox's host
-        # side): it refuses declared sizes above 2 x MAX_IMAGE_PIXELS and only warns below that.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-        with img:
-            fmt = img.format or ""
-            if fmt not in SUPPORTED_FORMATS:
-                raise UsageError(
-                    f"{name}: {fmt or 'this'} images are not supported",
-                    hint="use PNG, JPEG, WebP, TIFF or BMP",
-                )
-            width, height = img.size
-            if width * height > BOMB_PIXELS:
-                raise UsageError(
-                    f"{name} declares {width}x{height} pixels ({width * height / 1e6:.0f} MP): refused as a "
-                    f"possible decompression bomb (limit {BOMB_PIXELS / 1e6:.0f} MP)",
-                    hint="downscale the image first",
-                )
-            img.load()
-            orientation = img.getexif().get(0x0112, 1)
-            rotated = orientation not in (0, 1)
-            work = ImageOps.exif_transpose(img) if rotated else img
-            return _save(work, fmt, source, dest_dir, name, rotated, link)
+        return _decode_and_save(source, dest_dir, name, link)
     except Image.DecompressionBombError as e:
         raise UsageError(
             f"{name}: refused as a possible decompression bomb ({e})", hint="downscale the image first"
@@ -107,6 +70,56 @@ def load_input_image(
         if "truncated" in message.lower() or isinstance(e, SyntaxError):
             raise UsageError(f"{name} is truncated or corrupt ({message})") from None
         raise UsageError(f"{name}: cannot decode the image ({message})") from None
+
+
+def _check_file(source: Path, name: str) -> None:
+    """A missing, unreadable or empty file gets its own line before Pillow sees it."""
+    if not source.exists():
+        raise UsageError(f"{name}: no such file")
+    if source.is_dir():
+        raise UsageError(f"{name} is a directory, not an image")
+    try:
+        with source.open("rb") as f:
+            head = f.read(1)
+    except PermissionError:
+        raise UsageError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise UsageError(f"{name}: cannot read it ({e.strerror})") from None
+    if not head:
+        raise UsageError(f"{name} is empty, not an image")
+
+
+def _decode_and_save(source: Path | bytes, dest_dir: Path, name: str, link: bool) -> InputImage:
+    """Open the image, refuse what it must not be, decode it upright and save the copy."""
+    from PIL import Image, ImageOps
+
+    fp: Path | io.BytesIO = source if isinstance(source, Path) else io.BytesIO(source)
+    # Pillow's own guard stays on (the process-wide setting is shared with the sandbox's host
+    # side): it refuses declared sizes above 2 x MAX_IMAGE_PIXELS and only warns below that.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(fp)
+    with img:
+        fmt = img.format or ""
+        _check_format_and_size(fmt, img.size, name)
+        img.load()
+        orientation = img.getexif().get(0x0112, 1)
+        rotated = orientation not in (0, 1)
+        work = ImageOps.exif_transpose(img) if rotated else img
+        return _save(work, fmt, source, dest_dir, name, rotated, link)
+
+
+def _check_format_and_size(fmt: str, size: tuple[int, int], name: str) -> None:
+    """Refuse formats thyme does not take and declared sizes that look like a decompression bomb."""
+    if fmt not in SUPPORTED_FORMATS:
+        raise UsageError(f"{name}: {fmt or 'this'} images are not supported", hint="use PNG, JPEG, WebP, TIFF or BMP")
+    width, height = size
+    if width * height > BOMB_PIXELS:
+        raise UsageError(
+            f"{name} declares {width}x{height} pixels ({width * height / 1e6:.0f} MP): refused as a "
+            f"possible decompression bomb (limit {BOMB_PIXELS / 1e6:.0f} MP)",
+            hint="downscale the image first",
+        )
 
 
 def _save(

@@ -9,7 +9,7 @@ with an answer or a stated reason.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -58,6 +58,37 @@ class QuietEvents:
         pass
 
 
+@dataclass
+class _Question:
+    """One question in flight: what every step of the loop needs, and how much of the turn budget it used."""
+
+    conv: Conversation
+    sandbox: Sandbox
+    trace: Trace
+    run_dir: Path
+    options: AgentOptions
+    events: AgentEvents
+    started: float = field(default_factory=time.perf_counter)
+    retries: int = 0  # failed steps discarded and asked again (--on-error retry)
+    repeats: int = 0  # turns that repeated the last step's code, which was not run again
+    request_fed: bool = False  # the final-answer request already went in with the last step's result
+
+    @property
+    def generic(self) -> bool:
+        """Not the Thyme protocol: results are user turns, and a closing ``` ends a code turn."""
+        return self.trace.protocol != "thyme"
+
+    def turns_used(self) -> int:
+        """Turns counted against max_turns: steps run, repeats, and retries when they count."""
+        return len(self.trace.steps) + self.repeats + (self.retries if self.options.retries_use_turns else 0)
+
+    def note(self, message: str, *, show: bool = False) -> None:
+        """Keep a note in the trace; ``show`` tells the live display too."""
+        self.trace.notes.append(message)
+        if show:
+            self.events.note(message)
+
+
 def answer_question(
     conv: Conversation,
     sandbox: Sandbox,
@@ -68,76 +99,113 @@ def answer_question(
     events: AgentEvents,
 ) -> Trace:
     """Run one question to its end, filling in ``trace`` as it goes."""
-    started = time.perf_counter()
-    generic = trace.protocol != "thyme"
+    q = _Question(conv, sandbox, trace, run_dir, options, events)
     conv.feed_system(prompts.system_prompt(trace.protocol, tools=options.tools))
     if not options.tools:
-        conv.feed_user(prompts.direct_prompt(trace.question), [image.path])
-        gen = _generate(conv, trace, options, events)
-        reply = prompts.parse_reply(gen.text)
+        return _answer_without_tools(q, image)
+    _pose_question(q, image)
+    while q.turns_used() < options.max_turns:
+        mark = _checkpoint(q)
+        gen = _generate(conv, trace, options, events, lenient_fences=q.generic)
+        reply = prompts.parse_reply(gen.text, lenient_fences=q.generic)
         if reply.answer is not None:
-            if reply.answer_truncated and gen.stop_reason == "max_tokens":
-                return _truncated(trace, reply.answer, gen, started, conv)
-            if (answer := clean_answer(reply.answer)) is not None:
-                return _finish(trace, "answered", answer, started, conv)
-        return _final_answer(conv, trace, options, events, started, generic)
-    conv.feed_user(prompts.user_prompt(trace.question, sandbox.image_path, image.width, image.height), [image.path])
-    if generic and hasattr(conv, "use_fences"):
-        conv.use_fences(True)  # a closing ``` ends a code turn, as </code> does
-    retries = repeats = 0
-    request_fed = False
-    while len(trace.steps) + repeats + (retries if options.retries_use_turns else 0) < options.max_turns:
-        rewind = _rewinder(conv, options)
-        mark = rewind.checkpoint() if rewind else 0
-        gen = _generate(conv, trace, options, events, lenient_fences=generic)
-        reply = prompts.parse_reply(gen.text, lenient_fences=generic)
-        if reply.answer is not None:
-            if reply.answer_truncated and gen.stop_reason == "max_tokens":
-                return _truncated(trace, reply.answer, gen, started, conv)
-            if (answer := clean_answer(reply.answer)) is not None:
-                return _finish(trace, "answered", answer, started, conv)
-            trace.notes.append(
-                f"turn {len(trace.turns)}: the answer was empty or the prompt's placeholder; not taken as an answer"
-            )
+            if done := _accept_answer(q, reply.answer, reply.answer_truncated, gen):
+                return done
+            q.note(f"turn {len(trace.turns)}: the answer was empty or the prompt's placeholder; not taken as an answer")
             break
         if reply.code is None:
-            trace.notes.append(_why_no_code(gen, reply))
+            q.note(_why_no_code(gen, reply))
             break
-        if reply.extra_code_blocks:
-            note = f"turn {len(trace.turns)} wrote {reply.extra_code_blocks + 1} code blocks; only the first ran"
-            trace.notes.append(note)
-            events.note(note)
-        last = trace.steps[-1] if trace.steps else None
-        final = len(trace.steps) + repeats + (retries if options.retries_use_turns else 0) + 1 >= options.max_turns
-        if last is not None and reply.code.strip() == last.code.strip():
-            repeats += 1
-            note = f"turn {len(trace.turns)} repeated step {last.index}'s code; it was not run again"
-            trace.notes.append(note)
-            events.note(note)
-            _feed_observation(conv, generic, prompts.repeated_code_observation(last.index), [], final=final)
-            request_fed = final and generic
+        _note_extra_code_blocks(q, reply)
+        final = q.turns_used() + 1 >= options.max_turns  # this turn's result is the last the model sees
+        if _repeats_last_step(q, reply.code):
+            _skip_repeated_step(q, final=final)
             continue
         step, result = _run_step(sandbox, reply.code, len(trace.steps) + 1, len(trace.turns), run_dir, events)
-        if not result.ok and rewind and retries < options.max_retries:
-            retries += 1
-            events.note(f"step failed; discarding it and retrying ({retries}/{options.max_retries})")
-            trace.turns[-1].discarded = True
-            trace.notes.append(
-                f"turn {len(trace.turns)}: its step failed and was discarded; the model was asked "
-                f"again (--on-error retry {retries}/{options.max_retries})"
-            )
-            _rollback(rewind, mark, warm=options.retry_warm)
+        if not result.ok and mark is not None and q.retries < options.max_retries:
+            _discard_for_retry(q, mark)
             continue
         trace.steps.append(step)
-        try:
-            _observe(conv, generic, result, [run_dir / p for p in step.images[:MAX_IMAGES_PER_STEP]], final=final)
-            request_fed = final and generic
-        except BackendUnavailable:
-            raise
-        except EngineError as e:
-            trace.notes.append(f"could not show step {step.index}'s result to the model: {e.message}")
+        if not _show_result(q, step, result, final=final):
             break
-    return _final_answer(conv, trace, options, events, started, generic, request_fed=request_fed)
+    return _final_answer(q)
+
+
+def _answer_without_tools(q: _Question, image: InputImage) -> Trace:
+    """The ablation without code: the model answers straight from the image."""
+    q.conv.feed_user(prompts.direct_prompt(q.trace.question), [image.path])
+    gen = _generate(q.conv, q.trace, q.options, q.events)
+    reply = prompts.parse_reply(gen.text)
+    if reply.answer is not None and (done := _accept_answer(q, reply.answer, reply.answer_truncated, gen)):
+        return done
+    return _final_answer(q)
+
+
+def _pose_question(q: _Question, image: InputImage) -> None:
+    """Give the model the question and the image, saying where the image lies in the sandbox."""
+    prompt = prompts.user_prompt(q.trace.question, q.sandbox.image_path, image.width, image.height)
+    q.conv.feed_user(prompt, [image.path])
+    if q.generic and hasattr(q.conv, "use_fences"):
+        q.conv.use_fences(True)  # a closing ``` ends a code turn, as </code> does
+
+
+def _checkpoint(q: _Question) -> int | None:
+    """Where to rewind a failed step to; None unless --on-error retry is asked for."""
+    rewind = _rewinder(q.conv, q.options)
+    return rewind.checkpoint() if rewind else None
+
+
+def _accept_answer(q: _Question, answer: str, truncated: bool, gen: Generation) -> Trace | None:
+    """Finish on the model's answer; None when it is empty or the prompt's placeholder."""
+    if truncated and gen.stop_reason == "max_tokens":
+        return _truncated(q, answer, gen)
+    if (cleaned := clean_answer(answer)) is not None:
+        return _finish(q, "answered", cleaned)
+    return None
+
+
+def _note_extra_code_blocks(q: _Question, reply: prompts.Reply) -> None:
+    if reply.extra_code_blocks:
+        turn = len(q.trace.turns)
+        q.note(f"turn {turn} wrote {reply.extra_code_blocks + 1} code blocks; only the first ran", show=True)
+
+
+def _repeats_last_step(q: _Question, code: str) -> bool:
+    return bool(q.trace.steps) and code.strip() == q.trace.steps[-1].code.strip()
+
+
+def _skip_repeated_step(q: _Question, *, final: bool) -> None:
+    """The same code again would give the same result: say so instead of running it."""
+    q.repeats += 1
+    last = q.trace.steps[-1].index
+    q.note(f"turn {len(q.trace.turns)} repeated step {last}'s code; it was not run again", show=True)
+    _feed_observation(q.conv, q.generic, prompts.repeated_code_observation(last), [], final=final)
+    q.request_fed = final and q.generic
+
+
+def _discard_for_retry(q: _Question, mark: int) -> None:
+    """--on-error retry: take the failed turn back and let the model write it again."""
+    q.retries += 1
+    q.events.note(f"step failed; discarding it and retrying ({q.retries}/{q.options.max_retries})")
+    q.trace.turns[-1].discarded = True
+    q.note(
+        f"turn {len(q.trace.turns)}: its step failed and was discarded; the model was asked "
+        f"again (--on-error retry {q.retries}/{q.options.max_retries})"
+    )
+    _rollback(q.conv, mark, warm=q.options.retry_warm)
+
+
+def _show_result(q: _Question, step: Step, result: ExecResult, *, final: bool) -> bool:
+    """Feed a step's result to the model; False (with a note) when the engine could not take it."""
+    try:
+        _observe(q.conv, q.generic, result, [q.run_dir / p for p in step.images[:MAX_IMAGES_PER_STEP]], final=final)
+    except BackendUnavailable:
+        raise
+    except EngineError as e:
+        q.note(f"could not show step {step.index}'s result to the model: {e.message}")
+        return False
+    q.request_fed = final and q.generic
+    return True
 
 
 def _rollback(conv: Conversation, mark: int, *, warm: bool) -> None:
@@ -214,55 +282,48 @@ def _why_no_code(gen: Generation, reply: prompts.Reply) -> str:
     return f"the model stopped ({gen.stop_reason}) without code or an answer"
 
 
-def _final_answer(
-    conv: Conversation,
-    trace: Trace,
-    options: AgentOptions,
-    events: AgentEvents,
-    started: float,
-    generic: bool,
-    *,
-    request_fed: bool = False,
-) -> Trace:
+def _final_answer(q: _Question) -> Trace:
     """Ask for the answer once more, opening the answer tag for the model."""
-    events.note("asking the model for its final answer")
+    q.events.note("asking the model for its final answer")
     try:
-        if generic:
-            if not request_fed:
-                conv.feed_user(prompts.FINAL_ANSWER_REQUEST)
-            conv.feed_assistant("<answer>")
-        else:
-            conv.feed_assistant(prompts.FINAL_ANSWER_PREFIX)
-        gen = _generate(conv, trace, options, events)
+        gen = _ask_for_answer(q)
     except BackendUnavailable:
         raise
     except EngineError as e:
-        trace.stop_detail = f"the final answer turn failed: {e.message}"
-        return _finish(trace, "error", None, started, conv)
+        q.trace.stop_detail = f"the final answer turn failed: {e.message}"
+        return _finish(q, "error", None)
     closed = "</answer>" in gen.text.lower()
     raw = gen.text[: gen.text.lower().index("</answer>")] if closed else gen.text
     if gen.stop_reason == "max_tokens" and not closed:
-        return _truncated(trace, raw, gen, started, conv)
+        return _truncated(q, raw, gen)
     if (text := clean_answer(raw)) is not None:
-        return _finish(trace, "answered", text, started, conv)
-    fallback = next(
-        (
-            a
-            for t in reversed(trace.turns)
-            if t.stop_reason != "max_tokens"
-            and not t.discarded
-            and (a := clean_answer(prompts.untagged_answer(t.text)))
-        ),
-        None,
-    )
-    if fallback:
-        return _finish(trace, "answered_untagged", fallback, started, conv)
-    trace.stop_detail = trace.stop_detail or "the model gave no answer"
-    return _finish(trace, "no_answer", None, started, conv)
+        return _finish(q, "answered", text)
+    if fallback := _untagged_answer(q.trace):
+        return _finish(q, "answered_untagged", fallback)
+    q.trace.stop_detail = q.trace.stop_detail or "the model gave no answer"
+    return _finish(q, "no_answer", None)
 
 
-def _truncated(trace: Trace, partial: str, gen: Generation, started: float, conv: Conversation) -> Trace:
+def _ask_for_answer(q: _Question) -> Generation:
+    """The final turn: the generic protocol asks in a user turn (unless it went with the last result)."""
+    if q.generic:
+        if not q.request_fed:
+            q.conv.feed_user(prompts.FINAL_ANSWER_REQUEST)
+        q.conv.feed_assistant("<answer>")
+    else:
+        q.conv.feed_assistant(prompts.FINAL_ANSWER_PREFIX)
+    return _generate(q.conv, q.trace, q.options, q.events)
+
+
+def _untagged_answer(trace: Trace) -> str | None:
+    """The latest kept, uncut turn that reads as an answer without tags, cleaned."""
+    kept = (t for t in reversed(trace.turns) if t.stop_reason != "max_tokens" and not t.discarded)
+    return next((a for t in kept if (a := clean_answer(prompts.untagged_answer(t.text)))), None)
+
+
+def _truncated(q: _Question, partial: str, gen: Generation) -> Trace:
     """An answer cut off by the token budget is not an answer; what it held so far is kept in the note."""
+    trace = q.trace
     cleaned = clean_answer(partial)
     more = "…" if cleaned is not None and len(cleaned) > 200 else ""
     shown = "" if cleaned is None else f': "{cleaned[:200]}{more}"'
@@ -270,10 +331,12 @@ def _truncated(trace: Trace, partial: str, gen: Generation, started: float, conv
         f"turn {len(trace.turns)}: the answer was cut off by the token budget ({gen.n_tokens} tokens){shown}"
     )
     trace.stop_detail = f"the answer was cut off by the token budget ({gen.n_tokens} tokens); raise --max-tokens"
-    return _finish(trace, "truncated", None, started, conv)
+    return _finish(q, "truncated", None)
 
 
-def _finish(trace: Trace, reason: str, answer: str | None, started: float, conv: Conversation) -> Trace:
+def _finish(q: _Question, reason: str, answer: str | None) -> Trace:
+    """Record how the question ended, with the counters and where the time went."""
+    trace = q.trace
     trace.answer = answer
     trace.stop_reason = reason  # type: ignore[assignment]
     if not trace.stop_detail:
@@ -281,8 +344,8 @@ def _finish(trace: Trace, reason: str, answer: str | None, started: float, conv:
             "answered": f"answered after {len(trace.steps)} code step(s)",
             "answered_untagged": "the model answered without <answer> tags",
         }.get(reason, "")
-    trace.counters = conv.counters.to_dict()
-    trace.timings["total_s"] = round(time.perf_counter() - started, 3)
+    trace.counters = q.conv.counters.to_dict()
+    trace.timings["total_s"] = round(time.perf_counter() - q.started, 3)
     trace.timings["model_s"] = round(sum(t.seconds for t in trace.turns), 3)
     trace.timings["sandbox_s"] = round(sum(s.duration_s for s in trace.steps), 3)
     return trace

@@ -12,24 +12,25 @@ with every trajectory and the votes added.
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thyme_cli.errors import ThymeError
 from thyme_cli.question.answers import answer_body, normalize
-from thyme_cli.question.input_image import InputImage
 from thyme_cli.question.loop import AgentEvents, QuietEvents
 from thyme_cli.question.trace import Trace, write_trace
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from thyme_cli.models.loading import LoadedModel
     from thyme_cli.question.settings import QuestionSettings
+
+# Runs one trajectory: (run dir, settings, events, sampling=...) -> its trace.
+Trajectory = Callable[..., Trace]
 
 # "B", "(B)", "B.", "B) some text", "B: some text", "Option B", "Answer: (B)".
 _LETTER_RE = re.compile(
@@ -88,49 +89,62 @@ def _mean_logprob(trace: Trace) -> float | None:
 
 
 def ask_samples(
-    model: LoadedModel,
-    input_image: InputImage,
-    question: str,
-    run_dir: Path,
-    settings: QuestionSettings,
-    events: AgentEvents,
-    *,
-    n: int,
-    seed: int,
-    ask_one: Callable[..., Trace],
+    engine: Any, trajectory: Trajectory, run_dir: Path, settings: QuestionSettings, events: AgentEvents
 ) -> Trace:
-    """Run ``n`` trajectories (seeds seed, seed+1, ...) and return the voted trace (written to run_dir).
-    ``ask_one`` runs one trajectory (question/assemble.py passes its own, which calls this one)."""
-    from thyme_cli.engine.settings import SamplingOptions
+    """Run ``settings.samples`` trajectories (seeds seed, seed+1, ...) and return the voted trace (written
+    to run_dir). ``trajectory`` runs one of them (question/assemble.py passes its ask_one for this question)."""
+    n = settings.samples
+    dirs = [run_dir / "samples" / f"s{k + 1}" for k in range(n)]
+    events.note(f"sampling {n} trajectories")
+    traces, errors = _run_trajectories(engine, trajectory, dirs, replace(settings, samples=1))
+    if not any(t is not None for t in traces):
+        raise ThymeError(f"every sampled trajectory failed: {errors[0]}")
+    lps = [_mean_logprob(t) if t is not None else None for t in traces]
+    result = vote([t.answer if t is not None else None for t in traces], lps)
+    w = result.winner if result.winner is not None else next(i for i, t in enumerate(traces) if t is not None)
+    main = _winning_trace(traces[w], w, run_dir)
+    main.samples = [_summary(k, traces[k], errors[k], result.keys[k], lps[k], dirs[k], run_dir) for k in range(n)]
+    main.votes = result.votes
+    main.notes = [*main.notes, f"answer voted among {n} sampled trajectories (trajectory {w + 1} shown)"]
+    write_trace(main, run_dir)
+    return main
 
-    engine = model.engine
-    import inspect
+
+def _run_trajectories(
+    engine: Any, trajectory: Trajectory, dirs: list[Path], single: QuestionSettings
+) -> tuple[list[Trace | None], list[str | None]]:
+    """Run one trajectory per directory, together; each one's trace, or the error that ended it."""
+    from thyme_cli.engine.settings import SamplingOptions
 
     # A seed per trajectory where the engine's open() takes sampling options (the local engine).
     takes = "sampling" in inspect.signature(engine.open).parameters
     base = getattr(engine, "sampling", None) if takes else None
-    single = replace(settings, samples=1)
-    traces: list[Trace | None] = [None] * n
-    errors: list[str | None] = [None] * n
-    dirs = [run_dir / "samples" / f"s{k + 1}" for k in range(n)]
+    seed = getattr(getattr(engine, "sampling", None), "seed", 0)
+    traces: list[Trace | None] = [None] * len(dirs)
+    errors: list[str | None] = [None] * len(dirs)
 
     def one(k: int) -> None:
         dirs[k].mkdir(parents=True, exist_ok=True)
         sampling = replace(base, seed=seed + k) if isinstance(base, SamplingOptions) else None
         try:
-            traces[k] = ask_one(model, input_image, question, dirs[k], single, QuietEvents(), sampling=sampling)
+            traces[k] = trajectory(dirs[k], single, QuietEvents(), sampling=sampling)
         except ThymeError as e:
             errors[k] = e.message
         except Exception as e:  # one broken trajectory must not lose the others
             errors[k] = f"unexpected {type(e).__name__}: {e}"
 
-    events.note(f"sampling {n} trajectories")
+    _run_after_first_prefix(engine, one, len(dirs))
+    return traces, errors
+
+
+def _run_after_first_prefix(engine: Any, one: Callable[[int], None], n: int) -> None:
+    """Start trajectory 0, then the others once its system prompt and image are published (they copy them)."""
     ready: threading.Event | None = getattr(engine, "prefix_ready", None)
     if ready is not None:
         ready.clear()
     first = threading.Thread(target=one, args=(0,), name="thyme-sample-1")
     first.start()
-    if ready is not None:  # the others copy the first one's system prompt and image
+    if ready is not None:
         while first.is_alive() and not ready.wait(0.05):
             pass
     rest = [threading.Thread(target=one, args=(k,), name=f"thyme-sample-{k + 1}") for k in range(1, n)]
@@ -138,25 +152,15 @@ def ask_samples(
         t.start()
     for t in [first, *rest]:
         t.join()
-    done = [t for t in traces if t is not None]
-    if not done:
-        raise ThymeError(f"every sampled trajectory failed: {errors[0]}")
-    answers = [t.answer if t is not None else None for t in traces]
-    lps = [_mean_logprob(t) if t is not None else None for t in traces]
-    result = vote(answers, lps)
-    w = result.winner if result.winner is not None else next(i for i, t in enumerate(traces) if t is not None)
-    chosen = traces[w]
+
+
+def _winning_trace(chosen: Trace | None, w: int, run_dir: Path) -> Trace:
+    """The winner's trace as the question's own: its image paths made relative to the main run dir."""
     assert chosen is not None
     prefix = f"samples/s{w + 1}/"
     steps = [replace(s, images=[prefix + p for p in s.images]) for s in chosen.steps]
-    main = replace(
-        chosen, steps=steps, image=chosen.image if (run_dir / chosen.image).exists() else prefix + chosen.image
-    )
-    main.samples = [_summary(k, traces[k], errors[k], result.keys[k], lps[k], dirs[k], run_dir) for k in range(n)]
-    main.votes = result.votes
-    main.notes = [*chosen.notes, f"answer voted among {n} sampled trajectories (trajectory {w + 1} shown)"]
-    write_trace(main, run_dir)
-    return main
+    image = chosen.image if (run_dir / chosen.image).exists() else prefix + chosen.image
+    return replace(chosen, steps=steps, image=image)
 
 
 def _summary(

@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 ENV = "THYME_CRASH_GUARD"
 _announce_fd: int | None = None
@@ -60,12 +61,23 @@ def guard(command: str) -> None:
         os._exit(os.waitstatus_to_exitcode(status))
     signum = os.WTERMSIG(status)
     if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGPIPE):
-        if signum != signal.SIGKILL:  # stopped from outside: end the same way
-            signal.signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
-            os.kill(os.getpid(), signum)
-        os._exit(128 + signum)
+        _end_as_stopped(signum)
     removed = _remove_unfinished(announced.decode(errors="replace").splitlines())
+    _report_crash(command, signum, removed)
+    os._exit(1)
+
+
+def _end_as_stopped(signum: int) -> NoReturn:
+    """The child was stopped from outside: the parent ends the same way."""
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
+
+
+def _report_crash(command: str, signum: int, removed: list[str]) -> None:
+    """One line for a native crash: the signal, the run dirs removed, what to try."""
     try:
         name = signal.Signals(signum).name
     except ValueError:
@@ -81,7 +93,6 @@ def guard(command: str) -> None:
         f"error: thyme {command} crashed inside native code ({name}){note}. "
         f"Run `thyme doctor`; THYME_EXTRA_BUFTS=0 loads models without llama.cpp's CPU extra buffer types\n"
     )
-    os._exit(1)
 
 
 def _read(fd: int) -> bytes:

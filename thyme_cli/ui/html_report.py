@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from thyme_cli.question.prompts import without_code
-from thyme_cli.question.trace import Trace
+from thyme_cli.question.trace import Step, Trace, Turn
 
 _STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
@@ -115,38 +115,48 @@ def render_html(trace: Trace, run_dir: Path) -> str:
     parts.append("<h2>Reasoning</h2>")
     for turn in trace.turns:
         step = next((s for s in trace.steps if s.turn == turn.index), None)
-        prose = (
-            _without_fences(without_code(turn.text, f"[code: step {step.index} below]"), step.index)
-            if step
-            else turn.text
-        )
-        discarded = (
-            "<p class=meta>its step failed and was discarded (--on-error retry); the model was asked again</p>"
-            if turn.discarded
-            else ""
-        )
-        parts.append(
-            f'<div class="{"discarded" if turn.discarded else "turn"}"><h3>Turn {turn.index} '
-            f'<span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
-            f"{turn.seconds:.1f} s)</span></h3>{discarded}<pre class=turn>{esc(prose)}</pre></div>"
-        )
-        if step is None:
-            continue
-        status = "timed out" if step.timed_out else ("error" if step.error else "ok")
-        parts.append(
-            f'<div class="step" id="step-{step.index}"><h4>Step {step.index}: {status} '
-            f'<span class="meta">({step.duration_s:.2f} s)</span></h4><pre class=code>{esc(step.code)}</pre>'
-        )
-        if step.stdout.strip():
-            parts.append(f"<p>Output</p><pre class=stdout>{esc(step.stdout)}</pre>")
-        if step.error:
-            parts.append(f'<pre class="error">{esc(step.error)}</pre>')
-        parts.extend(_figure(run_dir / rel, rel) for rel in step.images)
-        parts.append("</div>")
+        parts.append(_turn_html(turn, step))
+        if step is not None:
+            parts.extend(_step_html(step, run_dir))
     for note in trace.notes:
         parts.append(f'<p class="meta">note: {esc(note)}</p>')
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _turn_html(turn: Turn, step: Step | None) -> str:
+    """A turn's prose, its code block replaced by a pointer to the step shown below it."""
+    esc = html.escape
+    prose = (
+        _without_fences(without_code(turn.text, f"[code: step {step.index} below]"), step.index) if step else turn.text
+    )
+    discarded = (
+        "<p class=meta>its step failed and was discarded (--on-error retry); the model was asked again</p>"
+        if turn.discarded
+        else ""
+    )
+    return (
+        f'<div class="{"discarded" if turn.discarded else "turn"}"><h3>Turn {turn.index} '
+        f'<span class="meta">({esc(turn.stop_reason)}, {turn.n_tokens} tokens, '
+        f"{turn.seconds:.1f} s)</span></h3>{discarded}<pre class=turn>{esc(prose)}</pre></div>"
+    )
+
+
+def _step_html(step: Step, run_dir: Path) -> list[str]:
+    """A step: its code, what it printed, its error and its images."""
+    esc = html.escape
+    status = "timed out" if step.timed_out else ("error" if step.error else "ok")
+    parts = [
+        f'<div class="step" id="step-{step.index}"><h4>Step {step.index}: {status} '
+        f'<span class="meta">({step.duration_s:.2f} s)</span></h4><pre class=code>{esc(step.code)}</pre>'
+    ]
+    if step.stdout.strip():
+        parts.append(f"<p>Output</p><pre class=stdout>{esc(step.stdout)}</pre>")
+    if step.error:
+        parts.append(f'<pre class="error">{esc(step.error)}</pre>')
+    parts.extend(_figure(run_dir / rel, rel) for rel in step.images)
+    parts.append("</div>")
+    return parts
 
 
 def write_html_report(trace: Trace, run_dir: Path) -> Path:

@@ -115,54 +115,83 @@ def build_tokenizer(out: Path) -> dict[str, int]:
 
 def build_model(out: Path, ids: dict[str, int], seed: int) -> int:
     """Random Qwen2.5-VL weights (std 0.2) saved as safetensors; returns the parameter count."""
-    torch = _import("torch")
-    tf = _import("transformers")
-    torch.manual_seed(seed)
+    token_ids = config_token_ids(ids)
+    config = qwen25vl_config(vocab=VOCAB_SIZE, hidden=64, context=4096, token_ids=token_ids, tie=False)
+    model = random_qwen25vl(config, seed)
+    save_checkpoint(model, out)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# The tiny Qwen2.5-VL builders (this one, devtools/tiny_hf_qwen.py and tests/parity_reference.py, which
+# load this file by its path) share the shapes below: 2 text layers of 4 heads (2 KV heads), a vision
+# tower of depth 4 with 2 heads, the vision width half the text width. They differ in vocabulary,
+# width, context and whether the embeddings are tied.
+MM_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def config_token_ids(special: dict[str, int]) -> dict[str, int]:
+    """The config's token ids (bos/eos and MM_TOKEN_IDS) from the special tokens' ids."""
+    names = {
+        "bos_token_id": "<|endoftext|>",
+        "eos_token_id": "<|im_end|>",
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    return {key: special[token] for key, token in names.items()}
+
+
+def qwen25vl_config(*, vocab: int, hidden: int, context: int, token_ids: dict[str, int], tie: bool) -> Any:
+    """A Qwen2.5-VL config of the tiny shape; ``token_ids`` holds bos/eos and MM_TOKEN_IDS (config names)."""
+    half_head = hidden // 4 // 2  # M-RoPE splits head_dim / 2 into temporal, height and width sections
     text = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=context,
         rms_norm_eps=1e-6,
         hidden_act="silu",
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
         rope_theta=1000000.0,
-        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+        rope_scaling={"type": "mrope", "mrope_section": [half_head // 4, half_head * 3 // 8, half_head * 3 // 8]},
+        bos_token_id=token_ids["bos_token_id"],
+        eos_token_id=token_ids["eos_token_id"],
+        pad_token_id=token_ids["bos_token_id"],
         use_sliding_window=False,
-        sliding_window=4096,
+        sliding_window=context,
         max_window_layers=2,
     )
     vision = dict(
         depth=4,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden // 2,
+        intermediate_size=hidden,
         num_heads=2,
         in_channels=3,
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
         window_size=112,
-        out_hidden_size=64,
+        out_hidden_size=hidden,
         fullatt_block_indexes=[1, 3],
         hidden_act="silu",
         tokens_per_second=2,
     )
-    config = tf.Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        tie_word_embeddings=False,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+    mm_ids = {k: token_ids[k] for k in MM_TOKEN_IDS}
+    return _import("transformers").Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=tie, **mm_ids
     )
-    model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def random_qwen25vl(config: Any, seed: int) -> Any:
+    """The model with weights drawn wider than the default init (matrices std 0.2, the vision tower's
+    0.1), so logits are far from flat: a conversion error shows and sampling at a temperature varies."""
+    torch = _import("torch")
+    torch.manual_seed(seed)
+    model = _import("transformers").Qwen2_5_VLForConditionalGeneration(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:
@@ -171,11 +200,15 @@ def build_model(out: Path, ids: dict[str, int], seed: int) -> int:
                 p.uniform_(0.8, 1.2)
             else:
                 p.normal_(0.0, 0.05)
+    return model
+
+
+def save_checkpoint(model: Any, out: Path) -> None:
+    """Safetensors and a config.json that names the architecture at the top level, as real ones do."""
     model.save_pretrained(out, safe_serialization=True)
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     saved.setdefault("architectures", ["Qwen2_5_VLForConditionalGeneration"])
     (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def build(out: Path, seed: int = 0) -> None:
