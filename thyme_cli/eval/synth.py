@@ -79,6 +79,38 @@ def _image(text: str, size: tuple[int, int], rng: random.Random) -> tuple[str, t
     return base64.b64encode(buf.getvalue()).decode(), (left, top, right, bottom)
 
 
+class _Rows:
+    """The benchmark as it is written: items (the ground truth) and their TSV rows, in order."""
+
+    def __init__(self, rng: random.Random, letter_for: Callable[[str, int], str] | None) -> None:
+        self.rng, self.letter_for = rng, letter_for
+        self.items: list[SynthItem] = []
+        self.rows: list[list[str]] = []
+
+    def add(
+        self,
+        category: str,
+        truth: str,
+        distractors: list[str],
+        texts: tuple[str, str, str],  # question, hint, image (base64, or the index of a row to share)
+        box: tuple[int, int, int, int],
+        shares: str | None = None,
+    ) -> None:
+        """One item; its correct option goes where letter_for says, else at a random letter."""
+        question, hint, image = texts
+        letters = "ABCD"[: len(distractors) + 1]
+        i = sum(1 for it in self.items if it.category == category)
+        answer = self.letter_for(category, i) if self.letter_for else self.rng.choice(letters)
+        options_texts = list(distractors)
+        options_texts.insert(letters.index(answer), truth)
+        options = dict(zip(letters, options_texts, strict=True))
+        index = str(len(self.items) + 1)
+        self.items.append(SynthItem(index, category, options, answer, truth, box, shares))
+        cells = [options.get(k, "") for k in "ABCD"]
+        kind = "text" if category == "word" else "digits"
+        self.rows.append([index, image, question, hint, *cells, answer, category, kind])
+
+
 def write_synthetic_tsv(
     path: Path,
     *,
@@ -91,56 +123,23 @@ def write_synthetic_tsv(
     rng = random.Random(seed)
     words = rng.sample(WORDS, per_category * 4)
     numbers = rng.sample(range(100, 999), per_category * 3)
-    items: list[SynthItem] = []
-    rows: list[list[str]] = []
-
-    def add(
-        category: str,
-        truth: str,
-        distractors: list[str],
-        question: str,
-        hint: str,
-        image: str,
-        box: tuple[int, int, int, int],
-        shares: str | None = None,
-    ) -> None:
-        letters = "ABCD"[: len(distractors) + 1]
-        i = sum(1 for it in items if it.category == category)
-        answer = letter_for(category, i) if letter_for else rng.choice(letters)
-        texts = list(distractors)
-        texts.insert(letters.index(answer), truth)
-        options = dict(zip(letters, texts, strict=True))
-        index = str(len(items) + 1)
-        items.append(SynthItem(index, category, options, answer, truth, box, shares))
-        cells = [options.get(k, "") for k in "ABCD"]
-        rows.append(
-            [index, image, question, hint, *cells, answer, category, "text" if category == "word" else "digits"]
-        )
-
+    table = _Rows(rng, letter_for)
     for i in range(per_category):
         truth, *others = words[4 * i : 4 * i + 4]
         image, box = _image(truth, size, rng)
-        add("word", truth, others, WORD_QUESTION, "", image, box)
-    first = items[0]  # HRBench-style: one more question on an earlier row's image, by index
-    add(
-        "word",
-        first.truth,
-        [w for w in first.options.values() if w != first.truth][::-1],
-        WORD_QUESTION + " ",
-        "",
-        first.index,
-        first.box,
-        shares=first.index,
-    )
+        table.add("word", truth, others, (WORD_QUESTION, "", image), box)
+    first = table.items[0]  # HRBench-style: one more question on an earlier row's image, by index
+    others = [w for w in first.options.values() if w != first.truth][::-1]
+    table.add("word", first.truth, others, (WORD_QUESTION + " ", "", first.index), first.box, shares=first.index)
     for i in range(per_category):
         truth, *others = (str(n) for n in numbers[3 * i : 3 * i + 3])
         image, box = _image(truth, size, rng)
-        add("number", truth, others, NUMBER_QUESTION, NUMBER_HINT, image, box)  # three options: D stays empty
+        table.add("number", truth, others, (NUMBER_QUESTION, NUMBER_HINT, image), box)  # three options: no D
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(HEADER)
-        writer.writerows(rows)
-    return items
+        writer.writerows(table.rows)
+    return table.items
 
 
 def main() -> None:

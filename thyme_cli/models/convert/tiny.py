@@ -144,8 +144,17 @@ def config_token_ids(special: dict[str, int]) -> dict[str, int]:
 
 def qwen25vl_config(*, vocab: int, hidden: int, context: int, token_ids: dict[str, int], tie: bool) -> Any:
     """A Qwen2.5-VL config of the tiny shape; ``token_ids`` holds bos/eos and MM_TOKEN_IDS (config names)."""
+    text = _text_config(vocab=vocab, hidden=hidden, context=context, token_ids=token_ids, tie=tie)
+    mm_ids = {k: token_ids[k] for k in MM_TOKEN_IDS}
+    return _import("transformers").Qwen2_5_VLConfig(
+        text_config=text, vision_config=_vision_config(hidden), tie_word_embeddings=tie, **mm_ids
+    )
+
+
+def _text_config(*, vocab: int, hidden: int, context: int, token_ids: dict[str, int], tie: bool) -> dict[str, Any]:
+    """The language model: 2 layers, 4 heads (2 KV heads), M-RoPE."""
     half_head = hidden // 4 // 2  # M-RoPE splits head_dim / 2 into temporal, height and width sections
-    text = dict(
+    return dict(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -165,7 +174,11 @@ def qwen25vl_config(*, vocab: int, hidden: int, context: int, token_ids: dict[st
         sliding_window=context,
         max_window_layers=2,
     )
-    vision = dict(
+
+
+def _vision_config(hidden: int) -> dict[str, Any]:
+    """The vision tower: 4 blocks (two with full attention), 14-pixel patches merged 2x2."""
+    return dict(
         depth=4,
         hidden_size=hidden // 2,
         intermediate_size=hidden,
@@ -179,10 +192,6 @@ def qwen25vl_config(*, vocab: int, hidden: int, context: int, token_ids: dict[st
         fullatt_block_indexes=[1, 3],
         hidden_act="silu",
         tokens_per_second=2,
-    )
-    mm_ids = {k: token_ids[k] for k in MM_TOKEN_IDS}
-    return _import("transformers").Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=tie, **mm_ids
     )
 
 
