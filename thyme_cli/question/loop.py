@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from thyme_cli.defaults import MAX_TOKENS, MAX_TURNS
 from thyme_cli.engine.base import Conversation, Generation
 from thyme_cli.errors import BackendUnavailable, EngineError
 from thyme_cli.question import prompts
@@ -26,8 +27,8 @@ MAX_IMAGES_PER_STEP = 3
 
 @dataclass
 class AgentOptions:
-    max_turns: int = 5  # code steps the model may take before it must answer
-    max_step_tokens: int = 2048  # generation budget of one turn
+    max_turns: int = MAX_TURNS  # code steps the model may take before it must answer
+    max_step_tokens: int = MAX_TOKENS  # generation budget of one turn
     on_error: Literal["show", "retry"] = "show"  # show a failed step to the model, or discard and retry it
     max_retries: int = 2
     retry_warm: bool = True  # a retried turn's prose is sampled warm (False: greedy, as the paper's eval)

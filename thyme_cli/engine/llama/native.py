@@ -23,6 +23,7 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
+from thyme_cli.defaults import CONTEXT_FULL_HINT
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.llama import cpu_probe
@@ -38,7 +39,7 @@ _ALL_LAYERS = 0x7FFFFFFF
 _NO_CALLBACK = mtmd.mtmd_helper_post_decode_callback()
 # ggml type ids of the KV cache types EngineOptions offers.
 _GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
-_CTX_HINT = "raise --ctx, use fewer or smaller images, or lower --max-image-tokens"
+_CTX_HINT = CONTEXT_FULL_HINT
 
 
 class LogSink:

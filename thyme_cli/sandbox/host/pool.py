@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from thyme_cli.defaults import STEP_TIMEOUT_S
 from thyme_cli.errors import UsageError
 from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.host.factory import _check_hello, open_sandbox, select_backend
@@ -527,7 +528,7 @@ def _last_line(text: str) -> str:
 
 
 def open_pool(
-    backend: str = "auto", *, timeout_s: float = 30.0, limits: Limits | None = None
+    backend: str = "auto", *, timeout_s: float = STEP_TIMEOUT_S, limits: Limits | None = None
 ) -> SandboxPool | PerQuestionPool:
     """Sandboxes for many questions in a row. Boots the first jail (so a zygote that cannot start
     here falls back to one jail per question right away); raises SandboxUnavailable like
