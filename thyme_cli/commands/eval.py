@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from thyme_cli import defaults as d
 from thyme_cli.commands import flags as o
 from thyme_cli.errors import UsageError
 from thyme_cli.ui.console import err_console, handle_errors, info, out_console, warn
@@ -135,18 +136,18 @@ def run(
     api_model: o.ApiModelOpt = None,
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
-    step_timeout: o.StepTimeoutOpt = 30.0,
+    step_timeout: o.StepTimeoutOpt = d.STEP_TIMEOUT_S,
     step_images: o.StepImagesOpt = None,
     question_images: o.QuestionImagesOpt = None,
     keep_images: o.KeepImagesOpt = o.KeepImages.all,
     on_error: o.OnErrorOpt = o.OnError.retry,  # the paper's evaluation discards failed steps (eval/paper.py)
-    max_turns: o.MaxTurnsOpt = 5,
-    samples: o.SamplesOpt = 1,
-    max_tokens: o.MaxTokensOpt = 2048,
-    temperature: o.TemperatureOpt = 0.0,
-    top_p: o.TopPOpt = 0.9,
-    top_k: o.TopKOpt = 50,
-    seed: o.SeedOpt = 0,
+    max_turns: o.MaxTurnsOpt = d.MAX_TURNS,
+    samples: o.SamplesOpt = d.SAMPLES,
+    max_tokens: o.MaxTokensOpt = d.MAX_TOKENS,
+    temperature: o.TemperatureOpt = d.TEMPERATURE,
+    top_p: o.TopPOpt = d.TOP_P,
+    top_k: o.TopKOpt = d.TOP_K,
+    seed: o.SeedOpt = d.SEED,
     ctx: EvalCtxOpt = None,
     max_image_tokens: EvalMaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,

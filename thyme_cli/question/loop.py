@@ -173,22 +173,10 @@ def _run_step(
 ) -> tuple[Step, ExecResult]:
     events.step_started(index, code)
     result = sandbox.run(code)
-    images = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in result.images]
-    step = Step(
-        index,
-        code,
-        result.stdout,
-        result.stderr,
-        result.error,
-        result.timed_out,
-        images,
-        result.duration_s,
-        turn,
-        crops=result.crops,
-    )
+    step = Step.from_result(index, code, result, run_dir, turn=turn)
     events.step_finished(step, result)
-    if len(images) > MAX_IMAGES_PER_STEP:
-        events.note(f"step {index} made {len(images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")
+    if len(step.images) > MAX_IMAGES_PER_STEP:
+        events.note(f"step {index} made {len(step.images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")
     return step, result
 
 
