@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +63,7 @@ def answer_questions(
     *,
     assume_yes: bool,
     interactive: bool,
-) -> Iterator[Answered]:
+) -> Generator[Answered, None, None]:
     """Answer the questions one after the other with one loaded model, yielding each as it is done.
     The model is closed when the iteration ends (use contextlib.closing when stopping early)."""
     from thyme_cli.models.registry import load_registry
@@ -86,7 +86,7 @@ def _answer_each(
     hooks: AskHooks,
     inputs: _Inputs,
     first: tuple[Path, InputImage],
-) -> Iterator[Answered]:
+) -> Generator[Answered, None, None]:
     from thyme_cli.question.assemble import ask_one
 
     run_dir, input_image = first
