@@ -15,7 +15,6 @@ from thyme_cli import defaults as d
 
 if TYPE_CHECKING:
     from thyme_cli.models.loading import ModelSettings
-    from thyme_cli.question.loop import AgentOptions
     from thyme_cli.question.settings import QuestionSettings
     from thyme_cli.sandbox.host.limits import Limits
 
@@ -354,14 +353,12 @@ class RunFlags:
         names = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in params.items() if name in names})
 
-    def settings(
-        self, *, n_seq: int = 1, min_image_tokens: int | None = None, agent: AgentOptions | None = None
-    ) -> tuple[ModelSettings, QuestionSettings]:
-        """The settings the library runs with. n_seq: sequences decoded together (ask --samples);
-        min_image_tokens / agent: eval's own (the paper's image budget, --no-tools)."""
-        return self._model_settings(n_seq, min_image_tokens), self.question_settings(agent)
+    def settings(self, *, n_seq: int = 1) -> tuple[ModelSettings, QuestionSettings]:
+        """The settings the library runs with (eval puts the paper's on top: eval/run.py).
+        n_seq: sequences of one context decoded together (ask --samples with a local model)."""
+        return self._model_settings(n_seq), self.question_settings()
 
-    def _model_settings(self, n_seq: int, min_image_tokens: int | None) -> ModelSettings:
+    def _model_settings(self, n_seq: int) -> ModelSettings:
         from thyme_cli.models.loading import ModelSettings
 
         return ModelSettings(
@@ -372,7 +369,6 @@ class RunFlags:
             seed=self.seed,
             n_ctx=self.ctx,
             max_image_tokens=self.max_image_tokens,
-            min_image_tokens=min_image_tokens,
             gpu_layers=self.gpu_layers,
             threads=self.threads,
             flash_attn=self.flash_attn,
@@ -386,8 +382,8 @@ class RunFlags:
             n_seq=n_seq,
         )
 
-    def question_settings(self, agent: AgentOptions | None = None) -> QuestionSettings:
-        """How each question runs: the sandbox, its limits, the loop's options (agent: eval's own)."""
+    def question_settings(self) -> QuestionSettings:
+        """How each question runs: the sandbox, its limits, the loop's options (replay: the sandbox only)."""
         from thyme_cli.question.loop import AgentOptions
         from thyme_cli.question.settings import QuestionSettings
 
@@ -396,7 +392,6 @@ class RunFlags:
             step_timeout_s=self.step_timeout,
             limits=sandbox_limits(self.step_images, self.question_images),
             keep_images=self.keep_images.value,
-            agent=agent
-            or AgentOptions(max_turns=self.max_turns, max_step_tokens=self.max_tokens, on_error=self.on_error.value),
+            agent=AgentOptions(max_turns=self.max_turns, max_step_tokens=self.max_tokens, on_error=self.on_error.value),
             samples=self.samples,
         )
