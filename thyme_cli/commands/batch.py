@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -48,9 +47,7 @@ def batch(
             "local model sequences of one llama.cpp context decoded together.",
         ),
     ] = 1,
-    runs: Annotated[
-        Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
-    ] = None,
+    runs: o.RunsOpt = None,
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,

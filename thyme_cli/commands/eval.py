@@ -122,9 +122,7 @@ def run(
             help="Items in flight at once (needs an engine that serves several conversations, e.g. a remote server).",
         ),
     ] = 1,
-    runs: Annotated[
-        Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
-    ] = None,
+    runs: o.RunsOpt = None,
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,

@@ -197,6 +197,9 @@ OnErrorOpt = Annotated[
         rich_help_panel=SANDBOX_PANEL,
     ),
 ]
+RunsOpt = Annotated[
+    Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
+]
 YesOpt = Annotated[
     bool,
     typer.Option(
