@@ -19,6 +19,17 @@ def benchmark_name(path: Path) -> str:
     return path.stem
 
 
+def benchmark_meta(benchmark: Path, items: list[EvalItem]) -> dict[str, Any]:
+    """What identifies the benchmark in a side table: its file, name and the fingerprint of its items."""
+    from thyme_cli.eval.items import fingerprint
+
+    return {
+        "benchmark": str(benchmark.resolve()),
+        "benchmark_name": benchmark_name(benchmark),
+        "fingerprint": fingerprint(items),
+    }
+
+
 def score_and_save(paths: EvalPaths) -> RunScore:
     """Score a finished run and write its per-item rows, summary and Markdown report next to it."""
     from thyme_cli.eval.paper import settings_markdown
@@ -59,7 +70,6 @@ def load_run(results: list[Path], benchmark: Path | None, label: str | None) -> 
 
 def _side_table(paths: EvalPaths, benchmark: Path | None) -> SideTable:
     """The run's own side table, or one made from --benchmark (for results without their .eval/)."""
-    from thyme_cli.eval.items import fingerprint
     from thyme_cli.eval.load import load_benchmark
     from thyme_cli.eval.store import read_side_table, side_table_from_items
 
@@ -67,13 +77,7 @@ def _side_table(paths: EvalPaths, benchmark: Path | None) -> SideTable:
         return read_side_table(paths)
     items: list[EvalItem] = load_benchmark(benchmark, paths.images, wanted=lambda _id: False)
     tools = read_side_table(paths).meta.get("tools") if paths.meta.is_file() else None
-    meta = {
-        "benchmark": str(benchmark.resolve()),
-        "benchmark_name": benchmark_name(benchmark),
-        "fingerprint": fingerprint(items),
-        "tools": tools,
-    }
-    return side_table_from_items(items, meta)
+    return side_table_from_items(items, {**benchmark_meta(benchmark, items), "tools": tools})
 
 
 def unique_labels(runs: list[RunScore], results: list[Path]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thyme_cli.errors import UsageError
-from thyme_cli.eval.results import benchmark_name
+from thyme_cli.eval.results import benchmark_meta, benchmark_name
 
 if TYPE_CHECKING:
     from thyme_cli.eval.items import EvalItem
@@ -162,13 +162,9 @@ def _paper_settings(
 def _meta(request: EvalRequest, items: list[EvalItem], model: ModelSettings, flags: AgentOptions) -> dict[str, Any]:
     """The side table's record of the run: what was evaluated, with which model and settings (the
     model's as the eval runs it, the agent's as the flags gave them)."""
-    from thyme_cli.eval.items import fingerprint
-
     name, script = benchmark_name(request.benchmark), model.script
     return {
-        "benchmark": str(request.benchmark.resolve()),
-        "benchmark_name": name,
-        "fingerprint": fingerprint(items),
+        **benchmark_meta(request.benchmark, items),
         "tools": not request.no_tools,
         "items": len(items),
         "limit": request.limit,
