@@ -107,7 +107,7 @@ def test_eval_retry_uses_up_steps_as_the_papers_loop(run_thyme: RunThyme, tmp_pa
 
 
 def test_eval_agent_options_are_the_papers() -> None:
-    from thyme_cli.commands.eval import agent_options
+    from thyme_cli.eval.run import agent_options
 
     options = agent_options(no_tools=False, max_turns=5, max_tokens=2048, on_error="retry")
     assert (options.on_error, options.max_retries, options.retry_warm, options.retries_use_turns) == (

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from thyme_cli import defaults as d
 from thyme_cli.commands import flags as o
 from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
+from thyme_cli.runs import run_id
 from thyme_cli.ui.console import handle_errors, info, warn
+
+if TYPE_CHECKING:
+    from thyme_cli.models.registry import Registry
+    from thyme_cli.question.image_questions import Answered
+    from thyme_cli.question.loop import AgentEvents
 
 
 @handle_errors
@@ -37,17 +44,17 @@ def ask(
     api_model: o.ApiModelOpt = None,
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
-    step_timeout: o.StepTimeoutOpt = 30.0,
+    step_timeout: o.StepTimeoutOpt = d.STEP_TIMEOUT_S,
     step_images: o.StepImagesOpt = None,
     question_images: o.QuestionImagesOpt = None,
     on_error: o.OnErrorOpt = o.OnError.show,
-    max_turns: o.MaxTurnsOpt = 5,
-    samples: o.SamplesOpt = 1,
-    max_tokens: o.MaxTokensOpt = 2048,
-    temperature: o.TemperatureOpt = 0.0,
-    top_p: o.TopPOpt = 0.9,
-    top_k: o.TopKOpt = 50,
-    seed: o.SeedOpt = 0,
+    max_turns: o.MaxTurnsOpt = d.MAX_TURNS,
+    samples: o.SamplesOpt = d.SAMPLES,
+    max_tokens: o.MaxTokensOpt = d.MAX_TOKENS,
+    temperature: o.TemperatureOpt = d.TEMPERATURE,
+    top_p: o.TopPOpt = d.TOP_P,
+    top_k: o.TopKOpt = d.TOP_K,
+    seed: o.SeedOpt = d.SEED,
     ctx: o.CtxOpt = None,
     max_image_tokens: o.MaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,
@@ -106,135 +113,107 @@ def ask(
 ) -> None:
     """Ask questions about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer
     (for several questions: 1 if any failed, else 3 if any has no answer)."""
-    from thyme_cli import paths
-    from thyme_cli.models.loading import ModelSettings, load_model
-    from thyme_cli.models.registry import load_registry
-    from thyme_cli.models.store import preferred_default
-    from thyme_cli.question import pdf
-    from thyme_cli.question.assemble import ask_one, check_sandbox, prepare_input
-    from thyme_cli.question.input_image import read_stdin_image
-    from thyme_cli.question.loop import AgentOptions, QuietEvents
-    from thyme_cli.question.settings import QuestionSettings
-    from thyme_cli.question.trace import new_run_dir, prepare_out_dir
-    from thyme_cli.ui.render import LiveRenderer, print_answer, print_summary
-
+    flags = o.RunFlags.of(locals())
     if not questions or any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
+    from contextlib import closing
+
+    from thyme_cli.question.image_questions import AskHooks, ImageQuestions, answer_questions
     from thyme_cli.ui.crash_guard import announce_run_dir, guard
 
     guard("ask")
-    source: Path | bytes = read_stdin_image(sys.stdin.buffer) if image == "-" else Path(image).expanduser()
-    registry = load_registry()
-    label, pdf_note = image, None
-    if isinstance(source, Path) and source.is_file() and pdf.is_pdf(source):
-        entry = registry.models.get(model or preferred_default(registry))
-        budget = pdf.pixel_budget(max_image_tokens or (entry.image_max_tokens if entry else None))
-        source, pdf_note = pdf.render_page(source, page or 1, dpi=dpi, max_pixels=budget)
-        label = f"{image}#p{page or 1}"
-    elif page is not None or dpi is not None:
-        raise UsageError("--page and --dpi apply to PDF input", hint=f"{image} is not a PDF")
-    several = len(questions) > 1
-
-    def make_run_dir(index: int) -> tuple[Path, bool]:
-        """--out DIR holds one run, or DIR/q1, DIR/q2, ... for several questions."""
-        target = (out / f"q{index + 1}" if several else out) if out else None
-        created = target is None or not target.exists()
-        run_dir = prepare_out_dir(target) if target else new_run_dir(paths.runs_dir(), questions[index])
-        if created:
-            announce_run_dir(run_dir)
-        return run_dir, created
-
-    run_dir, created = make_run_dir(0)
-    input_image = prepare_input(source, run_dir, label=label, remove_on_error=created)
-    if pdf_note:
-        input_image.notes.insert(0, pdf_note)
-    o.warn_if_unsandboxed(sandbox)
-    settings = ModelSettings(
-        name=model,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        n_ctx=ctx,
-        max_image_tokens=max_image_tokens,
-        gpu_layers=gpu_layers,
-        threads=threads,
-        flash_attn=flash_attn,
-        chat_format=chat_format,
-        chat_template=chat_template,
-        script=script,
-        backend=backend.value,
-        base_url=base_url,
-        api_model=api_model,
-        protocol=protocol,
-        n_seq=samples if backend == o.Backend.local and script is None else 1,
-    )
+    model_settings, question_settings = flags.settings(n_seq=samples if _shared_prefix(flags) else 1)
+    live = not (quiet or as_json)
+    show = _Display(questions, live, html=html, as_json=as_json, quiet=quiet, verbose=verbose, previews=previews)
+    hooks = AskHooks(show.events, run_dir_made=announce_run_dir, before_load=lambda r: _warnings(flags, live, r))
+    request = ImageQuestions(image, questions, out=out, page=page, dpi=dpi)
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
-    if model is None and script is None and backend == o.Backend.local and not (quiet or as_json):
+    answers = answer_questions(
+        request, model_settings, question_settings, hooks, assume_yes=yes, interactive=interactive
+    )
+    with closing(answers):
+        outcomes = [show.answered(answered) for answered in answers]
+    if "failed" in outcomes:
+        raise typer.Exit(EXIT_RUNTIME)
+    if "unanswered" in outcomes:
+        raise typer.Exit(EXIT_NO_ANSWER)
+
+
+def _shared_prefix(flags: o.RunFlags) -> bool:
+    """--samples decode together from one shared prefix with a local model (one sequence each)."""
+    return flags.backend == o.Backend.local and flags.script is None
+
+
+def _warnings(flags: o.RunFlags, live: bool, registry: Registry) -> None:
+    """Before the model loads: --sandbox none, and which model runs when none was named."""
+    o.warn_if_unsandboxed(flags.sandbox)
+    if flags.model is None and flags.script is None and flags.backend == o.Backend.local and live:
         from thyme_cli.models.store import default_model_note
 
         if note := default_model_note(registry):
             warn(note)
-    question_settings = QuestionSettings(
-        sandbox=sandbox.value,
-        step_timeout_s=step_timeout,
-        limits=o.sandbox_limits(step_images, question_images),
-        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
-        samples=samples,
-    )
-    try:
-        check_sandbox(question_settings)
-        loaded = load_model(registry, settings, assume_yes=yes, interactive=interactive)
-    except BaseException:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    live = not (quiet or as_json)
-    from thyme_cli.runs import run_id
 
-    failed = unanswered = False
-    try:
-        for index, question in enumerate(questions):
-            if index:
-                run_dir, created = make_run_dir(index)
-                input_image = prepare_input(source, run_dir, label=label, remove_on_error=created)
-                if pdf_note:
-                    input_image.notes.insert(0, pdf_note)
-            if several and live:
-                info(f"question {index + 1} of {len(questions)}: {question}")
-            events = LiveRenderer(run_dir, previews="auto" if previews else None) if live else QuietEvents()
-            trace = ask_one(loaded, input_image, question, run_dir, question_settings, events)
-            if html:
-                from thyme_cli.ui.html_report import write_html_report
 
-                write_html_report(trace, run_dir)
-            if as_json:
-                typer.echo(
-                    json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)}, ensure_ascii=False)
-                )
-            else:
-                if live:
-                    print_summary(trace, run_dir, verbose=verbose)
-                    listed = run_dir.resolve().is_relative_to(paths.runs_dir().resolve())  # --out DIR: by path
-                    name = run_id(run_dir) if listed else str(run_dir)
-                    info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {name}`)")
-                if trace.answer is not None:
-                    print_answer(trace, quiet=quiet)
-            if trace.stop_reason == "error":
-                failed = True
-            elif trace.answer is None:
-                unanswered = True
-                if not as_json:
-                    from thyme_cli.ui.console import print_error
+@dataclass
+class _Display:
+    """How each question is shown: live, quiet (the answer only) or JSON; and its outcome."""
 
-                    print_error(
-                        f"no answer: {trace.stop_detail}"
-                        if not several
-                        else f"no answer to question {index + 1}: {trace.stop_detail}"
-                    )
-    finally:
-        loaded.engine.close()
-    if failed:
-        raise typer.Exit(EXIT_RUNTIME)
-    if unanswered:
-        raise typer.Exit(EXIT_NO_ANSWER)
+    questions: list[str]
+    live: bool
+    html: bool
+    as_json: bool
+    quiet: bool
+    verbose: bool
+    previews: bool = True
+
+    def events(self, index: int, run_dir: Path) -> AgentEvents:
+        """The display of one question's run (announced first when there are several)."""
+        from thyme_cli.question.loop import QuietEvents
+        from thyme_cli.ui.render import LiveRenderer
+
+        if len(self.questions) > 1 and self.live:
+            info(f"question {index + 1} of {len(self.questions)}: {self.questions[index]}")
+        return LiveRenderer(run_dir, previews="auto" if self.previews else None) if self.live else QuietEvents()
+
+    def answered(self, answered: Answered) -> str:
+        """Show one question's result; its outcome: 'answered', 'unanswered' or 'failed'."""
+        trace, run_dir = answered.trace, answered.run_dir
+        if self.html:
+            from thyme_cli.ui.html_report import write_html_report
+
+            write_html_report(trace, run_dir)
+        if self.as_json:
+            typer.echo(
+                json.dumps({**trace.to_dict(), "run_dir": str(run_dir), "id": run_id(run_dir)}, ensure_ascii=False)
+            )
+        else:
+            self._summary(answered)
+        if trace.stop_reason == "error":
+            return "failed"
+        if trace.answer is None:
+            self._no_answer(answered)
+            return "unanswered"
+        return "answered"
+
+    def _summary(self, answered: Answered) -> None:
+        """The run's summary and id (live), then the answer."""
+        from thyme_cli import paths
+        from thyme_cli.ui.render import print_answer, print_summary
+
+        trace, run_dir = answered.trace, answered.run_dir
+        if self.live:
+            print_summary(trace, run_dir, verbose=self.verbose)
+            listed = run_dir.resolve().is_relative_to(paths.runs_dir().resolve())  # --out DIR: by path
+            name = run_id(run_dir) if listed else str(run_dir)
+            info(f"run id {run_id(run_dir)} (see it again with `thyme runs show {name}`)")
+        if trace.answer is not None:
+            print_answer(trace, quiet=self.quiet)
+
+    def _no_answer(self, answered: Answered) -> None:
+        if self.as_json:
+            return
+        from thyme_cli.ui.console import print_error
+
+        detail = answered.trace.stop_detail
+        several = len(self.questions) > 1
+        print_error(f"no answer to question {answered.index + 1}: {detail}" if several else f"no answer: {detail}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from thyme_cli import defaults as d
 from thyme_cli.commands import flags as o
 from thyme_cli.errors import UsageError
 from thyme_cli.ui.console import handle_errors
@@ -47,27 +47,25 @@ def batch(
             "local model sequences of one llama.cpp context decoded together.",
         ),
     ] = 1,
-    runs: Annotated[
-        Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
-    ] = None,
+    runs: o.RunsOpt = None,
     model: o.ModelOpt = None,
     backend: o.BackendOpt = o.Backend.local,
     base_url: o.BaseUrlOpt = None,
     api_model: o.ApiModelOpt = None,
     protocol: o.ProtocolOpt = None,
     sandbox: o.SandboxOpt = o.SandboxChoice.auto,
-    step_timeout: o.StepTimeoutOpt = 30.0,
+    step_timeout: o.StepTimeoutOpt = d.STEP_TIMEOUT_S,
     step_images: o.StepImagesOpt = None,
     question_images: o.QuestionImagesOpt = None,
     keep_images: o.KeepImagesOpt = o.KeepImages.all,
     on_error: o.OnErrorOpt = o.OnError.show,
-    max_turns: o.MaxTurnsOpt = 5,
-    samples: o.SamplesOpt = 1,
-    max_tokens: o.MaxTokensOpt = 2048,
-    temperature: o.TemperatureOpt = 0.0,
-    top_p: o.TopPOpt = 0.9,
-    top_k: o.TopKOpt = 50,
-    seed: o.SeedOpt = 0,
+    max_turns: o.MaxTurnsOpt = d.MAX_TURNS,
+    samples: o.SamplesOpt = d.SAMPLES,
+    max_tokens: o.MaxTokensOpt = d.MAX_TOKENS,
+    temperature: o.TemperatureOpt = d.TEMPERATURE,
+    top_p: o.TopPOpt = d.TOP_P,
+    top_k: o.TopKOpt = d.TOP_K,
+    seed: o.SeedOpt = d.SEED,
     ctx: o.CtxOpt = None,
     max_image_tokens: o.MaxImageTokensOpt = None,
     gpu_layers: o.GpuLayersOpt = None,
@@ -82,44 +80,16 @@ def batch(
 
     Exit codes: 0 all items processed, 1 some items failed, 2 bad usage, 130 interrupted (resumable).
     """
+    flags = o.RunFlags.of(locals())
     from thyme_cli.batch.execute import execute_batch
     from thyme_cli.batch.inputs import collect_items
-    from thyme_cli.models.loading import ModelSettings
-    from thyme_cli.question.loop import AgentOptions
-    from thyme_cli.question.settings import QuestionSettings
 
     if inputs.count("-") > 1:
         raise UsageError("'-' (stdin) may be given only once")
     stdin = sys.stdin if "-" in inputs else None
     items = collect_items(inputs, question, stdin=stdin)
     o.warn_if_unsandboxed(sandbox)
-    model_settings = ModelSettings(
-        name=model,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        n_ctx=ctx,
-        max_image_tokens=max_image_tokens,
-        gpu_layers=gpu_layers,
-        threads=threads,
-        flash_attn=flash_attn,
-        chat_format=chat_format,
-        chat_template=chat_template,
-        script=script,
-        backend=backend.value,
-        base_url=base_url,
-        api_model=api_model,
-        protocol=protocol,
-    )
-    question_settings = QuestionSettings(
-        sandbox=sandbox.value,
-        step_timeout_s=step_timeout,
-        samples=samples,
-        limits=o.sandbox_limits(step_images, question_images),
-        keep_images=keep_images.value,
-        agent=AgentOptions(max_turns=max_turns, max_step_tokens=max_tokens, on_error=on_error.value),
-    )
+    model_settings, question_settings = flags.settings()
     summary = execute_batch(
         items,
         output=output or "results.jsonl",

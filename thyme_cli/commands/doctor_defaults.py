@@ -3,7 +3,12 @@ and memory. Kept apart from the checks of doctor.py (which ask "does it work?").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from thyme_cli.ui.console import human_size
+
+if TYPE_CHECKING:
+    from thyme_cli.models.spec import ModelSpec
 
 # (name, status, detail, hint), as doctor.Check takes them.
 Row = tuple[str, str, str, str]
@@ -51,11 +56,10 @@ def engine_defaults() -> list[Row]:
 
 def _model_rows() -> list[Row]:
     """Image-token budget and memory for the default model (from the registry; estimate if installed)."""
-    from thyme_cli.engine.llama.memory import estimate, machine_memory
-    from thyme_cli.engine.settings import EngineOptions
+    from thyme_cli.engine.llama.memory import machine_memory
     from thyme_cli.errors import ThymeError
     from thyme_cli.models.registry import load_registry
-    from thyme_cli.models.store import installed_files, preferred_default
+    from thyme_cli.models.store import preferred_default
 
     have = machine_memory()
     memory = ("memory", "ok", f"{human_size(have)} on this machine" if have else "unknown", "")
@@ -65,30 +69,35 @@ def _model_rows() -> list[Row]:
         spec = registry.get(name)
     except ThymeError:
         return [memory]
-    rows: list[Row] = [
-        (
-            "image tokens",
-            "ok",
-            f"{name}: {spec.image_min_tokens or '-'} to "
-            f"{spec.image_max_tokens or '-'} per image, context {spec.n_ctx} tokens",
-            "lower with --max-image-tokens / --ctx to save time and memory",
-        )
-    ]
+    tokens = (
+        "image tokens",
+        "ok",
+        f"{name}: {spec.image_min_tokens or '-'} to "
+        f"{spec.image_max_tokens or '-'} per image, context {spec.n_ctx} tokens",
+        "lower with --max-image-tokens / --ctx to save time and memory",
+    )
+    return [tokens, _memory_need(name, spec, have) or memory]
+
+
+def _memory_need(name: str, spec: ModelSpec, have: int | None) -> Row | None:
+    """Whether the installed model fits this machine's memory (None: not installed, or no estimate)."""
+    from thyme_cli.engine.llama.memory import estimate
+    from thyme_cli.engine.settings import EngineOptions
+    from thyme_cli.errors import ThymeError
+    from thyme_cli.models.store import installed_files
+
     files = installed_files(spec)
     if files is None or have is None:
-        return [*rows, memory]
+        return None
     try:
         need = estimate(files.model, files.mmproj, EngineOptions.from_spec(spec))
     except ThymeError:
-        return [*rows, memory]
+        return None
     fits = need.total <= have
-    rows.append(
-        (
-            "memory",
-            "ok" if fits else "fail",
-            f"{name} needs about {human_size(need.total)} of {human_size(have)} (model {human_size(need.weights)}, "
-            f"projector {human_size(need.projector)}, KV cache {human_size(need.kv_cache)})",
-            "" if fits else "use a smaller model or a shorter --ctx",
-        )
+    return (
+        "memory",
+        "ok" if fits else "fail",
+        f"{name} needs about {human_size(need.total)} of {human_size(have)} (model {human_size(need.weights)}, "
+        f"projector {human_size(need.projector)}, KV cache {human_size(need.kv_cache)})",
+        "" if fits else "use a smaller model or a shorter --ctx",
     )
-    return rows

@@ -1,14 +1,21 @@
-"""Option types shared by the commands that run the model (ask, batch, replay)."""
+"""Option types shared by the commands that run the model (ask, batch, eval, replay), and the one place
+that turns those flags into settings."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from thyme_cli import defaults as d
+
 if TYPE_CHECKING:
+    from thyme_cli.models.loading import ModelSettings
+    from thyme_cli.question.settings import QuestionSettings
     from thyme_cli.sandbox.host.limits import Limits
 
 MODEL_PANEL = "Model"
@@ -190,6 +197,9 @@ OnErrorOpt = Annotated[
         rich_help_panel=SANDBOX_PANEL,
     ),
 ]
+RunsOpt = Annotated[
+    Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
+]
 YesOpt = Annotated[
     bool,
     typer.Option(
@@ -304,3 +314,87 @@ def sandbox_limits(step_images: str | None, question_images: str | None) -> Limi
         if size is not None:
             changes[f"{scope}_image_bytes"] = size
     return dataclasses.replace(Limits(), **changes)
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """The model and sandbox flags that ask, batch and eval share, as the command received them.
+
+    Built from the command's parameters by name (`RunFlags.of(locals())`), so the two dozen of them
+    are listed once here rather than again in every command."""
+
+    model: str | None = None
+    backend: Backend = Backend.local
+    base_url: str | None = None
+    api_model: str | None = None
+    protocol: str | None = None
+    sandbox: SandboxChoice = SandboxChoice.auto
+    step_timeout: float = d.STEP_TIMEOUT_S
+    step_images: str | None = None
+    question_images: str | None = None
+    keep_images: KeepImages = KeepImages.all
+    on_error: OnError = OnError.show
+    max_turns: int = d.MAX_TURNS
+    samples: int = d.SAMPLES
+    max_tokens: int = d.MAX_TOKENS
+    temperature: float = d.TEMPERATURE
+    top_p: float = d.TOP_P
+    top_k: int = d.TOP_K
+    seed: int = d.SEED
+    ctx: int | None = None
+    max_image_tokens: int | None = None
+    gpu_layers: int | None = None
+    threads: int | None = None
+    flash_attn: bool | None = None
+    chat_format: str | None = None
+    chat_template: Path | None = None
+    script: Path | None = None
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> RunFlags:
+        """The shared flags among a command's parameters (the others are the command's own)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in params.items() if name in names})
+
+    def settings(self, *, n_seq: int = 1) -> tuple[ModelSettings, QuestionSettings]:
+        """The settings the library runs with (eval puts the paper's on top: eval/run.py).
+        n_seq: sequences of one context decoded together (ask --samples with a local model)."""
+        return self._model_settings(n_seq), self.question_settings()
+
+    def _model_settings(self, n_seq: int) -> ModelSettings:
+        from thyme_cli.models.loading import ModelSettings
+
+        return ModelSettings(
+            name=self.model,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            n_ctx=self.ctx,
+            max_image_tokens=self.max_image_tokens,
+            gpu_layers=self.gpu_layers,
+            threads=self.threads,
+            flash_attn=self.flash_attn,
+            chat_format=self.chat_format,
+            chat_template=self.chat_template,
+            script=self.script,
+            backend=self.backend.value,
+            base_url=self.base_url,
+            api_model=self.api_model,
+            protocol=self.protocol,
+            n_seq=n_seq,
+        )
+
+    def question_settings(self) -> QuestionSettings:
+        """How each question runs: the sandbox, its limits, the loop's options (replay: the sandbox only)."""
+        from thyme_cli.question.loop import AgentOptions
+        from thyme_cli.question.settings import QuestionSettings
+
+        return QuestionSettings(
+            sandbox=self.sandbox.value,
+            step_timeout_s=self.step_timeout,
+            limits=sandbox_limits(self.step_images, self.question_images),
+            keep_images=self.keep_images.value,
+            agent=AgentOptions(max_turns=self.max_turns, max_step_tokens=self.max_tokens, on_error=self.on_error.value),
+            samples=self.samples,
+        )

@@ -11,26 +11,26 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from thyme_cli.errors import ThymeError, UsageError
 from thyme_cli.models.hub import cache as hub_cache
 from thyme_cli.models.pull import pull
-from thyme_cli.models.registry import add_local_model, builtin_names, load_registry
+from thyme_cli.models.registry import add_local_model, load_registry
 from thyme_cli.models.spec import ModelSpec
 from thyme_cli.models.store import (
-    UNFINISHED,
     ModelState,
     approx_size,
     converted_dir,
     model_state,
     preferred_default,
-    remove,
-    shared_with,
 )
 from thyme_cli.ui.console import confirm, handle_errors, human_size, info, out_console
+
+if TYPE_CHECKING:
+    from thyme_cli.models.manage import Removed
 
 app = typer.Typer(help="List, download, convert, inspect, register and remove models.", no_args_is_help=True)
 
@@ -213,28 +213,13 @@ def pull_cmd(
     Models published as safetensors (thyme-7b) are downloaded and converted to GGUF here, once;
     an interrupted pull resumes after the last finished phase.
     """
-    registry = load_registry()
-    from thyme_cli.models.hub.ref import find_pulled, parse_reference, resolve_reference
+    from thyme_cli.models.manage import pull_target
 
-    overrides = model_file or mmproj_file or protocol or revision
-    if name not in registry.models and "/" in name and parse_reference(name) is not None:
-        pulled = None if overrides else find_pulled(registry.models, name)
-        spec = pulled or resolve_reference(
-            name,
-            model_file=model_file,
-            mmproj_file=mmproj_file,
-            protocol=protocol or "generic",
-            revision=revision or "main",
-        )
-        if not quiet and pulled is None:
-            info(f"{name} -> {spec.name}: {spec.model_file} + {spec.mmproj_file} (protocol {spec.protocol})")
-    elif overrides:
-        raise UsageError(
-            "--model-file, --mmproj-file, --protocol and --revision apply to Hub references (hf.co/ORG/REPO:QUANT)",
-            hint="for a registry model, edit its entry in the config file",
-        )
-    else:
-        spec = registry.get(name)
+    spec, resolved = pull_target(
+        load_registry(), name, model_file=model_file, mmproj_file=mmproj_file, protocol=protocol, revision=revision
+    )
+    if resolved and not quiet:
+        info(f"{name} -> {spec.name}: {spec.model_file} + {spec.mmproj_file} (protocol {spec.protocol})")
     name = spec.name
     state = model_state(spec)
     if state.files is not None and quant is None:
@@ -319,43 +304,35 @@ def rm_cmd(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete a model's downloaded files (a local pair: only its config entry, never your files)."""
+    from thyme_cli.models.manage import plan_removal, remove_model
+
     registry = load_registry()
-    spec = registry.get(name)
-    state = model_state(spec)
-    if spec.is_local:
-        if spec.source != "user":
-            raise UsageError(f"{name} is built in and cannot be removed")
-        question = f"Remove the entry {name} from {registry.config_path}? (your GGUF files stay)"
-    elif not state.present and state.label != UNFINISHED:
+    plan = plan_removal(registry, name)
+    if plan.question is None:
         info(f"{name} is not installed; nothing to remove")
         return
-    else:
-        where = converted_dir(spec) if spec.needs_conversion else hub_cache.repo_dir(spec.repo or "")
-        question = f"Delete {name} ({human_size(state.size_on_disk)}) from {where}?"
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not deleting {name} without confirmation", hint="pass --yes to confirm")
-        if not confirm(question):
+        if not confirm(plan.question):
             info("nothing removed")
             return
-    shared = shared_with(spec, list(registry.models.values()))
-    freed = remove(spec, registry_models=list(registry.models.values()))
-    from thyme_cli.engine.llama import prompt_state
+    _show_removed(plan.spec, remove_model(registry, plan.spec), registry.config_path)
 
-    # Saved prompt states of this model (a local pair's), or of any model whose file is now gone.
-    own = [spec.model_path] if spec.is_local and spec.model_path else []
-    states, states_bytes = prompt_state.remove(models=own, orphans=True)
-    if states:
-        info(f"removed {states} saved prompt state(s) of deleted models ({human_size(states_bytes)})")
+
+def _show_removed(spec: ModelSpec, removed: Removed, config_path: Path) -> None:
+    if removed.states:
+        info(f"removed {removed.states} saved prompt state(s) of deleted models ({human_size(removed.states_bytes)})")
+    entry_removed = f"removed the entry {spec.name} from {config_path} (a .bak copy of the old file is next to it)"
     if spec.is_local:
-        info(f"removed the entry {name} from {registry.config_path} (a .bak copy of the old file is next to it)")
+        info(entry_removed)
         info(f"your files were not touched: {spec.model_path}, {spec.mmproj_path}")
         return
-    for filename, users in shared.items():
+    for filename, users in removed.shared.items():
         info(f"kept {filename}: also used by {', '.join(users)}")
-    info(f"removed {name}; freed {human_size(freed)}")
-    if spec.needs_conversion and spec.source == "user" and name not in builtin_names():
-        info(f"removed the entry {name} from {registry.config_path} (a .bak copy of the old file is next to it)")
+    info(f"removed {spec.name}; freed {human_size(removed.freed)}")
+    if removed.entry_removed:
+        info(entry_removed)
 
 
 @app.command("add")

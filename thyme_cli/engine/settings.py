@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
+from thyme_cli.defaults import SEED, TEMPERATURE, TOP_K, TOP_P
 from thyme_cli.errors import UsageError
 
 
@@ -133,11 +134,11 @@ class SamplingOptions:
     those filters off. The seed makes warm sampling reproducible: every question starts from it.
     """
 
-    temperature: float = 0.0
-    top_p: float = 0.9
-    top_k: int = 50
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    top_k: int = TOP_K
     min_p: float = 0.0
-    seed: int = 0
+    seed: int = SEED
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     # Token id -> additive bias, applied everywhere (both inside and outside code).

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
+from thyme_cli.defaults import SEED, TEMPERATURE, TOP_K, TOP_P
 from thyme_cli.engine.base import Engine
 from thyme_cli.errors import UsageError
 from thyme_cli.models.registry import Registry
@@ -31,10 +32,10 @@ class ModelSettings:
     """Everything about which model runs and how it samples (from the command line)."""
 
     name: str | None = None
-    temperature: float = 0.0
-    top_p: float = 0.9
-    top_k: int = 50
-    seed: int = 0
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    top_k: int = TOP_K
+    seed: int = SEED
     n_ctx: int | None = None
     max_image_tokens: int | None = None
     min_image_tokens: int | None = None  # None: the registry's (eval raises it for OCRBench, as the paper did)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from thyme_cli.defaults import MAX_TOKENS, MAX_TURNS
 from thyme_cli.engine.base import Conversation, Generation
 from thyme_cli.errors import BackendUnavailable, EngineError
 from thyme_cli.question import prompts
@@ -26,8 +27,8 @@ MAX_IMAGES_PER_STEP = 3
 
 @dataclass
 class AgentOptions:
-    max_turns: int = 5  # code steps the model may take before it must answer
-    max_step_tokens: int = 2048  # generation budget of one turn
+    max_turns: int = MAX_TURNS  # code steps the model may take before it must answer
+    max_step_tokens: int = MAX_TOKENS  # generation budget of one turn
     on_error: Literal["show", "retry"] = "show"  # show a failed step to the model, or discard and retry it
     max_retries: int = 2
     retry_warm: bool = True  # a retried turn's prose is sampled warm (False: greedy, as the paper's eval)
@@ -240,22 +241,10 @@ def _run_step(
 ) -> tuple[Step, ExecResult]:
     events.step_started(index, code)
     result = sandbox.run(code)
-    images = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in result.images]
-    step = Step(
-        index,
-        code,
-        result.stdout,
-        result.stderr,
-        result.error,
-        result.timed_out,
-        images,
-        result.duration_s,
-        turn,
-        crops=result.crops,
-    )
+    step = Step.from_result(index, code, result, run_dir, turn=turn)
     events.step_finished(step, result)
-    if len(images) > MAX_IMAGES_PER_STEP:
-        events.note(f"step {index} made {len(images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")
+    if len(step.images) > MAX_IMAGES_PER_STEP:
+        events.note(f"step {index} made {len(step.images)} images; the model sees the first {MAX_IMAGES_PER_STEP}")
     return step, result
 
 

@@ -13,10 +13,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from thyme_cli import __version__
 from thyme_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from thyme_cli.sandbox.base import ExecResult
 
 TRACE_VERSION = 1
 
@@ -37,6 +40,26 @@ class Step:
     duration_s: float = 0.0
     turn: int = 0  # the model turn whose code this step ran
     crops: list[dict[str, Any]] = field(default_factory=list)  # {"box": [x0, y0, x1, y1], "via": ...}
+
+    @classmethod
+    def from_result(
+        cls, index: int, code: str, result: ExecResult, run_dir: Path, *, turn: int = 0, crops: bool = True
+    ) -> Step:
+        """The record of a code step the sandbox ran; image paths relative to the run directory.
+        crops=False: leave the cropped boxes out (`thyme replay` reports none)."""
+        images = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in result.images]
+        return cls(
+            index,
+            code,
+            result.stdout,
+            result.stderr,
+            result.error,
+            result.timed_out,
+            images,
+            result.duration_s,
+            turn,
+            crops=result.crops if crops else [],
+        )
 
 
 @dataclass

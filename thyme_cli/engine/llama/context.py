@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from thyme_cli.defaults import CONTEXT_FULL_HINT
 from thyme_cli.engine.base import IMAGE_MARKER, Counters
 from thyme_cli.engine.images import ImageSizing, PreparedImage
 from thyme_cli.engine.llama.chat import count_markers
 from thyme_cli.engine.llama.native import Chunk, Native
 from thyme_cli.errors import EngineError
 
-CTX_HINT = "raise --ctx, use fewer or smaller images, or lower --max-image-tokens"
+CTX_HINT = CONTEXT_FULL_HINT
 
 # A mark: the state right after one evaluated unit. Plain tuples keep the per-token cost low.
 # (chars of evaluated text, next position, KV cells used, images evaluated, stream length,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
+from thyme_cli.defaults import CONTEXT_FULL_HINT, TOP_K, TOP_P
 from thyme_cli.engine.base import (
     IMAGE_MARKER,
     Conversation,
@@ -547,7 +548,7 @@ class LlamaConversation:
         if room < 1:
             raise EngineError(
                 f"the context is full ({live.n_ctx} tokens)",
-                hint="raise --ctx, use fewer or smaller images, or lower --max-image-tokens",
+                hint=CONTEXT_FULL_HINT,
             )
         return min(max_tokens, room)
 
@@ -698,7 +699,7 @@ class LlamaConversation:
         """Temperature 1.0 for the prose of a retried turn (as upstream Thyme does); code stays greedy."""
         if self._retry_samplers is None:
             o = self._samplers.options
-            warm = SamplingOptions(temperature=1.0, top_p=0.9, top_k=50, seed=o.seed + 1, logit_bias=o.logit_bias)
+            warm = SamplingOptions(temperature=1.0, top_p=TOP_P, top_k=TOP_K, seed=o.seed + 1, logit_bias=o.logit_bias)
             self._retry_samplers = AtsSamplers(warm, self._native.n_vocab)
         return self._retry_samplers
 

@@ -23,6 +23,7 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
+from thyme_cli.defaults import CONTEXT_FULL_HINT
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.images import PreparedImage
 from thyme_cli.engine.llama import cpu_probe
@@ -44,7 +45,7 @@ _FLASH_TYPES = {
     True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
-_CTX_HINT = "raise --ctx, use fewer or smaller images, or lower --max-image-tokens"
+_CTX_HINT = CONTEXT_FULL_HINT
 
 
 class LogSink:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thyme_cli.defaults import SEED, TEMPERATURE, TOP_K, TOP_P
 from thyme_cli.engine.base import (
     ANSWER_END,
     CODE_END,
@@ -50,10 +51,10 @@ _PROTOCOL_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class RemoteSampling:
-    temperature: float = 0.0
-    top_p: float = 0.9
-    top_k: int = 50
-    seed: int = 0
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    top_k: int = TOP_K
+    seed: int = SEED
     max_image_tokens: int | None = None
 
 

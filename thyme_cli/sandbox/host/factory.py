@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from thyme_cli.defaults import STEP_TIMEOUT_S
 from thyme_cli.errors import SandboxUnavailable, UsageError
 from thyme_cli.sandbox.host.backends import Backend, Stage, WorkerSpec, binary_version, make_backend
 from thyme_cli.sandbox.host.hints import unavailable_hint
@@ -136,7 +137,7 @@ def open_sandbox(
     *,
     image: Path,
     images_dir: Path,
-    timeout_s: float = 30.0,
+    timeout_s: float = STEP_TIMEOUT_S,
     limits: Limits | None = None,
 ) -> WorkerSandbox:
     """A fresh sandbox for one question. Cheap: the worker starts in the background."""

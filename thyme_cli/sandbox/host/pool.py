@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from thyme_cli.defaults import STEP_TIMEOUT_S
 from thyme_cli.errors import UsageError
 from thyme_cli.sandbox.host.backends import WORKER_MARKER, Backend, Stage, WorkerSpec
 from thyme_cli.sandbox.host.closing import Closing
@@ -487,7 +488,7 @@ class PerQuestionPool(Closing):
 
 
 def open_pool(
-    backend: str = "auto", *, timeout_s: float = 30.0, limits: Limits | None = None
+    backend: str = "auto", *, timeout_s: float = STEP_TIMEOUT_S, limits: Limits | None = None
 ) -> SandboxPool | PerQuestionPool:
     """Sandboxes for many questions in a row. Boots the first jail (so a zygote that cannot start
     here falls back to one jail per question right away); raises SandboxUnavailable like
