@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
+from typer.testing import CliRunner
+
 from thyme_cli import defaults
+from thyme_cli.commands import flags as o
 from thyme_cli.commands.flags import Backend, OnError, RunFlags, SandboxChoice
 from thyme_cli.models.loading import ModelSettings
 from thyme_cli.question.loop import AgentOptions
@@ -60,3 +64,22 @@ def test_step_from_result(tmp_path: Path) -> None:
     assert step.images == ["images/a.png", "/elsewhere/b.png"]
     assert step.crops == [{"box": [0, 0, 1, 1]}]
     assert Step.from_result(2, "print(1)", result, tmp_path, crops=False).crops == []
+
+
+def test_a_command_declares_the_shared_flags_once_and_receives_them_as_one() -> None:
+    received: list[tuple[str, o.RunFlags, bool]] = []
+    app = typer.Typer()
+
+    @app.command()
+    @o.with_run_flags(leave_out=("keep_images",), last=("script",), on_error=(o.OnErrorOpt, o.OnError.retry))
+    def cmd(image: str, *, flags: o.RunFlags, loud: bool = typer.Option(False, "--loud")) -> None:
+        received.append((image, flags, loud))
+
+    result = CliRunner().invoke(app, ["x.png", "--top-k", "7", "--sandbox", "none", "--loud", "--script", "s.json"])
+    assert result.exit_code == 0, result.output
+    [(image, flags, loud)] = received
+    assert (image, loud, flags.top_k, flags.sandbox, flags.script) == ("x.png", True, 7, "none", Path("s.json"))
+    assert flags.on_error == o.OnError.retry and flags.keep_images == o.KeepImages.all  # replaced / left out
+    assert "--keep-images" in CliRunner().invoke(app, ["--keep-images", "none", "x.png"]).output  # not an option
+    names = [p.name for p in typer.main.get_command(app).params if "completion" not in (p.name or "")]
+    assert names[:2] == ["image", "model"] and names[-2:] == ["loud", "script"]

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from thyme_cli import defaults as d
 from thyme_cli.commands import flags as o
 from thyme_cli.errors import EXIT_NO_ANSWER, EXIT_RUNTIME, UsageError
 from thyme_cli.runs import run_id
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 
 
 @handle_errors
+@o.with_run_flags(leave_out=("keep_images",), last=("script",))
 def ask(
     image: Annotated[
         str,
@@ -38,31 +38,8 @@ def ask(
             metavar="QUESTION",
         ),
     ],
-    model: o.ModelOpt = None,
-    backend: o.BackendOpt = o.Backend.local,
-    base_url: o.BaseUrlOpt = None,
-    api_model: o.ApiModelOpt = None,
-    protocol: o.ProtocolOpt = None,
-    sandbox: o.SandboxOpt = o.SandboxChoice.auto,
-    step_timeout: o.StepTimeoutOpt = d.STEP_TIMEOUT_S,
-    step_images: o.StepImagesOpt = None,
-    question_images: o.QuestionImagesOpt = None,
-    on_error: o.OnErrorOpt = o.OnError.show,
-    max_turns: o.MaxTurnsOpt = d.MAX_TURNS,
-    samples: o.SamplesOpt = d.SAMPLES,
-    max_tokens: o.MaxTokensOpt = d.MAX_TOKENS,
-    temperature: o.TemperatureOpt = d.TEMPERATURE,
-    top_p: o.TopPOpt = d.TOP_P,
-    top_k: o.TopKOpt = d.TOP_K,
-    seed: o.SeedOpt = d.SEED,
-    ctx: o.CtxOpt = None,
-    max_image_tokens: o.MaxImageTokensOpt = None,
-    gpu_layers: o.GpuLayersOpt = None,
-    threads: o.ThreadsOpt = None,
-    flash_attn: o.FlashAttnOpt = None,
-    chat_format: o.ChatFormatOpt = None,
-    chat_template: o.ChatTemplateOpt = None,
-    yes: o.YesOpt = False,
+    *,
+    flags: o.RunFlags,
     page: Annotated[
         int | None, typer.Option("--page", min=1, help="For a PDF: the page to ask about (default 1).")
     ] = None,
@@ -109,11 +86,9 @@ def ask(
             rich_help_panel=o.OUTPUT_PANEL,
         ),
     ] = True,
-    script: o.ScriptOpt = None,
 ) -> None:
     """Ask questions about one image. Exit codes: 0 answered, 1 error, 2 bad usage, 3 no answer
     (for several questions: 1 if any failed, else 3 if any has no answer)."""
-    flags = o.RunFlags.of(locals())
     if not questions or any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
     from contextlib import closing
@@ -122,14 +97,14 @@ def ask(
     from thyme_cli.ui.crash_guard import announce_run_dir, guard
 
     guard("ask")
-    model_settings, question_settings = flags.settings(n_seq=samples if _shared_prefix(flags) else 1)
+    model_settings, question_settings = flags.settings(n_seq=flags.samples if _shared_prefix(flags) else 1)
     live = not (quiet or as_json)
     show = _Display(questions, live, html=html, as_json=as_json, quiet=quiet, verbose=verbose, previews=previews)
     hooks = AskHooks(show.events, run_dir_made=announce_run_dir, before_load=lambda r: _warnings(flags, live, r))
     request = ImageQuestions(image, questions, out=out, page=page, dpi=dpi)
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and image != "-"
     answers = answer_questions(
-        request, model_settings, question_settings, hooks, assume_yes=yes, interactive=interactive
+        request, model_settings, question_settings, hooks, assume_yes=flags.yes, interactive=interactive
     )
     with closing(answers):
         outcomes = [show.answered(answered) for answered in answers]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from thyme_cli import defaults as d
 from thyme_cli.commands import flags as o
 from thyme_cli.errors import UsageError
 from thyme_cli.ui.console import err_console, handle_errors, info, out_console, warn
@@ -95,6 +94,9 @@ EvalMaxImageTokensOpt = Annotated[
 
 @app.command("run")
 @handle_errors
+@o.with_run_flags(  # the paper's settings: its image budget, and failed steps discarded (eval/paper.py)
+    ctx=EvalCtxOpt, max_image_tokens=EvalMaxImageTokensOpt, on_error=(o.OnErrorOpt, o.OnError.retry)
+)
 def run(
     benchmark: Annotated[
         Path,
@@ -106,56 +108,17 @@ def run(
     output: OutputOpt = None,
     no_tools: NoToolsOpt = False,
     limit: LimitOpt = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted eval: skip items already in -o.")
-    ] = False,
-    shard: Annotated[
-        str | None, typer.Option("--shard", help="Run only shard i of N (i/N, 1-based), for N machines.")
-    ] = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs",
-            "-j",
-            min=1,
-            max=256,
-            help="Items in flight at once (needs an engine that serves several conversations, e.g. a remote server).",
-        ),
-    ] = 1,
+    resume: o.ResumeOpt = False,
+    shard: o.ShardOpt = None,
+    jobs: o.JobsOpt = 1,
     runs: o.RunsOpt = None,
-    model: o.ModelOpt = None,
-    backend: o.BackendOpt = o.Backend.local,
-    base_url: o.BaseUrlOpt = None,
-    api_model: o.ApiModelOpt = None,
-    protocol: o.ProtocolOpt = None,
-    sandbox: o.SandboxOpt = o.SandboxChoice.auto,
-    step_timeout: o.StepTimeoutOpt = d.STEP_TIMEOUT_S,
-    step_images: o.StepImagesOpt = None,
-    question_images: o.QuestionImagesOpt = None,
-    keep_images: o.KeepImagesOpt = o.KeepImages.all,
-    on_error: o.OnErrorOpt = o.OnError.retry,  # the paper's evaluation discards failed steps (eval/paper.py)
-    max_turns: o.MaxTurnsOpt = d.MAX_TURNS,
-    samples: o.SamplesOpt = d.SAMPLES,
-    max_tokens: o.MaxTokensOpt = d.MAX_TOKENS,
-    temperature: o.TemperatureOpt = d.TEMPERATURE,
-    top_p: o.TopPOpt = d.TOP_P,
-    top_k: o.TopKOpt = d.TOP_K,
-    seed: o.SeedOpt = d.SEED,
-    ctx: EvalCtxOpt = None,
-    max_image_tokens: EvalMaxImageTokensOpt = None,
-    gpu_layers: o.GpuLayersOpt = None,
-    threads: o.ThreadsOpt = None,
-    flash_attn: o.FlashAttnOpt = None,
-    chat_format: o.ChatFormatOpt = None,
-    chat_template: o.ChatTemplateOpt = None,
-    yes: o.YesOpt = False,
-    script: o.ScriptOpt = None,
+    *,
+    flags: o.RunFlags,
 ) -> None:
     """Run every benchmark item through the model and report accuracy, per category, tool use and time.
 
     Exit codes: 0 done, 1 some items failed (counted wrong), 2 bad usage or benchmark, 130 interrupted (--resume).
     """
-    flags = o.RunFlags.of(locals())
     from thyme_cli.eval.run import EvalRequest, run_eval
 
     model_settings, question_settings = flags.settings()
@@ -164,9 +127,9 @@ def run(
         request,
         model_settings,
         question_settings,
-        assume_yes=yes,
+        assume_yes=flags.yes,
         interactive=sys.stdin.isatty() and sys.stderr.isatty(),
-        warn_unsandboxed=lambda: o.warn_if_unsandboxed(sandbox),
+        warn_unsandboxed=lambda: o.warn_if_unsandboxed(flags.sandbox),
     )
     _show([done.score], f"thyme eval: {done.score.benchmark}")
     info(f"report: {done.paths.report}; per item: {done.paths.scored}; summary: {done.paths.summary}")

@@ -3,7 +3,9 @@ that turns those flags into settings."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -197,6 +199,19 @@ OnErrorOpt = Annotated[
         rich_help_panel=SANDBOX_PANEL,
     ),
 ]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip the items already in -o.")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run only shard i of N (i/N, 1-based), for N machines.")]
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        max=256,
+        help="Items in flight at once: parallel requests to a remote server, or with a "
+        "local model sequences of one llama.cpp context decoded together.",
+    ),
+]
 RunsOpt = Annotated[
     Path | None, typer.Option("--runs", help="Where each item's run directory goes (default: next to -o).")
 ]
@@ -320,8 +335,8 @@ def sandbox_limits(step_images: str | None, question_images: str | None) -> Limi
 class RunFlags:
     """The model and sandbox flags that ask, batch and eval share, as the command received them.
 
-    Built from the command's parameters by name (`RunFlags.of(locals())`), so the two dozen of them
-    are listed once here rather than again in every command."""
+    A command declares them all at once with `@with_run_flags()` (they appear in its --help where
+    its `flags` parameter stands) and receives them as one RunFlags."""
 
     model: str | None = None
     backend: Backend = Backend.local
@@ -348,6 +363,7 @@ class RunFlags:
     flash_attn: bool | None = None
     chat_format: str | None = None
     chat_template: Path | None = None
+    yes: bool = False
     script: Path | None = None
 
     @classmethod
@@ -398,3 +414,73 @@ class RunFlags:
             agent=AgentOptions(max_turns=self.max_turns, max_step_tokens=self.max_tokens, on_error=self.on_error.value),
             samples=self.samples,
         )
+
+
+# The option type of each RunFlags field, in RunFlags' order (the order of --help).
+_OPTION_TYPES: dict[str, Any] = {
+    "model": ModelOpt,
+    "backend": BackendOpt,
+    "base_url": BaseUrlOpt,
+    "api_model": ApiModelOpt,
+    "protocol": ProtocolOpt,
+    "sandbox": SandboxOpt,
+    "step_timeout": StepTimeoutOpt,
+    "step_images": StepImagesOpt,
+    "question_images": QuestionImagesOpt,
+    "keep_images": KeepImagesOpt,
+    "on_error": OnErrorOpt,
+    "max_turns": MaxTurnsOpt,
+    "samples": SamplesOpt,
+    "max_tokens": MaxTokensOpt,
+    "temperature": TemperatureOpt,
+    "top_p": TopPOpt,
+    "top_k": TopKOpt,
+    "seed": SeedOpt,
+    "ctx": CtxOpt,
+    "max_image_tokens": MaxImageTokensOpt,
+    "gpu_layers": GpuLayersOpt,
+    "threads": ThreadsOpt,
+    "flash_attn": FlashAttnOpt,
+    "chat_format": ChatFormatOpt,
+    "chat_template": ChatTemplateOpt,
+    "yes": YesOpt,
+    "script": ScriptOpt,
+}
+
+
+def with_run_flags(
+    *, leave_out: Collection[str] = (), last: Collection[str] = (), **replace: Any
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare the shared flags on a Typer command in place of its `flags: RunFlags` parameter; the
+    command is called with them as one RunFlags. `leave_out`: flags the command does not take;
+    `last`: flags listed after the command's own; `replace`: NAME=OptionType or NAME=(OptionType,
+    default) for a flag the command declares differently (eval's --ctx, its --on-error default)."""
+    shared = [_flag_parameter(f.name, f.default, replace.get(f.name)) for f in fields(RunFlags)]
+    taken = [p for p in shared if p.name not in leave_out]
+
+    def declare(command: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        at = [p.name for p in own].index("flags")
+        first, tail = [p for p in taken if p.name not in last], [p for p in taken if p.name in last]
+        after = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at + 1 :]]
+        parameters = [*own[:at], *first, *after, *tail]
+
+        @functools.wraps(command)
+        def run_command(**kwargs: Any) -> None:
+            given = {p.name: kwargs.pop(p.name) for p in taken}
+            command(**kwargs, flags=RunFlags(**given))
+
+        run_command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return run_command
+
+    return declare
+
+
+def _flag_parameter(name: str, default: Any, replacement: Any) -> inspect.Parameter:
+    """One shared flag as the keyword parameter Typer reads: its option type and default."""
+    option_type = _OPTION_TYPES[name]
+    if isinstance(replacement, tuple):
+        option_type, default = replacement
+    elif replacement is not None:
+        option_type = replacement
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=option_type)
