@@ -38,6 +38,7 @@ class RunInfo:
     stop_reason: str
     steps: int
     seconds: float
+    written_ns: int = 0  # when trace.json was last written: orders runs started in the same second
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ def read_info(trace_file: Path, base: Path) -> RunInfo | None:
     """What the list shows of one run; None for a trace.json that is not readable (skipped, not fatal)."""
     try:
         data = json.loads(trace_file.read_text(encoding="utf-8"))
+        written_ns = trace_file.stat().st_mtime_ns
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not isinstance(data, dict) or "question" not in data:
@@ -85,7 +87,7 @@ def read_info(trace_file: Path, base: Path) -> RunInfo | None:
     steps: list[Any] = steps_raw if isinstance(steps_raw, list) else []
     started = str(data.get("started_at") or "")
     if not started:
-        started = datetime.fromtimestamp(trace_file.stat().st_mtime, UTC).isoformat(timespec="seconds")
+        started = datetime.fromtimestamp(written_ns / 1e9, UTC).isoformat(timespec="seconds")
     answer = data.get("answer")
     return RunInfo(
         id=run_id(trace_file.parent, base),
@@ -97,6 +99,7 @@ def read_info(trace_file: Path, base: Path) -> RunInfo | None:
         stop_reason=str(data.get("stop_reason", "")),
         steps=len(steps),
         seconds=float(timings.get("total_s", 0.0) or 0.0),
+        written_ns=written_ns,
     )
 
 
@@ -106,7 +109,7 @@ def list_runs(base: Path | None = None) -> list[RunInfo]:
 
     base = base or paths.runs_dir()
     runs = [info for f in _trace_files(base) if (info := read_info(f, base)) is not None]
-    return sorted(runs, key=lambda r: (started_time(r), str(r.path)), reverse=True)
+    return sorted(runs, key=lambda r: (started_time(r), r.written_ns, str(r.path)), reverse=True)
 
 
 def started_time(run: RunInfo) -> datetime:
