@@ -65,6 +65,12 @@ def sandbox_backend() -> str:
 RunThyme = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def add_model(run_thyme: RunThyme, pair: TinyPair, *options: str, name: str = "tiny") -> None:
+    """Register a GGUF pair the way a user would (`thyme models add`), before the test uses it."""
+    added = run_thyme("models", "add", name, "--model", str(pair.model), "--mmproj", str(pair.mmproj), *options)
+    assert added.returncode == 0, added.stderr
+
+
 @pytest.fixture
 def run_thyme() -> RunThyme:
     """Run the real `thyme` CLI in a subprocess with the test's environment (plus overrides)."""

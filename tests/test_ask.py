@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import RunThyme
+from tests.browser import chromium_or_skip, probe_page
+from tests.conftest import RunThyme, add_model
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.models.loading import LoadedModel
@@ -201,9 +200,7 @@ def test_out_dir_holding_a_run_is_never_overwritten(
 def test_html_report_shows_the_run_in_headless_chromium(
     run_thyme: RunThyme, tmp_path: Path, photo: Path, sandbox_backend: str
 ) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if chromium is None:
-        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    chromium = chromium_or_skip()
     out = tmp_path / "run"
     result = run_thyme(
         "ask",
@@ -221,27 +218,7 @@ def test_html_report_shows_the_run_in_headless_chromium(
     # Probe what the browser really shows: a copy of the page with a script that reports on load.
     probe = tmp_path / "probe.html"
     probe.write_text(report.replace("</body>", PROBE_SCRIPT + "</body>"))
-    dom = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chrome-profile'}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    start = dom.index('<pre id="probe">') + len('<pre id="probe">')
-    seen = json.loads(dom[start : dom.index("</pre>", start)])
+    seen = probe_page(chromium, probe, tmp_path / "chrome-profile")
     assert seen["answer"] == "Answer: SN 4417-AB"
     # the input, the input with the crop box drawn on it, then the two step images
     assert seen["images"] == [[1280, 960], [1280, 960], [240, 140], [240, 140]]
@@ -268,20 +245,7 @@ def test_real_llama_engine_on_the_tiny_model_finishes_and_reports(
     from thyme_cli.devtools.tiny_gguf import TinyPair
 
     assert isinstance(tiny_pair, TinyPair)
-    added = run_thyme(
-        "models",
-        "add",
-        "tiny",
-        "--model",
-        str(tiny_pair.model),
-        "--mmproj",
-        str(tiny_pair.mmproj),
-        "--protocol",
-        "thyme",
-        "--ctx",
-        "8192",
-    )
-    assert added.returncode == 0, added.stderr
+    add_model(run_thyme, tiny_pair, "--protocol", "thyme", "--ctx", "8192")
     small = tmp_path / "small.png"
     Image.open(photo).resize((320, 240)).save(small)
     result = run_thyme(

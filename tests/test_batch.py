@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.batch_support import kill_9_then_resume
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 
 CROP = (
     "<think>zoom</think><code>\n```python\nimg = Image.open(image_path)\n"
@@ -216,7 +216,7 @@ def test_jobs_with_a_local_model_runs_sequences_of_one_context(
     from thyme_cli.devtools.tiny_gguf import TinyPair
 
     assert isinstance(tiny_pair, TinyPair)
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     result = run_thyme(
         "batch",
         str(photos),

@@ -4,14 +4,13 @@ drawn over the input image in the HTML report (checked in headless Chromium) and
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.browser import chromium_or_skip, run_chromium
 from tests.conftest import RunThyme
 from thyme_cli.sandbox import open_sandbox
 from thyme_cli.sandbox.host.crop_report import from_worker
@@ -101,7 +100,6 @@ ANSWER = "<answer>two boxes</answer>"
 
 
 def test_trace_report_and_runs_show_show_the_boxes(run_thyme: RunThyme, tmp_path: Path, sandbox_backend: str) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     big = tmp_path / "big.png"
     Image.new("RGB", (1280, 960), (255, 255, 255)).save(big)
     script = tmp_path / "s.json"
@@ -125,8 +123,7 @@ def test_trace_report_and_runs_show_show_the_boxes(run_thyme: RunThyme, tmp_path
     assert drawn.getpixel((60, 200)) == (255, 31, 91) and drawn.getpixel((1200, 700)) == (0, 179, 255)
     assert drawn.getpixel((640, 200)) == (255, 255, 255)
 
-    if chromium is None:
-        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    chromium = chromium_or_skip()
     shot = tmp_path / "shot.png"
     page = tmp_path / "only-crops.html"  # the report's crop figure alone, at its natural size
     report = (out / "report.html").read_text()
@@ -136,22 +133,13 @@ def test_trace_report_and_runs_show_show_the_boxes(run_thyme: RunThyme, tmp_path
         + report[start : report.index("</figure>", start)].replace("<img ", '<img style="display:block" ')
         + "</figure></body>"
     )
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1400,1100",
-            f"--screenshot={shot}",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
+    run_chromium(
+        chromium,
+        tmp_path / "profile",
+        "--hide-scrollbars",
+        "--window-size=1400,1100",
+        f"--screenshot={shot}",
+        page.as_uri(),
     )
     pixels = Image.open(shot).convert("RGB")
     figure_offset = (40, 0)  # <figure> keeps the browser's default 40 px side margin

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.llama.cpu import cpu_defaults, physical_cores
 from thyme_cli.engine.llama.memory import COMPUTE_ALLOWANCE, MEMORY_ENV, check_fits, estimate
@@ -46,18 +46,7 @@ def test_check_fits_refuses_in_one_line_and_skips_gpu_offload(
 def test_ask_refuses_before_loading_when_the_model_cannot_fit(
     run_thyme: RunThyme, tmp_path: Path, tiny_pair: TinyPair
 ) -> None:
-    added = run_thyme(
-        "models",
-        "add",
-        "tiny",
-        "--model",
-        str(tiny_pair.model),
-        "--mmproj",
-        str(tiny_pair.mmproj),
-        "--protocol",
-        "thyme",
-    )
-    assert added.returncode == 0, added.stderr
+    add_model(run_thyme, tiny_pair, "--protocol", "thyme")
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 64), "white").save(photo)
     result = run_thyme("ask", str(photo), "what is it?", "-m", "tiny", env={MEMORY_ENV: "500000000"})

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.batch_support import kill_9_then_resume
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.llama.engine import EngineOptions, LlamaEngine
 from thyme_cli.engine.llama.native import Native
@@ -102,7 +102,7 @@ def test_batch_jobs_on_the_local_engine_gives_the_results_of_jobs_1(
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (56 + 28 * i, 84, 3), dtype=np.uint8)).save(
             photos / f"p{i}.png"
         )
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     # thyme's CPU defaults: the language model's flash attention is off. With it on, llama.cpp's
     # CPU kernel rounds differently when other sequences' cells sit between a sequence's own (up to
     # ~1e-3 of a logit), and this random model's near-ties flip.
@@ -130,7 +130,7 @@ def test_local_jobs_kill_9_then_resume_gives_every_item_exactly_once(
 ) -> None:
     from PIL import Image
 
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     root = tmp_path / "many"
     root.mkdir()
     for i in range(16):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.engine.llama import prompt_state
@@ -127,7 +127,7 @@ def test_the_state_directory_stays_within_its_bound(
 def test_ask_with_several_questions_answers_each_as_if_asked_alone(
     run_thyme: RunThyme, tiny_pair: TinyPair, photo: Path, tmp_path: Path, sandbox_backend: str
 ) -> None:
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     common = ["-m", "tiny", "--max-tokens", "24", "--max-turns", "2", "--threads", "2", "--json"]
     both = run_thyme("ask", str(photo), "what is it?", "how many colours?", *common, "--out", str(tmp_path / "r"))
     assert both.returncode in (0, 3), both.stderr
@@ -151,7 +151,7 @@ def test_batch_groups_items_about_the_same_image_and_answers_them_as_alone(
 ) -> None:
     other = tmp_path / "other.png"
     Image.fromarray(np.random.default_rng(9).integers(0, 256, (84, 112, 3), dtype=np.uint8)).save(other)
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     manifest = tmp_path / "m.jsonl"
     rows = [("a", photo, "what is it?"), ("b", other, "what is it?"), ("c", photo, "how many colours?")]
     manifest.write_text("".join(json.dumps({"id": i, "image": str(p), "question": q}) + "\n" for i, p, q in rows))
@@ -186,7 +186,7 @@ def test_models_rm_and_runs_gc_clean_the_saved_states(run_thyme: RunThyme, tiny_
     gc = run_thyme("runs", "gc", "--older-than", "30d", "--yes")
     assert gc.returncode == 0, gc.stderr
     assert sorted(prompt_state.state_dir().glob("*.state")) == states[1:]
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     rm = run_thyme("models", "rm", "tiny", "--yes")
     assert rm.returncode == 0, rm.stderr
     assert "1 saved prompt state" in rm.stderr

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.engine.base import IMAGE_MARKER
 from thyme_cli.ui.progress_line import MIN_PREFILL_TOKENS, ProgressLine
@@ -86,20 +86,7 @@ def test_progress_line_on_a_terminal_shows_a_transient_status() -> None:
 def test_thyme_ask_on_the_real_engine_says_it_is_encoding_and_prefilling(
     run_thyme: RunThyme, tmp_path: Path, tiny_pair: TinyPair, sandbox_backend: str
 ) -> None:
-    added = run_thyme(
-        "models",
-        "add",
-        "tiny",
-        "--model",
-        str(tiny_pair.model),
-        "--mmproj",
-        str(tiny_pair.mmproj),
-        "--protocol",
-        "thyme",
-        "--ctx",
-        "8192",
-    )
-    assert added.returncode == 0, added.stderr
+    add_model(run_thyme, tiny_pair, "--protocol", "thyme", "--ctx", "8192")
     result = run_thyme(
         "ask", str(_photo(tmp_path)), "what colour is it?", "-m", "tiny", "--max-tokens", "16", "--max-turns", "1"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 from thyme_cli.devtools.tiny_gguf import TinyPair, write_quantized_pair
 from thyme_cli.engine.llama import cpu_probe
 from thyme_cli.engine.llama.gguf_meta import read_gguf_keys
@@ -86,8 +86,7 @@ def test_ask_runs_a_quantized_model_through_the_real_cli(
 ) -> None:
     pair = quant_pairs[quant]
     assert read_gguf_keys(pair.model, ["general.file_type"]) == {"general.file_type": FILE_TYPES[quant]}
-    added = run_thyme("models", "add", "tq", "--model", str(pair.model), "--mmproj", str(pair.mmproj))
-    assert added.returncode == 0, added.stderr
+    add_model(run_thyme, pair, name="tq")
     out = tmp_path / "run"
     result = run_thyme(
         "ask",
@@ -134,7 +133,7 @@ def test_a_native_crash_during_ask_is_one_line_and_leaves_no_run_directory(
     if probe.extra_bufts:
         pytest.skip("llama.cpp's extra buffer types do not crash on this CPU, so no real native crash to provoke")
     pair = quant_pairs["Q4_K_M"]
-    run_thyme("models", "add", "tq", "--model", str(pair.model), "--mmproj", str(pair.mmproj))
+    add_model(run_thyme, pair, name="tq")
     # Forcing the buffer types the probe saw crash gives a real native crash inside llama.cpp.
     result = run_thyme(
         "ask", str(image), "q", "-m", "tq", "--max-tokens", "16", "--json", env={"THYME_EXTRA_BUFTS": "1"}

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from rich.console import Console
 
+from tests.browser import chromium_or_skip, probe_page
 from tests.test_ask import PROBE_SCRIPT
 from thyme_cli.engine.scripted import ScriptedEngine
 from thyme_cli.models.loading import LoadedModel
@@ -90,9 +89,7 @@ def test_inline_code_is_shown_as_prose_and_a_later_block_still_becomes_a_panel(t
 def test_report_keeps_answer_lines_shows_fence_code_once_and_marks_discarded_turns(
     tmp_path: Path, sandbox_backend: str
 ) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if chromium is None:
-        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    chromium = chromium_or_skip()
     photo = tmp_path / "p.png"
     Image.new("RGB", (640, 480), "white").save(photo)
 
@@ -118,27 +115,7 @@ def test_report_keeps_answer_lines_shows_fence_code_once_and_marks_discarded_tur
                 + "</body>",
             )
         )
-        dom = subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                probe.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
-        start = dom.index('<pre id="probe">') + len('<pre id="probe">')
-        result: dict[str, object] = json.loads(dom[start : dom.index("</pre>", start)])
+        result: dict[str, object] = probe_page(chromium, probe, tmp_path / "chrome-profile")
         return result
 
     fenced = seen(run([FENCE, "<answer>640 px\nwide\nand white</answer>"], "generic", "show", "fenced"))

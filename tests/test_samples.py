@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import RunThyme
+from tests.conftest import RunThyme, add_model
 from thyme_cli.devtools.tiny_gguf import TinyPair
 from thyme_cli.question.samples import vote, vote_key
 
@@ -39,7 +39,7 @@ def test_ask_samples_decodes_trajectories_from_one_prefix_and_records_them(
 ) -> None:
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (84, 112, 3), dtype=np.uint8)).save(photo)
-    run_thyme("models", "add", "tiny", "--model", str(tiny_pair.model), "--mmproj", str(tiny_pair.mmproj))
+    add_model(run_thyme, tiny_pair)
     out = tmp_path / "run"
     result = run_thyme(
         "ask",
