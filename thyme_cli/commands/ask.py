@@ -97,7 +97,7 @@ def ask(
     from thyme_cli.ui.crash_guard import announce_run_dir, guard
 
     guard("ask")
-    model_settings, question_settings = flags.settings(n_seq=flags.samples if _shared_prefix(flags) else 1)
+    model_settings, question_settings = flags.settings(n_seq=flags.samples if _local_model(flags) else 1)
     live = not (quiet or as_json)
     show = _Display(questions, live, html=html, as_json=as_json, quiet=quiet, verbose=verbose, previews=previews)
     hooks = AskHooks(show.events, run_dir_made=announce_run_dir, before_load=lambda r: _warnings(flags, live, r))
@@ -114,15 +114,16 @@ def ask(
         raise typer.Exit(EXIT_NO_ANSWER)
 
 
-def _shared_prefix(flags: o.RunFlags) -> bool:
-    """--samples decode together from one shared prefix with a local model (one sequence each)."""
+def _local_model(flags: o.RunFlags) -> bool:
+    """A model llama.cpp runs here: --samples then decode together from one shared prefix (one
+    sequence each), and the default model is announced when none was named."""
     return flags.backend == o.Backend.local and flags.script is None
 
 
 def _warnings(flags: o.RunFlags, live: bool, registry: Registry) -> None:
     """Before the model loads: --sandbox none, and which model runs when none was named."""
     o.warn_if_unsandboxed(flags.sandbox)
-    if flags.model is None and flags.script is None and flags.backend == o.Backend.local and live:
+    if flags.model is None and _local_model(flags) and live:
         from thyme_cli.models.store import default_model_note
 
         if note := default_model_note(registry):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thyme_cli.errors import UsageError
-from thyme_cli.eval.results import benchmark_meta, benchmark_name
+from thyme_cli.eval.results import benchmark_meta, benchmark_name, score_and_save
 
 if TYPE_CHECKING:
     from thyme_cli.eval.items import EvalItem
@@ -81,8 +81,6 @@ def run_eval(
         interactive=interactive,
         command="eval",
     )
-    from thyme_cli.eval.results import score_and_save
-
     return EvalDone(paths, score_and_save(paths), summary.counts.get("failed", 0))
 
 
